@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+/// Errors about key material. Messages name the file involved and never contain key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no private key at {}; create one with `weft key generate`", path.display())]
+    NotFound { path: PathBuf },
+    #[error(
+        "private key {} is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    InsecurePermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "key directory {} is writable by group or others (mode {mode:04o}); run `chmod 700 {}`",
+        path.display(),
+        path.display()
+    )]
+    InsecureDirectory { path: PathBuf, mode: u32 },
+    #[error("private key {} is not base64", path.display())]
+    NotBase64 { path: PathBuf },
+    #[error("private key {} holds {len} bytes, not 32 (truncated or not an x25519 key)", path.display())]
+    WrongLength { path: PathBuf, len: usize },
+    #[error("private key {} is larger than any key file ({len} bytes)", path.display())]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error(
+        "a private key already exists at {}; pass --force to replace it (peers then need the new public key)",
+        path.display()
+    )]
+    AlreadyExists { path: PathBuf },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid key: {0}")]
+    Invalid(&'static str),
+}

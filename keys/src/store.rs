@@ -1,0 +1,275 @@
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::{KeyError, PrivateKey, atomic};
+
+/// Where node keys live unless configured otherwise.
+pub const DEFAULT_KEY_DIR: &str = "/var/lib/weft/keys";
+const PRIVATE_KEY_FILE: &str = "private.key";
+/// A key file is 44 base64 characters and a newline; anything much larger is not a key.
+const MAX_KEY_FILE_BYTES: u64 = 1024;
+
+/// The on-disk key store: a directory (0700) holding `private.key` (0600, base64).
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+}
+
+impl KeyStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn private_key_path(&self) -> PathBuf {
+        self.dir.join(PRIVATE_KEY_FILE)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.private_key_path().exists()
+    }
+
+    /// Loads the private key, refusing files others can read and anything that is not a key.
+    pub fn load(&self) -> Result<PrivateKey, KeyError> {
+        let path = self.private_key_path();
+        let io = |source: std::io::Error| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
+        self.check_dir()?;
+        let metadata = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KeyError::NotFound { path });
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if !metadata.is_file() {
+            return Err(KeyError::NotAFile { path });
+        }
+        let mode = metadata.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::InsecurePermissions { path, mode });
+        }
+        if metadata.len() > MAX_KEY_FILE_BYTES {
+            return Err(KeyError::TooLarge {
+                path,
+                len: metadata.len(),
+            });
+        }
+        let mut text = Zeroizing::new(String::new());
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_KEY_FILE_BYTES).read_to_string(&mut text))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => KeyError::NotBase64 { path: path.clone() },
+                _ => io(e),
+            })?;
+        decode_key(&path, &text)
+    }
+
+    /// Generates and stores a new key. Refuses to replace an existing one unless `force`.
+    pub fn generate(&self, force: bool) -> Result<PrivateKey, KeyError> {
+        let path = self.private_key_path();
+        if !force && path.exists() {
+            return Err(KeyError::AlreadyExists { path });
+        }
+        self.create_dir()?;
+        let key = PrivateKey::generate();
+        let mut text = Zeroizing::new(key.to_base64().as_str().to_owned());
+        text.push('\n');
+        atomic::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| KeyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(key)
+    }
+
+    /// Loads the key, or generates one if there is none yet. The flag says it was created.
+    pub fn load_or_generate(&self) -> Result<(PrivateKey, bool), KeyError> {
+        match self.load() {
+            Ok(key) => Ok((key, false)),
+            Err(KeyError::NotFound { .. }) => Ok((self.generate(false)?, true)),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn create_dir(&self) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir).map_err(io)?;
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io)?;
+        }
+        self.check_dir()
+    }
+
+    /// A key directory others can write to could have its key swapped; refuse it.
+    fn check_dir(&self) -> Result<(), KeyError> {
+        match std::fs::metadata(&self.dir) {
+            Ok(metadata) => {
+                let mode = metadata.mode() & 0o7777;
+                if mode & 0o022 != 0 {
+                    return Err(KeyError::InsecureDirectory {
+                        path: self.dir.clone(),
+                        mode,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::NotFound {
+                path: self.private_key_path(),
+            }),
+            Err(source) => Err(KeyError::Io {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+fn decode_key(path: &Path, text: &str) -> Result<PrivateKey, KeyError> {
+    use base64::Engine as _;
+    let decoded = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| KeyError::NotBase64 {
+                path: path.to_path_buf(),
+            })?,
+    );
+    let bytes: [u8; 32] = decoded
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyError::WrongLength {
+            path: path.to_path_buf(),
+            len: decoded.len(),
+        })?;
+    Ok(PrivateKey::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn store() -> (tempfile::TempDir, KeyStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().join("keys"));
+        (dir, store)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn generate_then_load_gives_the_same_key_with_strict_modes() {
+        let (_tmp, store) = store();
+        let key = store.generate(false).unwrap();
+        assert_eq!(store.load().unwrap().public_key(), key.public_key());
+        assert_eq!(mode(store.dir()), 0o700);
+        assert_eq!(mode(&store.private_key_path()), 0o600);
+    }
+
+    #[test]
+    fn generate_refuses_to_overwrite_unless_forced() {
+        let (_tmp, store) = store();
+        let first = store.generate(false).unwrap().public_key();
+        assert!(matches!(
+            store.generate(false),
+            Err(KeyError::AlreadyExists { .. })
+        ));
+        assert_eq!(store.load().unwrap().public_key(), first);
+        let second = store.generate(true).unwrap().public_key();
+        assert_ne!(first, second);
+        assert_eq!(store.load().unwrap().public_key(), second);
+    }
+
+    #[test]
+    fn load_or_generate_creates_once() {
+        let (_tmp, store) = store();
+        let (key, created) = store.load_or_generate().unwrap();
+        assert!(created);
+        let (again, created) = store.load_or_generate().unwrap();
+        assert!(!created);
+        assert_eq!(key.public_key(), again.public_key());
+    }
+
+    #[test]
+    fn readable_by_others_is_refused_with_the_fix() {
+        for bad in [0o644, 0o640, 0o604, 0o660] {
+            let (_tmp, store) = store();
+            store.generate(false).unwrap();
+            let path = store.private_key_path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+            let error = store.load().unwrap_err();
+            assert!(
+                matches!(error, KeyError::InsecurePermissions { .. }),
+                "{bad:o}"
+            );
+            assert!(error.to_string().contains("chmod 600"));
+        }
+    }
+
+    fn write_key_file(store: &KeyStore, contents: &[u8]) {
+        std::fs::create_dir_all(store.dir()).unwrap();
+        std::fs::set_permissions(store.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        atomic::write_atomic(&store.private_key_path(), contents, 0o600).unwrap();
+    }
+
+    #[test]
+    fn truncated_garbage_empty_and_missing_keys_are_typed_errors() {
+        use base64::Engine as _;
+        let (_tmp, store) = store();
+        assert!(matches!(store.load(), Err(KeyError::NotFound { .. })));
+        let short = base64::engine::general_purpose::STANDARD.encode([9u8; 16]);
+        write_key_file(&store, short.as_bytes());
+        assert!(matches!(
+            store.load(),
+            Err(KeyError::WrongLength { len: 16, .. })
+        ));
+        write_key_file(&store, b"this is not base64!\n");
+        assert!(matches!(store.load(), Err(KeyError::NotBase64 { .. })));
+        write_key_file(&store, &[0xff, 0xfe, 0x00]);
+        assert!(matches!(store.load(), Err(KeyError::NotBase64 { .. })));
+        write_key_file(&store, b"");
+        assert!(matches!(
+            store.load(),
+            Err(KeyError::WrongLength { len: 0, .. })
+        ));
+        write_key_file(&store, &[b'A'; 4096]);
+        assert!(matches!(store.load(), Err(KeyError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn error_messages_never_contain_key_material() {
+        let (_tmp, store) = store();
+        let key = store.generate(false).unwrap();
+        std::fs::set_permissions(
+            store.private_key_path(),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let message = store.load().unwrap_err().to_string();
+        assert!(!message.contains(key.to_base64().as_str()));
+    }
+
+    #[test]
+    fn group_writable_directory_is_refused() {
+        let (_tmp, store) = store();
+        store.generate(false).unwrap();
+        std::fs::set_permissions(store.dir(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(KeyError::InsecureDirectory { .. })
+        ));
+    }
+}

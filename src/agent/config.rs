@@ -1,0 +1,303 @@
+//! Agent settings: command-line flags over an optional TOML config file, validated into one
+//! `AgentConfig` before anything starts.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use crate::registry::is_valid_node_name;
+use crate::route_source::parse_route_protocol;
+use crate::routes::{PROTO_BGP, PROTO_BIRD};
+
+pub const DEFAULT_RUN_DIR: &str = "/run/weft";
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// `weft agent` flags. Every flag may also be set in the config file (same name, kebab-case);
+/// a flag given on the command line wins.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// TOML config file with any of the settings below.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name (in a cluster: the Node name, from the downward API).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// This node's underlay address: the next hop BGP routes to its Pods use (repeatable).
+    #[arg(long = "address", value_name = "IP")]
+    pub addresses: Vec<IpAddr>,
+    /// A Pod CIDR block this node owns (repeatable).
+    #[arg(long = "block", value_name = "CIDR")]
+    pub blocks: Vec<IpNetwork>,
+    /// The endpoint peers send WireGuard traffic to (default: first address and listen port).
+    #[arg(long, value_name = "IP:PORT")]
+    pub endpoint: Option<SocketAddr>,
+    /// WireGuard UDP listen port [default: 51820].
+    #[arg(long, value_name = "PORT")]
+    pub listen_port: Option<u16>,
+    /// Directory of the file registry (one JSON record per node).
+    #[arg(long, value_name = "DIR")]
+    pub registry_dir: Option<PathBuf>,
+    /// Directory of this node's private key [default: /var/lib/weft/keys].
+    #[arg(long, value_name = "DIR")]
+    pub key_dir: Option<PathBuf>,
+    /// Run directory holding the admin socket [default: /run/weft].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Kernel route protocol whose routes are learned, by name or number (repeatable)
+    /// [default: bird, bgp].
+    #[arg(long = "route-protocol", value_name = "PROTO", value_parser = parse_route_protocol)]
+    pub route_protocols: Vec<u8>,
+    /// How long to wait for more changes before recomputing the mesh [default: 200ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub debounce: Option<Duration>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    node_name: Option<String>,
+    #[serde(default)]
+    addresses: Vec<IpAddr>,
+    #[serde(default)]
+    blocks: Vec<IpNetwork>,
+    endpoint: Option<SocketAddr>,
+    listen_port: Option<u16>,
+    registry_dir: Option<PathBuf>,
+    key_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    #[serde(default)]
+    route_protocols: Vec<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    debounce: Option<Duration>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Why the agent's settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Validated agent settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub addresses: Vec<IpAddr>,
+    pub blocks: Vec<IpNetwork>,
+    pub endpoint: Option<SocketAddr>,
+    pub listen_port: u16,
+    pub registry_dir: PathBuf,
+    pub key_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub route_protocols: BTreeSet<u8>,
+    pub debounce: Duration,
+}
+
+impl AgentConfig {
+    /// Merges the flags over the config file (if any) and validates the result.
+    pub fn load(args: &AgentArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: &AgentArgs, file: ConfigFile) -> Result<Self, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let node_name = args
+            .node_name
+            .clone()
+            .or(file.node_name)
+            .ok_or_else(|| invalid("no node name: pass --node-name or set NODE_NAME".into()))?;
+        if !is_valid_node_name(&node_name) {
+            return Err(invalid(format!(
+                "invalid node name {node_name:?}: use lowercase letters, digits, '-' and '.'"
+            )));
+        }
+        let endpoint = args.endpoint.or(file.endpoint);
+        let mut addresses = pick(&args.addresses, file.addresses);
+        if addresses.is_empty() {
+            addresses.extend(endpoint.map(|e| e.ip()));
+        }
+        if addresses.is_empty() {
+            return Err(invalid(
+                "no node address: pass --address with the underlay address BGP routes use as next hop"
+                    .into(),
+            ));
+        }
+        let route_protocols = if args.route_protocols.is_empty() {
+            file.route_protocols
+                .iter()
+                .map(|p| parse_route_protocol(p))
+                .collect::<Result<BTreeSet<u8>, String>>()
+                .map_err(invalid)?
+        } else {
+            args.route_protocols.iter().copied().collect()
+        };
+        let route_protocols = if route_protocols.is_empty() {
+            [PROTO_BIRD, PROTO_BGP].into_iter().collect()
+        } else {
+            route_protocols
+        };
+        let listen_port = args
+            .listen_port
+            .or(file.listen_port)
+            .unwrap_or(DEFAULT_LISTEN_PORT);
+        if listen_port == 0 {
+            return Err(invalid("--listen-port must not be 0".into()));
+        }
+        let registry_dir = args
+            .registry_dir
+            .clone()
+            .or(file.registry_dir)
+            .ok_or_else(|| {
+                invalid(
+                    "no registry: pass --registry-dir (the shared directory of node records)"
+                        .into(),
+                )
+            })?;
+        Ok(Self {
+            node_name,
+            addresses,
+            blocks: pick(&args.blocks, file.blocks),
+            endpoint,
+            listen_port,
+            registry_dir,
+            key_dir: args
+                .key_dir
+                .clone()
+                .or(file.key_dir)
+                .unwrap_or_else(|| weft_keys::DEFAULT_KEY_DIR.into()),
+            run_dir: args
+                .run_dir
+                .clone()
+                .or(file.run_dir)
+                .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+            route_protocols,
+            debounce: args.debounce.or(file.debounce).unwrap_or(DEFAULT_DEBOUNCE),
+        })
+    }
+}
+
+fn pick<T: Clone>(flag: &[T], file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() { file } else { flag.to_vec() }
+}
+
+fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> AgentArgs {
+        AgentArgs {
+            node_name: Some("n1".into()),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            registry_dir: Some("/tmp/registry".into()),
+            ..AgentArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let config = AgentConfig::merge(&args(), ConfigFile::default()).unwrap();
+        assert_eq!(config.listen_port, 51820);
+        assert_eq!(config.route_protocols, [12, 186].into_iter().collect());
+        assert_eq!(config.run_dir, PathBuf::from("/run/weft"));
+        assert_eq!(config.key_dir, PathBuf::from("/var/lib/weft/keys"));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: ConfigFile = toml::from_str(
+            "node-name = \"file-node\"\nblocks = [\"10.244.9.0/24\"]\nlisten-port = 5000\nroute-protocols = [\"zebra\"]\ndebounce = \"1s\"\n",
+        )
+        .unwrap();
+        let mut flags = args();
+        flags.listen_port = Some(6000);
+        let config = AgentConfig::merge(&flags, file).unwrap();
+        assert_eq!(config.node_name, "n1");
+        assert_eq!(config.listen_port, 6000);
+        assert_eq!(
+            config.blocks,
+            vec!["10.244.9.0/24".parse::<IpNetwork>().unwrap()]
+        );
+        assert_eq!(config.route_protocols, [11].into_iter().collect());
+        assert_eq!(config.debounce, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        assert!(toml::from_str::<ConfigFile>("nodename = \"x\"").is_err());
+    }
+
+    #[test]
+    fn missing_or_bad_settings_have_clear_errors() {
+        let mut no_name = args();
+        no_name.node_name = None;
+        let error = AgentConfig::merge(&no_name, ConfigFile::default()).unwrap_err();
+        assert!(error.to_string().contains("--node-name"), "{error}");
+
+        let mut bad_name = args();
+        bad_name.node_name = Some("Node_1".into());
+        assert!(AgentConfig::merge(&bad_name, ConfigFile::default()).is_err());
+
+        let mut no_address = args();
+        no_address.addresses.clear();
+        let error = AgentConfig::merge(&no_address, ConfigFile::default()).unwrap_err();
+        assert!(error.to_string().contains("--address"), "{error}");
+
+        let mut no_registry = args();
+        no_registry.registry_dir = None;
+        let error = AgentConfig::merge(&no_registry, ConfigFile::default()).unwrap_err();
+        assert!(error.to_string().contains("--registry-dir"), "{error}");
+    }
+
+    #[test]
+    fn endpoint_supplies_the_address_when_none_is_given() {
+        let mut flags = args();
+        flags.addresses.clear();
+        flags.endpoint = Some("198.18.0.7:51820".parse().unwrap());
+        let config = AgentConfig::merge(&flags, ConfigFile::default()).unwrap();
+        assert_eq!(
+            config.addresses,
+            vec!["198.18.0.7".parse::<IpAddr>().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! `weft agent`: publishes this node's record, watches records and BGP routes, recomputes the
+//! mesh on every change (debounced), logs the diff and serves the admin API.
+
+pub mod admin;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
+use crate::record::{NodeRecord, RecordError};
+use crate::registry::file::FileRegistry;
+use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
+use crate::route_source::watch_routes;
+use crate::routes::LearnedRoute;
+use crate::status::{RejectionView, Status, Synced};
+use admin::{AdminError, AdminHandler, AdminRequest};
+use config::AgentConfig;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("key store: {0}")]
+    Key(#[from] weft_keys::KeyError),
+    #[error("the configured blocks and endpoint do not form a valid node record: {0}")]
+    Record(#[from] RecordError),
+    #[error("cannot create run directory {path}: {source}")]
+    RunDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// What the admin API reads: the latest status, replaced after every recomputation.
+struct SharedStatus(RwLock<Status>);
+
+impl AdminHandler for SharedStatus {
+    fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
+        match request {
+            AdminRequest::Status => {
+                let status = self
+                    .0
+                    .read()
+                    .map_err(|_| "status lock poisoned".to_string())?;
+                serde_json::to_value(&*status).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Builds this node's record from its key and settings, validated by the same strict parser
+/// every other node applies to it.
+pub fn own_record(
+    config: &AgentConfig,
+    public_key: weft_keys::PublicKey,
+) -> Result<NodeRecord, RecordError> {
+    let record = NodeRecord {
+        public_key,
+        next_public_key: None,
+        endpoint: config.endpoint,
+        blocks: config.blocks.clone(),
+        key_epoch: 0,
+    };
+    NodeRecord::parse(&record.to_json())
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let store = weft_keys::KeyStore::new(&config.key_dir);
+    let (key, created) = store.load_or_generate()?;
+    let public_key = key.public_key();
+    drop(key);
+    tracing::info!(%public_key, created, key_dir = %config.key_dir.display(), "node key ready");
+
+    let own = OwnNode {
+        name: config.node_name.clone(),
+        addresses: config.addresses.clone(),
+        record: own_record(&config, public_key)?,
+    };
+    create_run_dir(&config)?;
+    let listener = admin::bind(&config.run_dir).await?;
+    let registry = FileRegistry::new(&config.registry_dir);
+    registry.publish(&own).await?;
+
+    let (nodes_tx, mut nodes) = watch::channel(None::<RegistrySnapshot>);
+    let (routes_tx, mut routes) = watch::channel(None::<Vec<LearnedRoute>>);
+    let registry_task = tokio::spawn({
+        let registry = registry.clone();
+        async move {
+            if let Err(error) = registry.watch(nodes_tx).await {
+                tracing::error!(%error, "registry watch stopped");
+            }
+        }
+    });
+    let routes_task = tokio::spawn(watch_routes(config.route_protocols.clone(), routes_tx));
+
+    let empty = Mesh {
+        peers: BTreeMap::new(),
+        rejections: Vec::new(),
+    };
+    let initial = Status::new(
+        &own,
+        Synced {
+            registry: false,
+            routes: false,
+        },
+        &empty,
+        &[],
+        0,
+    );
+    let shared = Arc::new(SharedStatus(RwLock::new(initial)));
+    let admin_task = tokio::spawn(admin::serve(listener, shared.clone()));
+    tracing::info!(node = %own.name, run_dir = %config.run_dir.display(), "agent started");
+
+    let mut current: BTreeMap<String, Peer> = BTreeMap::new();
+    let mut rejected: Vec<RejectionView> = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = nodes.changed() => if changed.is_err() { break },
+            changed = routes.changed() => if changed.is_err() { break },
+        }
+        // Debounce: let a burst of changes settle, then compute once from the latest inputs.
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(config.debounce) => {}
+        }
+        let snapshot = nodes.borrow_and_update().clone().unwrap_or_default();
+        let learned = routes.borrow_and_update().clone();
+        let synced = Synced {
+            registry: nodes.borrow().is_some(),
+            routes: learned.is_some(),
+        };
+        let learned = learned.unwrap_or_default();
+        let mut entries = snapshot.nodes.clone();
+        // Our own record always takes part (overlap checks), even before the registry shows it.
+        entries.retain(|node| node.name != own.name);
+        entries.push(crate::mesh::NodeEntry {
+            name: own.name.clone(),
+            addresses: own.addresses.clone(),
+            record: Ok(own.record.clone()),
+        });
+        let mesh = compute_mesh(&MeshInput {
+            local_node: &own.name,
+            nodes: &entries,
+            routes: &learned,
+            default_port: config.listen_port,
+        });
+        log_changes(&current, &mesh, &mut rejected);
+        current = mesh.peers.clone();
+        let status = Status::new(&own, synced, &mesh, &snapshot.skipped, learned.len());
+        if let Ok(mut slot) = shared.0.write() {
+            *slot = status;
+        }
+        if synced.registry && !snapshot.holds(&own) {
+            tracing::warn!(node = %own.name, "own record missing or changed in the registry; publishing it again");
+            if let Err(error) = registry.publish(&own).await {
+                tracing::error!(%error, "re-publishing own record failed");
+            }
+        }
+    }
+
+    tracing::info!("agent stopping");
+    admin_task.abort();
+    registry_task.abort();
+    routes_task.abort();
+    let _ = std::fs::remove_file(admin::socket_path(&config.run_dir));
+    Ok(())
+}
+
+fn create_run_dir(config: &AgentConfig) -> Result<(), AgentError> {
+    let dir = &config.run_dir;
+    let error = |source| AgentError::RunDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(error)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
+    }
+    Ok(())
+}
+
+/// Logs the peer diff and rejections that appeared or went away since the last computation.
+fn log_changes(current: &BTreeMap<String, Peer>, mesh: &Mesh, rejected: &mut Vec<RejectionView>) {
+    let diff = diff_peers(current, &mesh.peers);
+    for peer in &diff.added {
+        tracing::info!(peer = %peer.name, public_key = %peer.public_key, endpoint = ?peer.endpoint, allowed_ips = ?peer.allowed_ips, "peer added");
+    }
+    for name in &diff.removed {
+        tracing::info!(peer = %name, "peer removed");
+    }
+    for peer in &diff.changed {
+        tracing::info!(peer = %peer.name, public_key = %peer.public_key, endpoint = ?peer.endpoint, allowed_ips = ?peer.allowed_ips, "peer changed");
+    }
+    let now: Vec<RejectionView> = Status::rejection_views(&mesh.rejections);
+    for view in now.iter().filter(|v| !rejected.contains(v)) {
+        tracing::warn!(kind = %view.kind, prefix = ?view.prefix, next_hop = ?view.next_hop, node = ?view.node, reason = %view.reason, "{}", view.message);
+    }
+    for view in rejected.iter().filter(|v| !now.contains(v)) {
+        tracing::info!(kind = %view.kind, prefix = ?view.prefix, node = ?view.node, reason = %view.reason, "rejection cleared");
+    }
+    *rejected = now;
+}

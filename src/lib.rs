@@ -1,0 +1,13 @@
+//! weft: a WireGuard-encrypted overlay mesh agent for Kubernetes.
+//!
+//! Pure cores (`record`, `mesh`, `routes`) know nothing of tokio, netlink or Kubernetes; the IO
+//! shells (`route_source`, `registry`, `agent`) are thin.
+
+pub mod agent;
+pub mod cli;
+pub mod mesh;
+pub mod record;
+pub mod registry;
+pub mod route_source;
+pub mod routes;
+pub mod status;

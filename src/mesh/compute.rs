@@ -1,0 +1,231 @@
+//! `compute_mesh`: the cross-check of BGP routes against node records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+
+use super::{Mesh, MeshInput, NodeEntry, Peer, RejectReason, Rejection, Subject};
+use crate::record::{NodeRecord, covers, overlaps};
+
+/// Computes the desired mesh. Node names are expected to be unique (registries key by name).
+pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
+    let world = World::new(input);
+    let mut rejections = BTreeSet::new();
+    for entry in input.nodes {
+        let subject = || Subject::Record {
+            node: entry.name.clone(),
+        };
+        if entry.name == input.local_node {
+            rejections.insert(Rejection {
+                subject: subject(),
+                reason: RejectReason::OwnNode,
+            });
+        } else if let Err(error) = &entry.record {
+            rejections.insert(Rejection {
+                subject: subject(),
+                reason: RejectReason::bad_record(error),
+            });
+        }
+    }
+
+    let mut contested = BTreeSet::new();
+    for (node, block) in &world.claims {
+        let nodes = world.claimants_overlapping(block, Some(node));
+        if !nodes.is_empty() {
+            contested.insert((*node, *block));
+            if *node != input.local_node {
+                rejections.insert(Rejection {
+                    subject: Subject::Block {
+                        node: node.to_string(),
+                        prefix: *block,
+                    },
+                    reason: RejectReason::OverlappingClaims {
+                        nodes: with(nodes, node),
+                    },
+                });
+            }
+        }
+    }
+
+    let mut accepted: BTreeMap<&str, BTreeSet<IpNetwork>> = BTreeMap::new();
+    for route in input.routes {
+        if route.next_hops.is_empty() {
+            rejections.insert(Rejection {
+                subject: Subject::Route {
+                    prefix: route.prefix,
+                    next_hop: None,
+                },
+                reason: RejectReason::UnknownNextHop,
+            });
+        }
+        for hop in &route.next_hops {
+            match world.judge(route.prefix, *hop) {
+                Ok(node) => {
+                    accepted.entry(node).or_default().insert(route.prefix);
+                }
+                Err(reason) => {
+                    rejections.insert(Rejection {
+                        subject: Subject::Route {
+                            prefix: route.prefix,
+                            next_hop: Some(*hop),
+                        },
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    for (node, block) in &world.claims {
+        let routed = accepted
+            .get(node)
+            .is_some_and(|prefixes| prefixes.iter().any(|p| covers(block, p)));
+        if *node != input.local_node && !routed && !contested.contains(&(*node, *block)) {
+            rejections.insert(Rejection {
+                subject: Subject::Block {
+                    node: node.to_string(),
+                    prefix: *block,
+                },
+                reason: RejectReason::ClaimedNotRouted,
+            });
+        }
+    }
+
+    let peers = accepted
+        .into_iter()
+        .filter_map(|(name, prefixes)| {
+            let entry = world.entries.get(name)?;
+            let record = entry.record.as_ref().ok()?;
+            let endpoint = record.endpoint.or_else(|| {
+                let first = entry.addresses.iter().min()?;
+                Some(SocketAddr::new(*first, input.default_port))
+            });
+            let peer = Peer {
+                name: name.to_string(),
+                public_key: record.public_key,
+                endpoint,
+                allowed_ips: normalize(prefixes),
+            };
+            Some((name.to_string(), peer))
+        })
+        .collect();
+    Mesh {
+        peers,
+        rejections: rejections.into_iter().collect(),
+    }
+}
+
+/// Sorted, and without prefixes contained in another one of the set.
+fn normalize(prefixes: BTreeSet<IpNetwork>) -> Vec<IpNetwork> {
+    let mut sorted: Vec<IpNetwork> = prefixes.into_iter().collect();
+    sorted.sort_by_key(|p| (p.is_ipv6(), p.network(), p.prefix()));
+    let mut out: Vec<IpNetwork> = Vec::with_capacity(sorted.len());
+    for prefix in sorted {
+        // Sorted by start address, a covering prefix comes before what it covers.
+        if !out.iter().any(|kept| covers(kept, &prefix)) {
+            out.push(prefix);
+        }
+    }
+    out
+}
+
+fn with(mut nodes: BTreeSet<String>, node: &str) -> Vec<String> {
+    nodes.insert(node.to_string());
+    nodes.into_iter().collect()
+}
+
+/// Indexes over the input.
+struct World<'a> {
+    local: &'a str,
+    local_addresses: BTreeSet<IpAddr>,
+    entries: BTreeMap<&'a str, &'a NodeEntry>,
+    by_address: BTreeMap<IpAddr, BTreeSet<&'a str>>,
+    /// (node, block) for every block of every valid record, ours included.
+    claims: Vec<(&'a str, IpNetwork)>,
+}
+
+impl<'a> World<'a> {
+    fn new(input: &MeshInput<'a>) -> Self {
+        let mut world = World {
+            local: input.local_node,
+            local_addresses: BTreeSet::new(),
+            entries: BTreeMap::new(),
+            by_address: BTreeMap::new(),
+            claims: Vec::new(),
+        };
+        for entry in input.nodes {
+            world.entries.insert(&entry.name, entry);
+            if entry.name == input.local_node {
+                world
+                    .local_addresses
+                    .extend(entry.addresses.iter().copied());
+            } else {
+                for address in &entry.addresses {
+                    world
+                        .by_address
+                        .entry(*address)
+                        .or_default()
+                        .insert(&entry.name);
+                }
+            }
+            if let Ok(record) = &entry.record {
+                world
+                    .claims
+                    .extend(record.blocks.iter().map(|b| (entry.name.as_str(), *b)));
+            }
+        }
+        world.claims.sort();
+        world
+    }
+
+    fn record(&self, node: &str) -> Option<&'a NodeRecord> {
+        self.entries.get(node)?.record.as_ref().ok()
+    }
+
+    /// Nodes other than `except` with a block overlapping `prefix`.
+    fn claimants_overlapping(&self, prefix: &IpNetwork, except: Option<&str>) -> BTreeSet<String> {
+        self.claims
+            .iter()
+            .filter(|(node, block)| Some(*node) != except && overlaps(block, prefix))
+            .map(|(node, _)| node.to_string())
+            .collect()
+    }
+
+    /// Which node the route `prefix via hop` may be given to, or why it may not.
+    fn judge(&self, prefix: IpNetwork, hop: IpAddr) -> Result<&'a str, RejectReason> {
+        if self.local_addresses.contains(&hop) {
+            return Err(RejectReason::OwnNode);
+        }
+        let owners = self
+            .by_address
+            .get(&hop)
+            .ok_or(RejectReason::UnknownNextHop)?;
+        let node = match owners.iter().collect::<Vec<_>>().as_slice() {
+            [node] => **node,
+            _ => {
+                return Err(RejectReason::AmbiguousNextHop {
+                    nodes: owners.iter().map(|n| n.to_string()).collect(),
+                });
+            }
+        };
+        let record = self
+            .record(node)
+            .ok_or_else(|| RejectReason::NextHopRecordRejected {
+                node: node.to_string(),
+            })?;
+        if !record.blocks.iter().any(|block| covers(block, &prefix)) {
+            return Err(RejectReason::NotClaimedByNextHop {
+                node: node.to_string(),
+            });
+        }
+        let others = self.claimants_overlapping(&prefix, Some(node));
+        if !others.is_empty() {
+            return Err(RejectReason::OverlappingClaims {
+                nodes: with(others, node),
+            });
+        }
+        debug_assert_ne!(node, self.local);
+        Ok(node)
+    }
+}

@@ -1,0 +1,69 @@
+//! The mesh computation: a pure function `(local node, node records, learned routes) ->
+//! desired peers`, and the diff between two meshes. No IO.
+//!
+//! A prefix becomes one of a peer's allowed IPs only when both sources agree: a BGP route
+//! sends it to one of the node's addresses, and the node's record claims a block containing
+//! it. Everything that does not become part of a peer gets a typed `Rejection`.
+
+mod compute;
+mod diff;
+mod reason;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+use serde::{Serialize, Serializer};
+use weft_keys::PublicKey;
+
+use crate::record::{NodeRecord, RecordError};
+use crate::routes::LearnedRoute;
+
+pub use compute::compute_mesh;
+pub use diff::{MeshDiff, diff_peers};
+pub use reason::{RejectReason, Rejection, Subject};
+
+/// A node as a registry knows it: its name, underlay addresses and (possibly invalid) record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeEntry {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub record: Result<NodeRecord, RecordError>,
+}
+
+/// Everything the mesh computation looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshInput<'a> {
+    pub local_node: &'a str,
+    pub nodes: &'a [NodeEntry],
+    pub routes: &'a [LearnedRoute],
+    /// Listen port assumed for nodes whose record has no endpoint.
+    pub default_port: u16,
+}
+
+/// One desired WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub name: String,
+    #[serde(serialize_with = "as_display")]
+    pub public_key: PublicKey,
+    pub endpoint: Option<SocketAddr>,
+    /// Sorted (IPv4 first, then by address and length), without duplicates or nested prefixes.
+    pub allowed_ips: Vec<IpNetwork>,
+}
+
+fn as_display<S: Serializer>(key: &PublicKey, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(key)
+}
+
+/// The desired mesh: peers by name, and why everything else was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    pub peers: BTreeMap<String, Peer>,
+    /// Sorted and without duplicates.
+    pub rejections: Vec<Rejection>,
+}
+
+#[cfg(test)]
+mod tests;

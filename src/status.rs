@@ -1,0 +1,248 @@
+//! The status document `weft status` prints: built by the agent, served on the admin socket,
+//! rendered by the CLI as JSON (stable, documented in the README) or as a table.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::{Mesh, Rejection};
+use crate::registry::{OwnNode, SkippedEntry};
+
+/// Version of the status JSON shape. Fields are only ever added within one version.
+pub const STATUS_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: u32,
+    pub node: NodeView,
+    pub synced: Synced,
+    pub peers: Vec<PeerView>,
+    pub rejected: Vec<RejectionView>,
+    pub skipped_records: Vec<SkippedEntry>,
+    pub learned_routes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub name: String,
+    pub addresses: Vec<String>,
+    /// This node's record exactly as published (the `weft.dev/node` document).
+    pub record: serde_json::Value,
+}
+
+/// Whether each input has been read at least once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    pub registry: bool,
+    pub routes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    pub name: String,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionView {
+    /// `route`, `block` or `record`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Stable machine-readable code, e.g. `not_claimed_by_next_hop`.
+    pub reason: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl RejectionView {
+    fn from_rejection(rejection: &Rejection) -> Self {
+        // The mesh defines the flat JSON form of a rejection; reading it back keeps one
+        // definition of that shape.
+        serde_json::to_value(rejection)
+            .and_then(serde_json::from_value)
+            .unwrap_or_else(|error| Self {
+                kind: "unknown".into(),
+                prefix: None,
+                next_hop: None,
+                node: None,
+                reason: "unrepresentable".into(),
+                message: error.to_string(),
+            })
+    }
+}
+
+impl Status {
+    pub fn new(
+        own: &OwnNode,
+        synced: Synced,
+        mesh: &Mesh,
+        skipped: &[SkippedEntry],
+        learned_routes: usize,
+    ) -> Self {
+        Self {
+            version: STATUS_VERSION,
+            node: NodeView {
+                name: own.name.clone(),
+                addresses: own.addresses.iter().map(ToString::to_string).collect(),
+                record: own.record.to_value(),
+            },
+            synced,
+            peers: mesh
+                .peers
+                .values()
+                .map(|peer| PeerView {
+                    name: peer.name.clone(),
+                    public_key: peer.public_key.to_string(),
+                    endpoint: peer.endpoint.map(|e| e.to_string()),
+                    allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            rejected: Self::rejection_views(&mesh.rejections),
+            skipped_records: skipped.to_vec(),
+            learned_routes,
+        }
+    }
+
+    /// The status form of the mesh's rejections, in the mesh's order.
+    pub fn rejection_views(rejections: &[Rejection]) -> Vec<RejectionView> {
+        rejections
+            .iter()
+            .map(RejectionView::from_rejection)
+            .collect()
+    }
+
+    /// The human-readable form of `weft status`.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let record = &self.node.record;
+        let text = |key: &str| record.get(key).and_then(|v| v.as_str()).unwrap_or("-");
+        let blocks = record
+            .get("blocks")
+            .and_then(|b| b.as_array())
+            .map(|b| {
+                b.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(out, "node:       {}", self.node.name);
+        let _ = writeln!(out, "public key: {}", text("publicKey"));
+        let _ = writeln!(out, "addresses:  {}", self.node.addresses.join(","));
+        let _ = writeln!(
+            out,
+            "blocks:     {}",
+            if blocks.is_empty() { "-" } else { &blocks }
+        );
+        let _ = writeln!(
+            out,
+            "synced:     registry={} routes={} ({} learned routes)",
+            self.synced.registry, self.synced.routes, self.learned_routes
+        );
+        out.push('\n');
+        let peers: Vec<Vec<String>> = self
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.public_key.clone(),
+                    p.endpoint.clone().unwrap_or_else(|| "-".into()),
+                    p.allowed_ips.join(","),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["PEER", "PUBLIC KEY", "ENDPOINT", "ALLOWED IPS"],
+            &peers,
+        ));
+        if !self.rejected.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = self
+                .rejected
+                .iter()
+                .map(|r| {
+                    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                    vec![
+                        r.kind.clone(),
+                        dash(&r.prefix),
+                        dash(&r.next_hop),
+                        dash(&r.node),
+                        r.reason.clone(),
+                        r.message.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["REJECTED", "PREFIX", "NEXT HOP", "NODE", "REASON", "DETAIL"],
+                &rows,
+            ));
+        }
+        if !self.skipped_records.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = self
+                .skipped_records
+                .iter()
+                .map(|s| vec![s.source.clone(), s.reason.clone()])
+                .collect();
+            out.push_str(&table(&["SKIPPED RECORD", "REASON"], &rows));
+        }
+        out
+    }
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![vec![
+            "n2".to_string(),
+            "x".to_string(),
+            "10.244.2.0/24".to_string(),
+        ]];
+        assert_eq!(
+            table(&["PEER", "KEY", "ALLOWED"], &rows),
+            "PEER  KEY  ALLOWED\nn2    x    10.244.2.0/24\n"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The `weft` binary's commands, run as a user would, with their error messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+fn weft(args: &[&str]) -> Output {
+    Command::new(common::weft_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn key_generate_then_show_prints_the_same_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("keys");
+    let key_dir = key_dir.to_str().unwrap();
+    let generated = weft(&["key", "generate", "--key-dir", key_dir]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let public = stdout(&generated).trim().to_string();
+    assert_eq!(public.len(), 44, "not a base64 x25519 key: {public}");
+    let shown = weft(&["key", "show", "--key-dir", key_dir]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert_eq!(stdout(&shown).trim(), public);
+    // The private key never appears on stdout/stderr.
+    let private = std::fs::read_to_string(format!("{key_dir}/private.key")).unwrap();
+    assert!(!stdout(&generated).contains(private.trim()));
+    assert!(!stderr(&generated).contains(private.trim()));
+}
+
+#[test]
+fn key_generate_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().to_str().unwrap();
+    let first = stdout(&weft(&["key", "generate", "--key-dir", key_dir]));
+    let again = weft(&["key", "generate", "--key-dir", key_dir]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    let shown = stdout(&weft(&["key", "show", "--key-dir", key_dir]));
+    assert_eq!(shown, first, "a refused generate changed the key");
+    let forced = weft(&["key", "generate", "--key-dir", key_dir, "--force"]);
+    assert!(forced.status.success());
+    assert_ne!(stdout(&forced), first);
+}
+
+#[test]
+fn key_show_rejects_a_world_readable_key_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().to_str().unwrap();
+    assert!(
+        weft(&["key", "generate", "--key-dir", key_dir])
+            .status
+            .success()
+    );
+    let path = dir.path().join("private.key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shown = weft(&["key", "show", "--key-dir", key_dir]);
+    assert!(!shown.status.success());
+    assert!(stderr(&shown).contains("chmod 600"), "{}", stderr(&shown));
+}
+
+#[test]
+fn status_without_an_agent_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weft(&["status", "--run-dir", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no weft agent is running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn agent_refuses_bad_settings_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let base = [
+        "agent",
+        "--node-name",
+        "n1",
+        "--address",
+        "198.18.0.1",
+        "--registry-dir",
+        d,
+    ];
+    let cases: [(&[&str], &str); 3] = [
+        (&["--block", "10.244.1.1/24"], "10.244.1.1/24"),
+        (
+            &["--block", "10.244.1.0/24", "--block", "10.244.1.0/25"],
+            "overlap",
+        ),
+        (&["--block", "not-a-cidr"], "not-a-cidr"),
+    ];
+    for (extra, expected) in cases {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(["--key-dir", d, "--run-dir", d]);
+        args.extend(extra);
+        let out = weft(&args);
+        assert!(!out.status.success(), "agent accepted {extra:?}");
+        assert!(
+            stderr(&out)
+                .to_lowercase()
+                .contains(&expected.to_lowercase()),
+            "error for {extra:?} does not mention {expected:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = weft(&["agent", "--address", "198.18.0.1", "--registry-dir", d]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--node-name"), "{}", stderr(&out));
+}

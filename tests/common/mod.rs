@@ -1,0 +1,198 @@
+//! A lab for integration tests: `scripts/lab.sh` with its own name, torn down on drop (also
+//! when the test fails).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn weft_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weft")
+}
+
+/// Runs a command, returning its output whether or not it succeeded.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let output = run(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn require_root() {
+    let uid = run_ok("id", &["-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "the lab tests create network namespaces and must run as root"
+    );
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub struct Lab {
+    pub name: String,
+    pub nodes: usize,
+}
+
+impl Lab {
+    /// Brings up a lab of `nodes` nodes named `name` (≤ 8 lowercase alphanumerics).
+    pub fn up(name: &str, nodes: usize) -> Lab {
+        require_root();
+        // The guard exists before `up` runs so a half-built lab is torn down too.
+        let lab = Lab {
+            name: name.to_string(),
+            nodes,
+        };
+        lab.down_quietly();
+        lab.script(&["up", &nodes.to_string()]);
+        lab
+    }
+
+    pub fn script(&self, args: &[&str]) -> String {
+        let script = repo().join("scripts/lab.sh");
+        let output = Command::new(&script)
+            .args(args)
+            .env("WEFT_LAB", &self.name)
+            .env("WEFT_BIN", weft_bin())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "lab.sh {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn down_quietly(&self) {
+        let _ = Command::new(repo().join("scripts/lab.sh"))
+            .arg("down")
+            .env("WEFT_LAB", &self.name)
+            .output();
+    }
+
+    pub fn node_ns(&self, k: usize) -> String {
+        format!("{}-n{k}", self.name)
+    }
+
+    pub fn run_dir(&self, k: usize) -> String {
+        format!("/run/{}/n{k}", self.name)
+    }
+
+    pub fn registry_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/{}/registry", self.name))
+    }
+
+    /// `weft status --output json` inside node `k`, or `None` if the agent does not answer.
+    pub fn status(&self, k: usize) -> Option<Value> {
+        let ns = self.node_ns(k);
+        let run_dir = self.run_dir(k);
+        let output = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                weft_bin(),
+                "status",
+                "--run-dir",
+                &run_dir,
+                "--output",
+                "json",
+            ],
+        );
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// Peer name -> allowed IPs, from node `k`'s status.
+    pub fn peers(&self, k: usize) -> Option<Vec<(String, BTreeSet<String>)>> {
+        let status = self.status(k)?;
+        let peers = status["peers"].as_array()?;
+        Some(
+            peers
+                .iter()
+                .map(|p| {
+                    let name = p["name"].as_str().unwrap_or_default().to_string();
+                    let ips = p["allowedIps"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (name, ips)
+                })
+                .collect(),
+        )
+    }
+
+    /// Prefixes the kernel of node `k` holds as BGP routes (protocol bird) via `next_hop`.
+    pub fn bird_routes_via(&self, k: usize, next_hop: &str) -> BTreeSet<String> {
+        let out = run_ok(
+            "ip",
+            &[
+                "-n",
+                &self.node_ns(k),
+                "-j",
+                "route",
+                "show",
+                "proto",
+                "bird",
+            ],
+        );
+        let routes: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+        routes
+            .iter()
+            .filter(|r| {
+                r["gateway"].as_str() == Some(next_hop)
+                    || r["nexthops"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|h| h["gateway"].as_str() == Some(next_hop)))
+            })
+            .filter_map(|r| r["dst"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.down_quietly();
+    }
+}
