@@ -197,17 +197,24 @@ fn create_run_dir(config: &AgentConfig) -> Result<(), AgentError> {
 /// Logs the peer diff and rejections that appeared or went away since the last computation.
 fn log_changes(current: &BTreeMap<String, Peer>, mesh: &Mesh, rejected: &mut Vec<RejectionView>) {
     let diff = diff_peers(current, &mesh.peers);
+    let ips = |peer: &Peer| {
+        let list: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
+        list.join(",")
+    };
     for peer in &diff.added {
-        tracing::info!(peer = %peer.name, public_key = %peer.public_key, endpoint = ?peer.endpoint, allowed_ips = ?peer.allowed_ips, "peer added");
+        tracing::info!(peer = %peer.name, public_key = %peer.public_key, endpoint = ?peer.endpoint, allowed_ips = %ips(peer), "peer added");
     }
     for name in &diff.removed {
         tracing::info!(peer = %name, "peer removed");
     }
     for peer in &diff.changed {
-        tracing::info!(peer = %peer.name, public_key = %peer.public_key, endpoint = ?peer.endpoint, allowed_ips = ?peer.allowed_ips, "peer changed");
+        tracing::info!(peer = %peer.name, public_key = %peer.public_key, endpoint = ?peer.endpoint, allowed_ips = %ips(peer), "peer changed");
     }
     let now: Vec<RejectionView> = Status::rejection_views(&mesh.rejections);
     for view in now.iter().filter(|v| !rejected.contains(v)) {
+        if view.reason == "own_node" {
+            continue;
+        }
         tracing::warn!(kind = %view.kind, prefix = ?view.prefix, next_hop = ?view.next_hop, node = ?view.node, reason = %view.reason, "{}", view.message);
     }
     for view in rejected.iter().filter(|v| !now.contains(v)) {
