@@ -10,17 +10,21 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::watch;
 
 use crate::routes::{LearnedRoute, RouteKey, RouteTable};
+
+/// Receive buffer asked for on the notification socket (the kernel caps it at rmem_max).
+const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Errors of the route source.
 #[derive(Debug, thiserror::Error)]
@@ -163,11 +167,19 @@ async fn watch_once(
     protocols: &BTreeSet<u8>,
     routes: &watch::Sender<Option<Vec<LearnedRoute>>>,
 ) -> Result<(), RouteSourceError> {
-    let (connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[
+    let (mut connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
     ])
     .map_err(RouteSourceError::Socket)?;
+    // A generous receive buffer makes overruns (and the re-dumps they cost) rare.
+    if let Err(error) = connection
+        .socket_mut()
+        .socket_mut()
+        .set_rx_buf_sz(RECEIVE_BUFFER_BYTES)
+    {
+        tracing::debug!(%error, "cannot enlarge the netlink receive buffer");
+    }
     let connection = tokio::spawn(connection);
     let _abort = AbortOnDrop(connection);
 
@@ -178,28 +190,19 @@ async fn watch_once(
         return Ok(());
     }
 
-    while let Some((message, _)) = messages.next().await {
-        let changed = match message.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-                match route_from_message(&route, protocols) {
-                    Some((key, learned)) => table.upsert(key, learned),
-                    None => false,
+    while let Some(first) = messages.next().await {
+        let mut changed = apply(first.0, &handle, protocols, &mut table).await?;
+        // Take everything already queued before publishing, so a burst of changes is
+        // published once instead of once per route.
+        loop {
+            match messages.next().now_or_never() {
+                Some(Some((message, _))) => {
+                    changed |= apply(message, &handle, protocols, &mut table).await?;
                 }
+                Some(None) => return Err(RouteSourceError::Closed),
+                None => break,
             }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(route)) => {
-                match route_from_message(&route, protocols) {
-                    Some((key, _)) => table.remove(&key),
-                    None => false,
-                }
-            }
-            NetlinkPayload::Overrun(_) => {
-                tracing::warn!("netlink overrun: notifications were lost; re-dumping routes");
-                table.clear();
-                dump_into(&handle, protocols, &mut table).await?;
-                true
-            }
-            _ => false,
-        };
+        }
         if changed {
             tracing::debug!(routes = table.len(), "learned routes changed");
             if publish(routes, &table) {
@@ -208,6 +211,36 @@ async fn watch_once(
         }
     }
     Err(RouteSourceError::Closed)
+}
+
+/// Applies one notification to the table; returns whether the table changed.
+async fn apply(
+    message: NetlinkMessage<RouteNetlinkMessage>,
+    handle: &Handle,
+    protocols: &BTreeSet<u8>,
+    table: &mut RouteTable,
+) -> Result<bool, RouteSourceError> {
+    Ok(match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+            match route_from_message(&route, protocols) {
+                Some((key, learned)) => table.upsert(key, learned),
+                None => false,
+            }
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(route)) => {
+            match route_from_message(&route, protocols) {
+                Some((key, _)) => table.remove(&key),
+                None => false,
+            }
+        }
+        NetlinkPayload::Overrun(_) => {
+            tracing::warn!("netlink overrun: notifications were lost; re-dumping routes");
+            table.clear();
+            dump_into(handle, protocols, table).await?;
+            true
+        }
+        _ => false,
+    })
 }
 
 /// Publishes the table; returns true when nobody listens any more.

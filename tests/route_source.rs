@@ -1,0 +1,152 @@
+//! The route source against a real kernel: bulk route changes (enough to overrun a netlink
+//! socket's buffer) end with exactly the kernel's BGP routes learned, multipath routes
+//! included, other protocols ignored.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{require_root, run_ok, wait_for, weft_bin};
+
+/// A network namespace (and the agent in it) that is removed on drop, even when the test fails.
+struct Netns {
+    name: String,
+    agent: Option<Child>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn learned_routes(ns: &str, run_dir: &str) -> Option<u64> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            weft_bin(),
+            "status",
+            "--run-dir",
+            run_dir,
+            "-o",
+            "json",
+        ])
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    status["synced"]["routes"].as_bool().filter(|s| *s)?;
+    status["learnedRoutes"].as_u64()
+}
+
+fn batch(ns: &str, commands: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batch");
+    std::fs::write(&path, commands).unwrap();
+    run_ok("ip", &["-n", ns, "-batch", path.to_str().unwrap()]);
+}
+
+#[test]
+fn bulk_route_changes_are_all_learned_and_nothing_else() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("wtroute-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    run_ok("ip", &["netns", "add", &name]);
+    let mut ns = Netns {
+        name: name.clone(),
+        agent: None,
+    };
+    run_ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
+    run_ok(
+        "ip",
+        &[
+            "-n", &name, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ],
+    );
+    run_ok("ip", &["-n", &name, "link", "set", "d1", "up"]);
+    run_ok(
+        "ip",
+        &["-n", &name, "addr", "add", "198.18.0.1/24", "dev", "d0"],
+    );
+    run_ok("ip", &["-n", &name, "link", "set", "d0", "up"]);
+
+    let run_dir = tmp.path().join("run");
+    let run_dir = run_dir.to_str().unwrap().to_string();
+    let dir = |sub: &str| tmp.path().join(sub).to_str().unwrap().to_string();
+    ns.agent = Some(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                weft_bin(),
+                "agent",
+                "--node-name",
+                "n1",
+            ])
+            .args(["--address", "198.18.0.1", "--block", "10.244.1.0/24"])
+            .args([
+                "--registry-dir",
+                &dir("registry"),
+                "--key-dir",
+                &dir("keys"),
+            ])
+            .args(["--run-dir", &run_dir, "--debounce", "50ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the agent's first route dump",
+        || learned_routes(&name, &run_dir).filter(|n| *n == 0),
+    );
+
+    // 4096 BGP routes at once: /29s inside 10.244.128.0/17 via a next hop on d0.
+    let mut adds = String::new();
+    for i in 0..4096u32 {
+        adds.push_str(&format!(
+            "route add 10.244.{}.{}/29 via 198.18.0.2 proto bird\n",
+            128 + i / 32,
+            (i % 32) * 8
+        ));
+    }
+    // Routes of other protocols are not learned; a multipath BGP route counts once.
+    adds.push_str("route add 10.244.0.0/24 via 198.18.0.3 proto static\n");
+    adds.push_str(
+        "route add 10.244.1.0/28 proto bgp nexthop via 198.18.0.2 nexthop via 198.18.0.3\n",
+    );
+    batch(&name, &adds);
+    wait_for(
+        Duration::from_secs(60),
+        "all 4097 BGP routes to be learned",
+        || learned_routes(&name, &run_dir).filter(|n| *n == 4097),
+    );
+
+    // Delete half of them at once; exactly the rest remains.
+    let dels: String = adds
+        .lines()
+        .take(2048)
+        .map(|l| l.replacen("route add", "route del", 1) + "\n")
+        .collect();
+    batch(&name, &dels);
+    wait_for(
+        Duration::from_secs(60),
+        "the deleted routes to be forgotten",
+        || learned_routes(&name, &run_dir).filter(|n| *n == 2049),
+    );
+    // And the count stays there (nothing arrives late).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(learned_routes(&name, &run_dir), Some(2049));
+}
