@@ -23,8 +23,18 @@ use tokio::sync::watch;
 
 use crate::routes::{LearnedRoute, RouteKey, RouteTable};
 
-/// Receive buffer asked for on the notification socket (the kernel caps it at rmem_max).
-const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Receive buffer asked for on the notification socket by default (the kernel caps it at
+/// `net.core.rmem_max`).
+pub const DEFAULT_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the route source learns and how it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSourceConfig {
+    /// Kernel route protocols whose routes are learned.
+    pub protocols: BTreeSet<u8>,
+    /// Receive buffer of the notification socket, in bytes.
+    pub receive_buffer: usize,
+}
 
 /// Errors of the route source.
 #[derive(Debug, thiserror::Error)]
@@ -145,12 +155,12 @@ fn ip_of_via(via: &RouteVia) -> Option<IpAddr> {
 /// initial dump and after every change. Reconnects on failure; returns only when every
 /// receiver is gone.
 pub async fn watch_routes(
-    protocols: BTreeSet<u8>,
+    config: RouteSourceConfig,
     routes: watch::Sender<Option<Vec<LearnedRoute>>>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match watch_once(&protocols, &routes).await {
+        match watch_once(&config, &routes).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "route source failed; reconnecting");
@@ -164,7 +174,7 @@ pub async fn watch_routes(
 /// One netlink connection's life: subscribe, dump, follow notifications; re-dump on overrun.
 /// `Ok` only when nobody listens any more.
 async fn watch_once(
-    protocols: &BTreeSet<u8>,
+    config: &RouteSourceConfig,
     routes: &watch::Sender<Option<Vec<LearnedRoute>>>,
 ) -> Result<(), RouteSourceError> {
     let (mut connection, handle, mut messages) = rtnetlink::new_multicast_connection(&[
@@ -173,10 +183,11 @@ async fn watch_once(
     ])
     .map_err(RouteSourceError::Socket)?;
     // A generous receive buffer makes overruns (and the re-dumps they cost) rare.
+    let protocols = &config.protocols;
     if let Err(error) = connection
         .socket_mut()
         .socket_mut()
-        .set_rx_buf_sz(RECEIVE_BUFFER_BYTES)
+        .set_rx_buf_sz(config.receive_buffer)
     {
         tracing::debug!(%error, "cannot enlarge the netlink receive buffer");
     }

@@ -11,7 +11,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::registry::is_valid_node_name;
-use crate::route_source::parse_route_protocol;
+use crate::route_source::{DEFAULT_RECEIVE_BUFFER_BYTES, parse_route_protocol};
 use crate::routes::{PROTO_BGP, PROTO_BIRD};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/weft";
@@ -56,6 +56,10 @@ pub struct AgentArgs {
     /// How long to wait for more changes before recomputing the mesh [default: 200ms].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub debounce: Option<Duration>,
+    /// Receive buffer of the route notification socket in bytes (tests use a tiny one to force
+    /// overruns).
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub netlink_receive_buffer: Option<usize>,
 }
 
 /// The config file: the same settings as the flags.
@@ -117,6 +121,7 @@ pub struct AgentConfig {
     pub run_dir: PathBuf,
     pub route_protocols: BTreeSet<u8>,
     pub debounce: Duration,
+    pub netlink_receive_buffer: usize,
 }
 
 impl AgentConfig {
@@ -202,6 +207,9 @@ impl AgentConfig {
                 .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
             route_protocols,
             debounce: args.debounce.or(file.debounce).unwrap_or(DEFAULT_DEBOUNCE),
+            netlink_receive_buffer: args
+                .netlink_receive_buffer
+                .unwrap_or(DEFAULT_RECEIVE_BUFFER_BYTES),
         })
     }
 }

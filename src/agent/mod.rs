@@ -15,7 +15,7 @@ use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::record::{NodeRecord, RecordError};
 use crate::registry::file::FileRegistry;
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
-use crate::route_source::watch_routes;
+use crate::route_source::{RouteSourceConfig, watch_routes};
 use crate::routes::LearnedRoute;
 use crate::status::{RejectionView, Status, Synced};
 use admin::{AdminError, AdminHandler, AdminRequest};
@@ -104,7 +104,11 @@ pub async fn run(
             }
         }
     });
-    let routes_task = tokio::spawn(watch_routes(config.route_protocols.clone(), routes_tx));
+    let route_source = RouteSourceConfig {
+        protocols: config.route_protocols.clone(),
+        receive_buffer: config.netlink_receive_buffer,
+    };
+    let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
 
     let empty = Mesh {
         peers: BTreeMap::new(),
