@@ -61,6 +61,33 @@ fn every_agent_peers_with_exactly_the_other_nodes_on_their_bgp_blocks() {
             assert_eq!(peer["endpoint"], format!("198.18.0.{j}:51820"));
         }
     }
+
+    // `up` again is a no-op: same agents, same keys, same mesh.
+    let keys_before: Vec<_> = (1..=3)
+        .map(|k| lab.status(k).unwrap()["node"]["record"].clone())
+        .collect();
+    lab.script(&["up", "3"]);
+    for k in 1..=3 {
+        assert_eq!(lab.status(k).unwrap()["node"]["record"], keys_before[k - 1]);
+        assert!(
+            peers_match_bgp(&lab, k).is_some(),
+            "n{k} lost its peers after a second up"
+        );
+    }
+
+    // `down` leaves no namespace, process or file behind.
+    lab.script(&["down"]);
+    let namespaces = common::run_ok("ip", &["netns", "list"]);
+    assert!(
+        !namespaces.contains("wtmesh-"),
+        "namespaces left: {namespaces}"
+    );
+    assert!(!std::path::Path::new("/run/wtmesh").exists());
+    let processes = common::run_ok("ps", &["-eo", "args"]);
+    assert!(
+        !processes.contains("/run/wtmesh/"),
+        "processes left: {processes}"
+    );
 }
 
 #[test]
