@@ -177,7 +177,7 @@ start_agent() {
     local dir="$RUN/n$k"
     alive "$dir/agent.pid" && return 0
     RUST_LOG=${RUST_LOG:-info} setsid ip netns exec "$(node_ns "$k")" "$bin" agent \
-        --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" \
+        --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" --pod-cidr 10.244.0.0/16 \
         --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" \
         >>"$dir/agent.log" 2>&1 < /dev/null &
     echo $! > "$dir/agent.pid"

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod datapath;
 pub mod mesh;
 pub mod record;
 pub mod registry;

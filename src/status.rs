@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::stats::DatapathStatus;
 use crate::mesh::{Mesh, Rejection};
 use crate::registry::{OwnNode, SkippedEntry};
 
@@ -21,6 +22,9 @@ pub struct Status {
     pub rejected: Vec<RejectionView>,
     pub skipped_records: Vec<SkippedEntry>,
     pub learned_routes: usize,
+    /// The encrypted datapath's live state; `null` when running the control plane only.
+    #[serde(default)]
+    pub datapath: Option<DatapathStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl Status {
             rejected: Self::rejection_views(&mesh.rejections),
             skipped_records: skipped.to_vec(),
             learned_routes,
+            datapath: None,
         }
     }
 

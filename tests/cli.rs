@@ -126,25 +126,42 @@ fn lab_sh(args: &[&str], envs: &[(&str, &str)], as_nobody: bool) -> Output {
     let script = common::repo().join("scripts/lab.sh");
     let mut command = if as_nobody {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&script);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&script);
         c
     } else {
         Command::new(&script)
     };
-    command.args(args).envs(envs.iter().copied()).output().unwrap()
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn lab_refuses_bad_input_with_clear_messages() {
     let not_root = lab_sh(&["up"], &[("WEFT_LAB", "wtcli")], true);
     assert!(!not_root.status.success());
-    assert!(stderr(&not_root).contains("must run as root"), "{}", stderr(&not_root));
+    assert!(
+        stderr(&not_root).contains("must run as root"),
+        "{}",
+        stderr(&not_root)
+    );
 
     let bad_name = lab_sh(&["up"], &[("WEFT_LAB", "Bad_Name")], false);
     assert!(!bad_name.status.success());
-    assert!(stderr(&bad_name).contains("WEFT_LAB"), "{}", stderr(&bad_name));
+    assert!(
+        stderr(&bad_name).contains("WEFT_LAB"),
+        "{}",
+        stderr(&bad_name)
+    );
 
     let bad_count = lab_sh(&["up", "many"], &[("WEFT_LAB", "wtcli")], false);
     assert!(!bad_count.status.success());
-    assert!(stderr(&bad_count).contains("node count"), "{}", stderr(&bad_count));
+    assert!(
+        stderr(&bad_count).contains("node count"),
+        "{}",
+        stderr(&bad_count)
+    );
 }

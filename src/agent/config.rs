@@ -10,6 +10,7 @@ use clap::Args;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
+use crate::datapath::Encryption;
 use crate::registry::is_valid_node_name;
 use crate::route_source::{DEFAULT_RECEIVE_BUFFER_BYTES, parse_route_protocol};
 use crate::routes::{PROTO_BGP, PROTO_BIRD};
@@ -17,6 +18,9 @@ use crate::routes::{PROTO_BGP, PROTO_BIRD};
 pub const DEFAULT_RUN_DIR: &str = "/run/weft";
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+pub const DEFAULT_FWMARK: u32 = 0x5746;
+pub const DEFAULT_ROUTE_TABLE: u32 = 51820;
+pub const DEFAULT_RULE_PRIORITY: u32 = 5210;
 
 /// `weft agent` flags. Every flag may also be set in the config file (same name, kebab-case);
 /// a flag given on the command line wins.
@@ -56,6 +60,35 @@ pub struct AgentArgs {
     /// How long to wait for more changes before recomputing the mesh [default: 200ms].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub debounce: Option<Duration>,
+    /// TUN interface name [default: weft0].
+    #[arg(long, value_name = "NAME")]
+    pub interface: Option<String>,
+    /// What happens to BGP-routed Pod prefixes without a valid peer: `required` makes them
+    /// unreachable (never in clear), `preferred` leaves them to the BGP route (migration only)
+    /// [default: required].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub encryption: Option<Encryption>,
+    /// MTU of the underlay network; the TUN gets this minus the WireGuard overhead
+    /// [default: 1500].
+    #[arg(long, value_name = "BYTES")]
+    pub underlay_mtu: Option<u32>,
+    /// Firewall mark on weft's own UDP packets, so they bypass weft's table [default: 0x5746].
+    #[arg(long, value_name = "MARK", value_parser = parse_u32)]
+    pub fwmark: Option<u32>,
+    /// weft's routing table [default: 51820].
+    #[arg(long, value_name = "ID")]
+    pub route_table: Option<u32>,
+    /// Priority of the `ip rule` that steers unmarked traffic into weft's table
+    /// [default: 5210].
+    #[arg(long, value_name = "PRIO")]
+    pub rule_priority: Option<u32>,
+    /// The cluster's Pod CIDR (repeatable). With encryption required, any address in it that
+    /// no verified peer or local block covers is unreachable rather than sent in clear.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<IpNetwork>,
+    /// Run the control plane only: no TUN, no encryption (status and records still work).
+    #[arg(long)]
+    pub no_datapath: bool,
     /// Receive buffer of the route notification socket in bytes (tests use a tiny one to force
     /// overruns).
     #[arg(long, value_name = "BYTES", hide = true)]
@@ -80,6 +113,16 @@ struct ConfigFile {
     route_protocols: Vec<String>,
     #[serde(default, with = "humantime_serde_opt")]
     debounce: Option<Duration>,
+    interface: Option<String>,
+    encryption: Option<Encryption>,
+    underlay_mtu: Option<u32>,
+    fwmark: Option<u32>,
+    route_table: Option<u32>,
+    rule_priority: Option<u32>,
+    #[serde(default)]
+    no_datapath: bool,
+    #[serde(default)]
+    pod_cidrs: Vec<IpNetwork>,
 }
 
 mod humantime_serde_opt {
@@ -122,6 +165,28 @@ pub struct AgentConfig {
     pub route_protocols: BTreeSet<u8>,
     pub debounce: Duration,
     pub netlink_receive_buffer: usize,
+    /// `None` when running the control plane only.
+    pub datapath: Option<DatapathSettings>,
+}
+
+/// Datapath settings (the datapath itself also needs the listen port and the blocks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatapathSettings {
+    pub interface: String,
+    pub encryption: Encryption,
+    pub underlay_mtu: u32,
+    pub fwmark: u32,
+    pub route_table: u32,
+    pub rule_priority: u32,
+    pub pod_cidrs: Vec<IpNetwork>,
+}
+
+fn parse_u32(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not a number (decimal or 0x hex)"))
 }
 
 impl AgentConfig {
@@ -188,6 +253,45 @@ impl AgentConfig {
                         .into(),
                 )
             })?;
+        let underlay_mtu = args.underlay_mtu.or(file.underlay_mtu).unwrap_or(1500);
+        if !(1280..=65535).contains(&underlay_mtu) {
+            return Err(invalid(format!(
+                "--underlay-mtu {underlay_mtu} is outside 1280-65535"
+            )));
+        }
+        let interface = args
+            .interface
+            .clone()
+            .or(file.interface)
+            .unwrap_or_else(|| "weft0".into());
+        if interface.is_empty()
+            || interface.len() > 15
+            || !interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(format!(
+                "invalid --interface {interface:?}: 1-15 letters, digits, '-' or '_'"
+            )));
+        }
+        let datapath = (!(args.no_datapath || file.no_datapath)).then(|| DatapathSettings {
+            interface,
+            encryption: args
+                .encryption
+                .or(file.encryption)
+                .unwrap_or(Encryption::Required),
+            underlay_mtu,
+            fwmark: args.fwmark.or(file.fwmark).unwrap_or(DEFAULT_FWMARK),
+            route_table: args
+                .route_table
+                .or(file.route_table)
+                .unwrap_or(DEFAULT_ROUTE_TABLE),
+            rule_priority: args
+                .rule_priority
+                .or(file.rule_priority)
+                .unwrap_or(DEFAULT_RULE_PRIORITY),
+            pod_cidrs: pick(&args.pod_cidrs, file.pod_cidrs),
+        });
         Ok(Self {
             node_name,
             addresses,
@@ -210,6 +314,7 @@ impl AgentConfig {
             netlink_receive_buffer: args
                 .netlink_receive_buffer
                 .unwrap_or(DEFAULT_RECEIVE_BUFFER_BYTES),
+            datapath,
         })
     }
 }

@@ -11,6 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+use crate::datapath::stats::DatapathStatus;
+use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
 use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::record::{NodeRecord, RecordError};
 use crate::registry::file::FileRegistry;
@@ -38,20 +40,28 @@ pub enum AgentError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("datapath: {0}")]
+    Datapath(#[from] DatapathError),
 }
 
-/// What the admin API reads: the latest status, replaced after every recomputation.
-struct SharedStatus(RwLock<Status>);
+/// What the admin API reads: the latest status, replaced after every recomputation, and the
+/// datapath's live counters.
+struct SharedStatus {
+    status: RwLock<Status>,
+    datapath: Option<watch::Receiver<DatapathStatus>>,
+}
 
 impl AdminHandler for SharedStatus {
     fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
         match request {
             AdminRequest::Status => {
-                let status = self
-                    .0
+                let mut status = self
+                    .status
                     .read()
-                    .map_err(|_| "status lock poisoned".to_string())?;
-                serde_json::to_value(&*status).map_err(|e| e.to_string())
+                    .map_err(|_| "status lock poisoned".to_string())?
+                    .clone();
+                status.datapath = self.datapath.as_ref().map(|d| d.borrow().clone());
+                serde_json::to_value(&status).map_err(|e| e.to_string())
             }
         }
     }
@@ -81,7 +91,6 @@ pub async fn run(
     let store = weft_keys::KeyStore::new(&config.key_dir);
     let (key, created) = store.load_or_generate()?;
     let public_key = key.public_key();
-    drop(key);
     tracing::info!(%public_key, created, key_dir = %config.key_dir.display(), "node key ready");
 
     let own = OwnNode {
@@ -91,6 +100,28 @@ pub async fn run(
     };
     create_run_dir(&config)?;
     let listener = admin::bind(&config.run_dir).await?;
+    let datapath = match &config.datapath {
+        Some(settings) => Some(
+            Datapath::start(
+                DatapathConfig {
+                    interface: settings.interface.clone(),
+                    listen_port: config.listen_port,
+                    fwmark: settings.fwmark,
+                    table: settings.route_table,
+                    rule_priority: settings.rule_priority,
+                    underlay_mtu: settings.underlay_mtu,
+                    ipv6_underlay: config.addresses.first().is_some_and(|a| a.is_ipv6()),
+                    local_blocks: config.blocks.clone(),
+                    encryption: settings.encryption,
+                },
+                &key,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    // The datapath holds its own copy of the secret; ours goes now (zeroized on drop).
+    drop(key);
     let registry = FileRegistry::new(&config.registry_dir);
     registry.publish(&own).await?;
 
@@ -124,7 +155,10 @@ pub async fn run(
         &[],
         0,
     );
-    let shared = Arc::new(SharedStatus(RwLock::new(initial)));
+    let shared = Arc::new(SharedStatus {
+        status: RwLock::new(initial),
+        datapath: datapath.as_ref().map(Datapath::status_receiver),
+    });
     let admin_task = tokio::spawn(admin::serve(listener, shared.clone()));
     tracing::info!(node = %own.name, run_dir = %config.run_dir.display(), "agent started");
 
@@ -165,8 +199,13 @@ pub async fn run(
         });
         log_changes(&current, &mesh, &mut rejected);
         current = mesh.peers.clone();
+        if let Some(datapath) = &datapath
+            && let Err(error) = datapath.update(&mesh, &guarded(&config, &entries)).await
+        {
+            tracing::error!(%error, "applying the mesh to the datapath failed");
+        }
         let status = Status::new(&own, synced, &mesh, &snapshot.skipped, learned.len());
-        if let Ok(mut slot) = shared.0.write() {
+        if let Ok(mut slot) = shared.status.write() {
             *slot = status;
         }
         if synced.registry && !snapshot.holds(&own) {
@@ -181,8 +220,29 @@ pub async fn run(
     admin_task.abort();
     registry_task.abort();
     routes_task.abort();
+    if let Some(datapath) = datapath {
+        datapath.shutdown().await;
+    }
     let _ = std::fs::remove_file(admin::socket_path(&config.run_dir));
     Ok(())
+}
+
+/// The Pod prefixes the datapath must keep from leaving in clear.
+fn guarded(config: &AgentConfig, entries: &[crate::mesh::NodeEntry]) -> Guarded {
+    Guarded {
+        pod_cidrs: config
+            .datapath
+            .as_ref()
+            .map(|d| d.pod_cidrs.clone())
+            .unwrap_or_default(),
+        own_blocks: config.blocks.clone(),
+        remote_blocks: entries
+            .iter()
+            .filter(|e| e.name != config.node_name)
+            .filter_map(|e| e.record.as_ref().ok())
+            .flat_map(|r| r.blocks.iter().copied())
+            .collect(),
+    }
 }
 
 fn create_run_dir(config: &AgentConfig) -> Result<(), AgentError> {

@@ -196,3 +196,94 @@ impl Drop for Lab {
         self.down_quietly();
     }
 }
+
+impl Lab {
+    /// (netns, IP) of every Pod on node `k`, as the lab recorded them.
+    pub fn pods(&self, k: usize) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(format!("/run/{}/n{k}/pods", self.name)).unwrap();
+        text.lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// Whether a ping from netns `from` reaches `to` (up to `tries` single pings).
+    pub fn ping(&self, from: &str, to: &str, tries: usize) -> bool {
+        (0..tries).any(|_| {
+            run(
+                "ip",
+                &["netns", "exec", from, "ping", "-c", "1", "-W", "1", to],
+            )
+            .status
+            .success()
+        })
+    }
+}
+
+/// A packet capture on the lab's underlay bridge, stopped (and reaped) on drop.
+pub struct Capture {
+    child: Option<std::process::Child>,
+    pub file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Capture {
+    /// Captures packets matching the tcpdump `filter` on the bridge of `lab`.
+    pub fn start(lab: &Lab, filter: &str) -> Capture {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("capture.txt");
+        let out = std::fs::File::create(&file).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{}-br", lab.name),
+                "tcpdump",
+                "-l",
+                "-n",
+                "-i",
+                "br0",
+            ])
+            .arg(filter)
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // tcpdump needs a moment to attach.
+        std::thread::sleep(Duration::from_millis(1000));
+        Capture {
+            child: Some(child),
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the capture and returns the captured lines.
+    pub fn stop(mut self) -> Vec<String> {
+        self.finish();
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,302 @@
+//! The datapath loop: one task owning the TUN device, the UDP socket and the peer table.
+//!
+//! TUN -> encapsulate for the peer whose allowed IPs hold the destination -> UDP.
+//! UDP -> find the peer (handshake initiations by the initiator's static key, everything else
+//! by receiver index) -> decapsulate -> checks (source in the peer's allowed IPs, destination
+//! a local Pod block) -> TUN. Timers run on a fixed tick. Buffers are allocated once.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, TunnResult};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tun_rs::AsyncDevice;
+use weft_keys::PublicKey;
+
+use super::packet::addresses;
+use super::peers::PeerTable;
+use super::prefix_table::PrefixTable;
+use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
+use crate::mesh::Peer;
+
+/// Largest datagram or packet handled; also the size of each reusable buffer.
+const BUFFER_BYTES: usize = 65_536;
+/// How often boringtun's timers run (handshake retries, keepalives, session expiry).
+const TIMER_TICK: Duration = Duration::from_millis(100);
+/// How often the status snapshot is refreshed and the handshake rate limiter reset.
+const STATUS_TICK: Duration = Duration::from_secs(1);
+
+/// What the agent tells the datapath.
+#[derive(Debug)]
+pub enum Command {
+    /// The desired peers, as the mesh computation produced them.
+    SetPeers(BTreeMap<String, Peer>),
+}
+
+pub struct Engine {
+    pub(super) tun: Arc<AsyncDevice>,
+    pub(super) udp: UdpSocket,
+    pub(super) peers: PeerTable,
+    /// The node's own Pod blocks: decrypted packets must be addressed inside them.
+    pub(super) local_blocks: PrefixTable<()>,
+    pub(super) drops: DropCounters,
+    pub(super) status: watch::Sender<DatapathStatus>,
+}
+
+/// Canonical form of an address received on a dual-stack socket.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+impl Engine {
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tun_buf = vec![0u8; BUFFER_BYTES];
+        let mut udp_buf = vec![0u8; BUFFER_BYTES];
+        let mut out = vec![0u8; BUFFER_BYTES];
+        let mut timers = tokio::time::interval(TIMER_TICK);
+        timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = tokio::time::interval(STATUS_TICK);
+        loop {
+            tokio::select! {
+                read = self.tun.recv(&mut tun_buf) => match read {
+                    Ok(len) => self.encrypt_outbound(&tun_buf[..len], &mut out).await,
+                    Err(error) => {
+                        tracing::error!(%error, "TUN read failed; datapath stops");
+                        break;
+                    }
+                },
+                received = self.udp.recv_from(&mut udp_buf) => match received {
+                    Ok((len, src)) => self.receive_datagram(canonical(src), &udp_buf[..len], &mut out).await,
+                    Err(error) => tracing::debug!(%error, "UDP receive error"),
+                },
+                _ = timers.tick() => self.run_timers(&mut out).await,
+                _ = status.tick() => {
+                    self.peers.rate_limiter().reset_count();
+                    self.publish_status();
+                }
+                command = commands.recv() => match command {
+                    Some(Command::SetPeers(peers)) => {
+                        self.peers.sync(&peers);
+                        self.publish_status();
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+
+    /// A packet the kernel routed into the TUN: encrypt it for its peer.
+    async fn encrypt_outbound(&mut self, packet: &[u8], out: &mut [u8]) {
+        let Some((_, destination)) = addresses(packet) else {
+            self.drops.count(DropReason::NotIp);
+            return;
+        };
+        if destination.is_multicast() || is_link_local(destination) {
+            // The kernel's own chatter on the TUN (router solicitations, MLD): never for a peer.
+            return;
+        }
+        let Some(index) = self.peers.index_for_destination(destination) else {
+            self.drops.count(DropReason::NoPeer);
+            return;
+        };
+        let Some(slot) = self.peers.slot_mut(index) else {
+            return;
+        };
+        let endpoint = slot.endpoint;
+        match slot.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(bytes) => match endpoint {
+                Some(to) => {
+                    slot.counters.tx_bytes += packet.len() as u64;
+                    let bytes: &[u8] = bytes;
+                    let udp = &self.udp;
+                    send_on(udp, bytes, to).await;
+                }
+                None => slot.counters.drops.count(DropReason::NoEndpoint),
+            },
+            TunnResult::Err(error) => {
+                tracing::debug!(peer = %slot.peer.name, ?error, "encapsulate failed");
+                slot.counters.drops.count(DropReason::Rejected);
+            }
+            _ => {}
+        }
+    }
+
+    /// A datagram from the network: find its peer, decrypt, check, deliver.
+    async fn receive_datagram(&mut self, src: SocketAddr, datagram: &[u8], out: &mut [u8]) {
+        let packet = match self
+            .peers
+            .rate_limiter()
+            .verify_packet(Some(src.ip()), datagram, out)
+        {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                let cookie: &[u8] = cookie;
+                send_on(&self.udp, cookie, src).await;
+                return;
+            }
+            Err(_) => {
+                self.drops.count(DropReason::Malformed);
+                return;
+            }
+        };
+        let index = match packet {
+            Packet::HandshakeInit(init) => {
+                match parse_handshake_anon(self.peers.private_key(), self.peers.public_key(), &init)
+                {
+                    Ok(half) => self
+                        .peers
+                        .index_for_key(&PublicKey::from_bytes(half.peer_static_public)),
+                    Err(_) => {
+                        self.drops.count(DropReason::Malformed);
+                        return;
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => self.peers.index_for_receiver(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.index_for_receiver(p.receiver_idx),
+            Packet::PacketData(p) => self.peers.index_for_receiver(p.receiver_idx),
+        };
+        let Some(index) = index else {
+            let reason = if datagram.first() == Some(&1) {
+                DropReason::UnknownPeer
+            } else {
+                DropReason::UnknownReceiver
+            };
+            self.drops.count(reason);
+            return;
+        };
+        self.decapsulate(index, src, datagram, out).await;
+    }
+
+    async fn decapsulate(&mut self, index: u32, src: SocketAddr, datagram: &[u8], out: &mut [u8]) {
+        let mut input = datagram;
+        loop {
+            let Some(slot) = self.peers.slot_mut(index) else {
+                return;
+            };
+            let result = slot.tunn.decapsulate(Some(src.ip()), input, out);
+            input = &[];
+            match result {
+                TunnResult::WriteToNetwork(bytes) => {
+                    // A handshake answer or a queued packet: keep flushing until Done.
+                    slot.endpoint = Some(src);
+                    let bytes: &[u8] = bytes;
+                    send_on(&self.udp, bytes, src).await;
+                }
+                TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
+                    slot.endpoint = Some(src);
+                    let packet: &[u8] = packet;
+                    self.deliver(index, packet).await;
+                    return;
+                }
+                TunnResult::Done => return,
+                TunnResult::Err(error) => {
+                    tracing::debug!(peer = %slot.peer.name, ?error, "decapsulate refused a message");
+                    slot.counters.drops.count(DropReason::Rejected);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The checks after decryption, in order: source in the peer's allowed IPs, destination
+    /// a local Pod block. Only then is the packet written to the TUN.
+    async fn deliver(&mut self, index: u32, packet: &[u8]) {
+        if packet.is_empty() {
+            return; // keepalive
+        }
+        let verdict = match addresses(packet) {
+            None => Err(DropReason::NotIp),
+            Some((source, _)) if !self.peers.source_allowed(index, source) => {
+                Err(DropReason::SourceNotAllowed)
+            }
+            Some((_, destination)) if self.local_blocks.lookup(destination).is_none() => {
+                Err(DropReason::DestinationNotLocal)
+            }
+            Some(_) => Ok(()),
+        };
+        let Some(slot) = self.peers.slot_mut(index) else {
+            return;
+        };
+        match verdict {
+            Ok(()) => {
+                slot.counters.rx_bytes += packet.len() as u64;
+                if let Err(error) = self.tun.send(packet).await {
+                    tracing::debug!(%error, "TUN write failed");
+                }
+            }
+            Err(reason) => {
+                slot.counters.drops.count(reason);
+                tracing::debug!(peer = %slot.peer.name, reason = reason.code(), "dropped a decrypted packet");
+            }
+        }
+    }
+
+    async fn run_timers(&mut self, out: &mut [u8]) {
+        for slot in self.peers.slots_mut() {
+            match slot.tunn.update_timers(out) {
+                TunnResult::WriteToNetwork(bytes) => {
+                    if let Some(to) = slot.endpoint {
+                        let bytes: &[u8] = bytes;
+                        send_on(&self.udp, bytes, to).await;
+                    }
+                }
+                TunnResult::Err(error) => {
+                    tracing::trace!(peer = %slot.peer.name, ?error, "timer");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let peers = self
+            .peers
+            .slots()
+            .map(|slot| PeerTraffic {
+                name: slot.peer.name.clone(),
+                public_key: slot.peer.public_key.to_string(),
+                endpoint: slot.endpoint.map(|e| e.to_string()),
+                allowed_ips: slot
+                    .peer
+                    .allowed_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                handshake_age_secs: slot.tunn.time_since_last_handshake().map(|d| d.as_secs()),
+                rx_bytes: slot.counters.rx_bytes,
+                tx_bytes: slot.counters.tx_bytes,
+                drops: slot.counters.drops.to_map(),
+            })
+            .collect();
+        let drops = self.drops.to_map();
+        self.status.send_modify(|status| {
+            status.peers = peers;
+            status.drops = drops;
+        });
+    }
+}
+
+fn is_link_local(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
+}
+
+/// Sends on a dual-stack or IPv4 socket, mapping IPv4 destinations for the former.
+async fn send_on(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let to = match (to, udp.local_addr()) {
+        (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => to,
+    };
+    if let Err(error) = udp.send_to(bytes, to).await {
+        tracing::debug!(%error, %to, "UDP send failed");
+    }
+}

@@ -1,0 +1,289 @@
+//! Kernel plumbing over rtnetlink: the TUN's MTU, address and state, weft's routing table
+//! (routes to peers' allowed IPs, unreachable routes for prefixes that must not leave in
+//! clear), and the `ip rule` steering unmarked traffic into that table.
+//!
+//! Everything weft adds carries its own markers (route protocol `PROTO_WEFT`, the rule's
+//! priority + table + mark), so a restart finds and replaces exactly its own objects and leaves
+//! everything else alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteType};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
+
+use crate::route_source::route_from_message;
+
+/// Route protocol number marking routes weft installed (not in any watched set).
+pub const PROTO_WEFT: u8 = 87;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("no interface named {0}")]
+    NoLink(String),
+}
+
+/// What a prefix in weft's table should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableRoute {
+    /// Into the TUN, with the tunnel address as preferred source.
+    Tunnel,
+    /// Nowhere: a Pod prefix without a valid peer (fail closed).
+    Unreachable,
+    /// Back to the next rule: this node's own blocks, delivered by the main table.
+    Throw,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plumbing {
+    pub interface: String,
+    pub table: u32,
+    pub fwmark: u32,
+    pub rule_priority: u32,
+    pub mtu: u32,
+    pub tunnel_addresses: Vec<IpAddr>,
+}
+
+pub struct Kernel {
+    handle: Handle,
+    plumbing: Plumbing,
+    link_index: u32,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl Kernel {
+    /// Configures the TUN link (MTU, addresses, up) and the rules. Idempotent.
+    pub async fn setup(plumbing: Plumbing) -> Result<Self, KernelError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+        let connection = tokio::spawn(connection);
+        let link = handle
+            .link()
+            .get()
+            .match_name(plumbing.interface.clone())
+            .execute()
+            .try_next()
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| KernelError::NoLink(plumbing.interface.clone()))?;
+        let link_index = link.header.index;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link_index)
+                    .mtu(plumbing.mtu)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await?;
+        for address in &plumbing.tunnel_addresses {
+            let len = if address.is_ipv4() { 32 } else { 128 };
+            match handle
+                .address()
+                .add(link_index, *address, len)
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_eexist() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let kernel = Self {
+            handle,
+            plumbing,
+            link_index,
+            _connection: connection,
+        };
+        kernel.remove_rules().await?;
+        kernel.add_rules().await?;
+        Ok(kernel)
+    }
+
+    fn is_our_rule(&self, rule: &RuleMessage) -> bool {
+        let mut table = u32::from(rule.header.table);
+        let mut priority = None;
+        let mut mark = None;
+        for attribute in &rule.attributes {
+            match attribute {
+                RuleAttribute::Table(t) => table = *t,
+                RuleAttribute::Priority(p) => priority = Some(*p),
+                RuleAttribute::FwMark(m) => mark = Some(*m),
+                _ => {}
+            }
+        }
+        table == self.plumbing.table
+            && priority == Some(self.plumbing.rule_priority)
+            && mark == Some(self.plumbing.fwmark)
+    }
+
+    async fn remove_rules(&self) -> Result<(), KernelError> {
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await?;
+            for rule in rules.into_iter().filter(|r| self.is_our_rule(r)) {
+                self.handle.rule().del(rule).execute().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_rules(&self) -> Result<(), KernelError> {
+        let p = &self.plumbing;
+        let mut v4 = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(p.table)
+            .priority(p.rule_priority)
+            .fw_mark(p.fwmark)
+            .action(RuleAction::ToTable);
+        v4.message_mut().header.flags |= RuleFlags::Invert;
+        v4.execute().await?;
+        let mut v6 = self
+            .handle
+            .rule()
+            .add()
+            .v6()
+            .table_id(p.table)
+            .priority(p.rule_priority)
+            .fw_mark(p.fwmark)
+            .action(RuleAction::ToTable);
+        v6.message_mut().header.flags |= RuleFlags::Invert;
+        // A kernel without IPv6 refuses the rule; IPv4 still works.
+        if let Err(error) = v6.execute().await {
+            tracing::debug!(%error, "cannot add the IPv6 rule");
+        }
+        Ok(())
+    }
+
+    /// The routes weft has in its table now.
+    async fn current_routes(&self) -> Result<BTreeMap<IpNetwork, TableRoute>, KernelError> {
+        let mut current = BTreeMap::new();
+        for request in [
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(self.plumbing.table)
+                .build(),
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(self.plumbing.table)
+                .build(),
+        ] {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await?;
+            let weft: BTreeSet<u8> = [PROTO_WEFT].into_iter().collect();
+            for route in &routes {
+                if let Some((key, Some(learned))) = route_from_message(route, &weft)
+                    && key.table == self.plumbing.table
+                {
+                    let kind = match route.header.kind {
+                        RouteType::Unreachable => TableRoute::Unreachable,
+                        RouteType::Throw => TableRoute::Throw,
+                        _ => TableRoute::Tunnel,
+                    };
+                    current.insert(learned.prefix, kind);
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    /// Makes weft's table hold exactly `desired`.
+    pub async fn sync_routes(
+        &self,
+        desired: &BTreeMap<IpNetwork, TableRoute>,
+    ) -> Result<(), KernelError> {
+        let current = self.current_routes().await?;
+        for (prefix, kind) in &current {
+            if desired.get(prefix) != Some(kind) {
+                self.handle
+                    .route()
+                    .del(self.route_message(*prefix, *kind))
+                    .execute()
+                    .await?;
+            }
+        }
+        for (prefix, kind) in desired {
+            if current.get(prefix) != Some(kind) {
+                self.handle
+                    .route()
+                    .add(self.route_message(*prefix, *kind))
+                    .replace()
+                    .execute()
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn route_message(&self, prefix: IpNetwork, kind: TableRoute) -> RouteMessage {
+        let p = &self.plumbing;
+        let source = p
+            .tunnel_addresses
+            .iter()
+            .find(|a| a.is_ipv4() == prefix.is_ipv4())
+            .copied();
+        let mut message = match (prefix, kind) {
+            (IpNetwork::V4(net), _) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(net.network(), net.prefix())
+                    .table_id(p.table)
+                    .protocol(RouteProtocol::from(PROTO_WEFT));
+                if kind == TableRoute::Tunnel {
+                    b = b.output_interface(self.link_index);
+                    if let Some(IpAddr::V4(src)) = source {
+                        b = b.pref_source(src);
+                    }
+                }
+                b.build()
+            }
+            (IpNetwork::V6(net), _) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(net.network(), net.prefix())
+                    .table_id(p.table)
+                    .protocol(RouteProtocol::from(PROTO_WEFT));
+                if kind == TableRoute::Tunnel {
+                    b = b.output_interface(self.link_index);
+                    if let Some(IpAddr::V6(src)) = source {
+                        b = b.pref_source(src);
+                    }
+                }
+                b.build()
+            }
+        };
+        match kind {
+            TableRoute::Unreachable => message.header.kind = RouteType::Unreachable,
+            TableRoute::Throw => message.header.kind = RouteType::Throw,
+            TableRoute::Tunnel => {}
+        }
+        message
+    }
+
+    /// Removes weft's rules and routes (clean shutdown).
+    pub async fn teardown(&self) -> Result<(), KernelError> {
+        self.remove_rules().await?;
+        self.sync_routes(&BTreeMap::new()).await
+    }
+}
+
+const fn libc_eexist() -> i32 {
+    17
+}

@@ -1,0 +1,354 @@
+//! The encrypted datapath: userspace WireGuard (boringtun) between a TUN device and one UDP
+//! socket, plus the kernel plumbing that steers Pod traffic into it. See `engine` for the
+//! packet loop and `kernel` for routes and rules.
+
+mod engine;
+pub mod kernel;
+pub mod packet;
+pub mod peers;
+pub mod prefix_table;
+pub mod stats;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519;
+use ipnetwork::IpNetwork;
+use tokio::sync::{mpsc, watch};
+
+use crate::mesh::{Mesh, RejectReason, Subject};
+use crate::record::{covers, overlaps};
+use engine::{Command, Engine};
+use kernel::{Kernel, Plumbing, TableRoute};
+use peers::PeerTable;
+use prefix_table::PrefixTable;
+use stats::{DatapathStatus, DropCounters};
+
+/// Handshakes per second before boringtun demands cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// What happens to a BGP-routed Pod prefix that has no valid peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// Unreachable in weft's table: never sent in clear (the default).
+    Required,
+    /// Left to the BGP route, in clear (migration only).
+    Preferred,
+}
+
+impl Encryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Preferred => "preferred",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    pub interface: String,
+    pub listen_port: u16,
+    pub fwmark: u32,
+    pub table: u32,
+    pub rule_priority: u32,
+    pub underlay_mtu: u32,
+    pub ipv6_underlay: bool,
+    pub local_blocks: Vec<IpNetwork>,
+    pub encryption: Encryption,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot create TUN device {name}: {source}")]
+    Tun {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the WireGuard UDP socket on port {port}: {source}")]
+    Socket {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel plumbing: {0}")]
+    Kernel(#[from] kernel::KernelError),
+    #[error("the datapath task has stopped")]
+    Stopped,
+}
+
+/// The running datapath.
+pub struct Datapath {
+    config: DatapathConfig,
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<DatapathStatus>,
+    kernel: Kernel,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The first host address of each family's first block: the tunnel's own address, so traffic
+/// the node itself sends to remote Pods carries a source peers accept.
+pub fn tunnel_addresses(blocks: &[IpNetwork]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for v4 in [true, false] {
+        if let Some(block) = blocks.iter().find(|b| b.is_ipv4() == v4) {
+            let first = match block.network() {
+                IpAddr::V4(n) => IpAddr::from(u32::from(n).saturating_add(1).to_be_bytes()),
+                IpAddr::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n).saturating_add(1))),
+            };
+            if block.contains(first) {
+                out.push(first);
+            }
+        }
+    }
+    out
+}
+
+fn udp_socket(port: u16, fwmark: u32) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |domain: Domain, addr: SocketAddr| -> std::io::Result<Socket> {
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if domain == Domain::IPV6 {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_mark(fwmark)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    let socket = open(
+        Domain::IPV6,
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    )
+    .or_else(|_| open(Domain::IPV4, SocketAddr::from(([0, 0, 0, 0], port))))?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
+impl Datapath {
+    /// Creates the TUN and the socket, configures the kernel, and starts the packet loop.
+    pub async fn start(
+        config: DatapathConfig,
+        private: &weft_keys::PrivateKey,
+    ) -> Result<Self, DatapathError> {
+        let overhead = if config.ipv6_underlay { 80 } else { 60 };
+        let mtu = config.underlay_mtu.saturating_sub(overhead);
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(config.interface.clone())
+            .mtu(mtu as u16)
+            .build_async()
+            .map_err(|source| DatapathError::Tun {
+                name: config.interface.clone(),
+                source,
+            })?;
+        let udp = udp_socket(config.listen_port, config.fwmark).map_err(|source| {
+            DatapathError::Socket {
+                port: config.listen_port,
+                source,
+            }
+        })?;
+        let kernel = Kernel::setup(Plumbing {
+            interface: config.interface.clone(),
+            table: config.table,
+            fwmark: config.fwmark,
+            rule_priority: config.rule_priority,
+            mtu,
+            tunnel_addresses: tunnel_addresses(&config.local_blocks),
+        })
+        .await?;
+
+        let secret = x25519::StaticSecret::from(*private.to_bytes());
+        let limiter = Arc::new(RateLimiter::new(
+            &x25519::PublicKey::from(&secret),
+            HANDSHAKE_RATE_LIMIT,
+        ));
+        let mut local_blocks = PrefixTable::default();
+        for block in &config.local_blocks {
+            local_blocks.insert(*block, ());
+        }
+        let (status_tx, status) = watch::channel(DatapathStatus {
+            interface: config.interface.clone(),
+            listen_port: config.listen_port,
+            encryption: config.encryption.as_str().to_string(),
+            ..DatapathStatus::default()
+        });
+        let engine = Engine {
+            tun: Arc::new(tun),
+            udp,
+            peers: PeerTable::new(secret, limiter),
+            local_blocks,
+            drops: DropCounters::default(),
+            status: status_tx,
+        };
+        let (commands, receiver) = mpsc::channel(16);
+        let task = tokio::spawn(engine.run(receiver));
+        tracing::info!(interface = %config.interface, port = config.listen_port, mtu, "datapath up");
+        Ok(Self {
+            config,
+            commands,
+            status,
+            kernel,
+            task,
+        })
+    }
+
+    /// Applies a new mesh: peers to the engine, routes to weft's table.
+    pub async fn update(&self, mesh: &Mesh, guarded: &Guarded) -> Result<(), DatapathError> {
+        self.commands
+            .send(Command::SetPeers(mesh.peers.clone()))
+            .await
+            .map_err(|_| DatapathError::Stopped)?;
+        let table = desired_table(mesh, guarded, self.config.encryption);
+        self.kernel.sync_routes(&table).await?;
+        Ok(())
+    }
+
+    /// Live datapath counters, refreshed every second and after every mesh change.
+    pub fn status_receiver(&self) -> watch::Receiver<DatapathStatus> {
+        self.status.clone()
+    }
+
+    /// Removes weft's rules and routes; the TUN disappears with the process.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        if let Err(error) = self.kernel.teardown().await {
+            tracing::warn!(%error, "removing weft's routes and rules failed");
+        }
+    }
+}
+
+/// Which prefixes are Pod addresses weft must guard (fail closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guarded {
+    /// The cluster's Pod CIDRs, as configured.
+    pub pod_cidrs: Vec<IpNetwork>,
+    /// This node's own blocks (delivered locally, never tunnelled).
+    pub own_blocks: Vec<IpNetwork>,
+    /// Blocks that other nodes' valid records claim.
+    pub remote_blocks: Vec<IpNetwork>,
+}
+
+/// The routes weft's table should hold for `mesh`: peers' allowed IPs into the tunnel; our
+/// own blocks thrown back to the main table; and, with encryption required, every other Pod
+/// prefix unreachable, so nothing meant for a Pod leaves in clear.
+pub fn desired_table(
+    mesh: &Mesh,
+    guarded: &Guarded,
+    encryption: Encryption,
+) -> BTreeMap<IpNetwork, TableRoute> {
+    let mut table: BTreeMap<IpNetwork, TableRoute> = mesh
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter().map(|ip| (*ip, TableRoute::Tunnel)))
+        .collect();
+    for block in &guarded.own_blocks {
+        table.entry(*block).or_insert(TableRoute::Throw);
+    }
+    if encryption == Encryption::Preferred {
+        return table;
+    }
+    let ours = |p: &IpNetwork| guarded.own_blocks.iter().any(|own| overlaps(own, p));
+    let remote: Vec<IpNetwork> = guarded
+        .remote_blocks
+        .iter()
+        .filter(|b| !ours(b))
+        .copied()
+        .collect();
+    let rejected_pod_routes = mesh.rejections.iter().filter_map(|r| match r.subject {
+        Subject::Route { prefix, .. } if r.reason != RejectReason::OwnNode => Some(prefix),
+        _ => None,
+    });
+    let pod_routes: BTreeSet<IpNetwork> = rejected_pod_routes
+        .filter(|p| !ours(p))
+        .filter(|p| {
+            remote
+                .iter()
+                .chain(&guarded.pod_cidrs)
+                .any(|guard| covers(guard, p))
+        })
+        .collect();
+    for prefix in guarded.pod_cidrs.iter().chain(&remote).chain(&pod_routes) {
+        table.entry(*prefix).or_insert(TableRoute::Unreachable);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::{Peer, RejectReason, Rejection};
+
+    #[test]
+    fn tunnel_address_is_the_first_host_of_each_family() {
+        let blocks: Vec<IpNetwork> = vec![
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+        ];
+        assert_eq!(
+            tunnel_addresses(&blocks),
+            vec![
+                "10.244.3.1".parse::<IpAddr>().unwrap(),
+                "fd00:10:244:3::1".parse().unwrap()
+            ]
+        );
+        assert!(tunnel_addresses(&["10.244.3.7/32".parse().unwrap()]).is_empty());
+    }
+
+    fn net(text: &str) -> IpNetwork {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn pod_prefixes_without_a_peer_are_unreachable_only_when_encryption_is_required() {
+        let peer = Peer {
+            name: "n2".into(),
+            public_key: weft_keys::PublicKey::from_bytes([2; 32]),
+            endpoint: None,
+            allowed_ips: vec![net("10.244.2.0/24")],
+        };
+        let route = |prefix: &str, reason| Rejection {
+            subject: Subject::Route {
+                prefix: net(prefix),
+                next_hop: None,
+            },
+            reason,
+        };
+        let mesh = Mesh {
+            peers: [("n2".to_string(), peer)].into_iter().collect(),
+            rejections: vec![
+                route("10.244.9.0/24", RejectReason::UnknownNextHop),
+                route("10.244.1.0/24", RejectReason::OwnNode),
+                route("0.0.0.0/0", RejectReason::UnknownNextHop),
+                route("192.0.2.0/24", RejectReason::UnknownNextHop),
+            ],
+        };
+        let guarded = Guarded {
+            pod_cidrs: vec![net("10.244.0.0/16")],
+            own_blocks: vec![net("10.244.1.0/24")],
+            remote_blocks: vec![
+                net("10.244.2.0/24"),
+                net("10.244.3.0/24"),
+                net("10.244.1.0/25"),
+            ],
+        };
+        let required = desired_table(&mesh, &guarded, Encryption::Required);
+        let expected: BTreeMap<IpNetwork, TableRoute> = [
+            ("10.244.2.0/24", TableRoute::Tunnel),
+            ("10.244.1.0/24", TableRoute::Throw),
+            ("10.244.0.0/16", TableRoute::Unreachable),
+            ("10.244.3.0/24", TableRoute::Unreachable),
+            ("10.244.9.0/24", TableRoute::Unreachable),
+        ]
+        .into_iter()
+        .map(|(p, k)| (net(p), k))
+        .collect();
+        // Non-Pod routes (a default route, other prefixes) are never touched; a remote claim
+        // on our own block never blackholes our own Pods.
+        assert_eq!(required, expected);
+        let preferred = desired_table(&mesh, &guarded, Encryption::Preferred);
+        assert_eq!(preferred.len(), 2);
+    }
+}

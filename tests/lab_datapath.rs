@@ -1,0 +1,215 @@
+//! The encrypted datapath in the real lab: Pods on different nodes talk only through weft's
+//! userspace WireGuard, nothing Pod-addressed crosses the underlay in clear, and prefixes
+//! without a verified peer fail closed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Capture, Lab, run, run_ok, wait_for};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+/// Any packet on the underlay whose outer header carries a Pod address is a leak.
+const CLEAR_POD_TRAFFIC: &str = "net 10.244.0.0/16";
+
+fn converge(lab: &Lab) {
+    for k in 1..=lab.nodes {
+        wait_for(CONVERGE, &format!("n{k} to have all peers"), || {
+            let peers = lab.peers(k)?;
+            (peers.len() == lab.nodes - 1).then_some(())
+        });
+    }
+}
+
+/// A TCP server in netns `ns` that answers every connection with "weft\n".
+fn tcp_server(ns: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(
+            "import socket\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', 8080)); s.listen(16)\n\
+             while True:\n    c, _ = s.accept(); c.sendall(b'weft\\n'); c.close()\n",
+        )
+        .spawn()
+        .unwrap()
+}
+
+fn tcp_reaches(from: &str, to: &str) -> bool {
+    let script = format!(
+        "import socket\ns = socket.create_connection(('{to}', 8080), timeout=3)\nprint(s.recv(16).decode().strip())"
+    );
+    let out = run("ip", &["netns", "exec", from, "python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim() == "weft"
+}
+
+struct Servers(Vec<std::process::Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn every_pod_reaches_every_remote_pod_and_nothing_crosses_the_underlay_in_clear() {
+    let lab = Lab::up("wtdp", 3);
+    converge(&lab);
+    let pods: Vec<(usize, String, String)> = (1..=3)
+        .flat_map(|k| lab.pods(k).into_iter().map(move |(ns, ip)| (k, ns, ip)))
+        .collect();
+    let servers = Servers(pods.iter().map(|(_, ns, _)| tcp_server(ns)).collect());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
+    let wireguard = Capture::start(&lab, "udp port 51820");
+    for (k, from, _) in &pods {
+        for (j, to_ns, to) in &pods {
+            if k == j {
+                continue;
+            }
+            assert!(lab.ping(from, to, 5), "{from} cannot ping {to_ns} ({to})");
+            assert!(
+                tcp_reaches(from, to),
+                "{from} cannot reach TCP on {to_ns} ({to})"
+            );
+        }
+    }
+    drop(servers);
+    let leaked = clear.stop();
+    assert!(
+        leaked.is_empty(),
+        "Pod traffic crossed the underlay in clear:\n{}",
+        leaked.join("\n")
+    );
+    let encrypted = wireguard.stop();
+    assert!(
+        encrypted.len() > 20,
+        "no WireGuard traffic seen: {encrypted:?}"
+    );
+
+    // Every node counts traffic for both peers.
+    for k in 1..=3 {
+        let status = lab.status(k).unwrap();
+        for peer in status["datapath"]["peers"].as_array().unwrap() {
+            assert!(peer["rxBytes"].as_u64().unwrap() > 0, "n{k}: {peer}");
+            assert!(peer["txBytes"].as_u64().unwrap() > 0, "n{k}: {peer}");
+            assert!(
+                peer["handshakeAgeSecs"].is_u64(),
+                "n{k}: no handshake with {peer}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_node_without_a_bgp_route_is_unreachable_never_in_clear_and_comes_back() {
+    let lab = Lab::up("wtfc", 3);
+    converge(&lab);
+    let (from, _) = lab.pods(1)[0].clone();
+    let (_, to) = lab.pods(2)[0].clone();
+    assert!(lab.ping(&from, &to, 5));
+
+    lab.script(&["stop-bird", "2"]);
+    wait_for(Duration::from_secs(20), "n1 to drop n2", || {
+        let peers = lab.peers(1)?;
+        peers.iter().all(|(n, _)| n != "n2").then_some(())
+    });
+    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
+    assert!(
+        !lab.ping(&from, &to, 3),
+        "n2's Pod is still reachable without a verified peer"
+    );
+    let leaked = clear.stop();
+    assert!(
+        leaked.is_empty(),
+        "traffic to n2 left in clear:\n{}",
+        leaked.join("\n")
+    );
+    let table = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
+    );
+    assert!(table.contains("unreachable 10.244.0.0/16"), "{table}");
+
+    lab.script(&["start-bird", "2"]);
+    wait_for(CONVERGE, "n1 to reach n2's Pod again", || {
+        lab.ping(&from, &to, 1).then_some(())
+    });
+}
+
+#[test]
+fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
+    let lab = Lab::up("wtkill", 2);
+    converge(&lab);
+    let (from, _) = lab.pods(1)[0].clone();
+    let (_, to) = lab.pods(2)[0].clone();
+    assert!(lab.ping(&from, &to, 5));
+
+    let pid = std::fs::read_to_string("/run/wtkill/n1/agent.pid").unwrap();
+    run_ok("kill", &["-KILL", pid.trim()]);
+    wait_for(Duration::from_secs(10), "the agent to die", || {
+        (!run("kill", &["-0", pid.trim()]).status.success()).then_some(())
+    });
+    lab.script(&["start-agent", "1"]);
+    converge(&lab);
+    wait_for(CONVERGE, "traffic to flow again", || {
+        lab.ping(&from, &to, 1).then_some(())
+    });
+    // Exactly one rule and no duplicate routes after the restart.
+    let rules = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
+    );
+    assert_eq!(rules.lines().count(), 1, "{rules}");
+    let routes = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
+    );
+    let mut lines: Vec<&str> = routes.lines().collect();
+    let total = lines.len();
+    lines.dedup();
+    assert_eq!(lines.len(), total, "{routes}");
+
+    // A clean stop removes weft's rule and table.
+    lab.script(&["stop-agent", "1"]);
+    let rules = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
+    );
+    assert!(
+        rules.trim().is_empty(),
+        "rule left after a clean stop: {rules}"
+    );
+}
+
+#[test]
+fn garbage_udp_is_counted_and_changes_nothing() {
+    let lab = Lab::up("wtjunk", 2);
+    converge(&lab);
+    let (from, _) = lab.pods(1)[0].clone();
+    let (_, to) = lab.pods(2)[0].clone();
+    assert!(lab.ping(&from, &to, 5));
+    let script = "import socket, os\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        for n in range(200):\n\
+        \x20   kind = bytes([n % 6])\n\
+        \x20   s.sendto(kind + os.urandom(n % 160), ('198.18.0.1', 51820))\n";
+    run_ok(
+        "ip",
+        &["netns", "exec", &lab.node_ns(2), "python3", "-c", script],
+    );
+    wait_for(Duration::from_secs(10), "n1 to count the garbage", || {
+        let drops = lab.status(1)?["datapath"]["drops"].clone();
+        let counted: u64 = ["malformed", "unknown_receiver", "unknown_peer"]
+            .iter()
+            .filter_map(|r| drops[*r].as_u64())
+            .sum();
+        (counted >= 150).then_some(())
+    });
+    assert!(lab.ping(&from, &to, 3), "garbage broke the tunnel");
+}
