@@ -36,6 +36,7 @@ install_packages() {
     [ -x "$CNI_PATH/ptp" ] && [ -x "$CNI_PATH/host-local" ] || missing+=(containernetworking-plugins)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v ping >/dev/null || missing+=(iputils-ping)
+    command -v wg >/dev/null || missing+=(wireguard-tools)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         apt-get update -q
@@ -178,6 +179,7 @@ start_agent() {
     alive "$dir/agent.pid" && return 0
     RUST_LOG=${RUST_LOG:-info} setsid ip netns exec "$(node_ns "$k")" "$bin" agent \
         --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" --pod-cidr 10.244.0.0/16 \
+        --interface "${LAB}n$k" \
         --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" \
         >>"$dir/agent.log" 2>&1 < /dev/null &
     echo $! > "$dir/agent.pid"
@@ -217,6 +219,7 @@ cmd_up() {
     echo
     echo "Look around:"
     [ -n "$bin" ] && echo "  ip netns exec $(node_ns 1) $bin status --run-dir $RUN/n1"
+    [ -n "$bin" ] && echo "  ip netns exec $(node_ns 1) wg show ${LAB}n1"
     echo "  birdc -s $RUN/n1/bird.ctl show protocols"
     echo "  ip -n $(node_ns 1) route show proto bird"
     local other
@@ -239,11 +242,12 @@ cmd_down() {
             ns_exists "$(pod_ns "$k" "$p")" && ns_exists "$(node_ns "$k")" && cni DEL "$k" "$p" >/dev/null 2>&1 || true
         done
     done
-    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$LAB-(br|n[0-9]+(-p[0-9]+)?)$" || true); do
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$LAB-(br|ext|n[0-9]+(-p[0-9]+)?)$" || true); do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
         ip netns del "$ns" 2>/dev/null || true
     done
     rm -rf "$RUN"
+    rm -f /var/run/wireguard/"$LAB"n*.sock
     log "lab '$LAB' is down"
 }
 

@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(bird2 containernetworking-plugins iproute2 iputils-ping procps ca-certificates)
+packages=(bird2 containernetworking-plugins iproute2 iputils-ping procps ca-certificates
+          wireguard-tools wireguard-go tcpdump python3)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -86,6 +86,10 @@ pub struct AgentArgs {
     /// no verified peer or local block covers is unreachable rather than sent in clear.
     #[arg(long = "pod-cidr", value_name = "CIDR")]
     pub pod_cidrs: Vec<IpNetwork>,
+    /// WireGuard userspace API socket, for `wg show`
+    /// [default: /var/run/wireguard/<interface>.sock].
+    #[arg(long, value_name = "PATH")]
+    pub uapi_socket: Option<PathBuf>,
     /// Run the control plane only: no TUN, no encryption (status and records still work).
     #[arg(long)]
     pub no_datapath: bool,
@@ -123,6 +127,7 @@ struct ConfigFile {
     no_datapath: bool,
     #[serde(default)]
     pod_cidrs: Vec<IpNetwork>,
+    uapi_socket: Option<PathBuf>,
 }
 
 mod humantime_serde_opt {
@@ -179,6 +184,7 @@ pub struct DatapathSettings {
     pub route_table: u32,
     pub rule_priority: u32,
     pub pod_cidrs: Vec<IpNetwork>,
+    pub uapi_socket: PathBuf,
 }
 
 fn parse_u32(text: &str) -> Result<u32, String> {
@@ -274,7 +280,13 @@ impl AgentConfig {
                 "invalid --interface {interface:?}: 1-15 letters, digits, '-' or '_'"
             )));
         }
+        let uapi_socket = args
+            .uapi_socket
+            .clone()
+            .or(file.uapi_socket)
+            .unwrap_or_else(|| crate::datapath::uapi::default_socket_path(&interface));
         let datapath = (!(args.no_datapath || file.no_datapath)).then(|| DatapathSettings {
+            uapi_socket,
             interface,
             encryption: args
                 .encryption

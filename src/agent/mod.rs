@@ -113,6 +113,7 @@ pub async fn run(
                     ipv6_underlay: config.addresses.first().is_some_and(|a| a.is_ipv6()),
                     local_blocks: config.blocks.clone(),
                     encryption: settings.encryption,
+                    uapi_socket: settings.uapi_socket.clone(),
                 },
                 &key,
             )

@@ -8,6 +8,7 @@ pub mod packet;
 pub mod peers;
 pub mod prefix_table;
 pub mod stats;
+pub mod uapi;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -59,6 +60,8 @@ pub struct DatapathConfig {
     pub ipv6_underlay: bool,
     pub local_blocks: Vec<IpNetwork>,
     pub encryption: Encryption,
+    /// Where the WireGuard userspace API socket is served.
+    pub uapi_socket: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,7 @@ pub struct Datapath {
     status: watch::Receiver<DatapathStatus>,
     kernel: Kernel,
     task: tokio::task::JoinHandle<()>,
+    uapi: tokio::task::JoinHandle<()>,
 }
 
 /// The first host address of each family's first block: the tunnel's own address, so traffic
@@ -185,6 +189,22 @@ impl Datapath {
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));
+        let hex: String = private
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let uapi_source = uapi::UapiSource {
+            private_key_hex: Arc::new(zeroize::Zeroizing::new(hex)),
+            fwmark: config.fwmark,
+            status: status.clone(),
+        };
+        let uapi_path = config.uapi_socket.clone();
+        let uapi = tokio::spawn(async move {
+            if let Err(error) = uapi::serve(uapi_path.clone(), uapi_source).await {
+                tracing::error!(%error, path = %uapi_path.display(), "WireGuard API socket failed");
+            }
+        });
         tracing::info!(interface = %config.interface, port = config.listen_port, mtu, "datapath up");
         Ok(Self {
             config,
@@ -192,6 +212,7 @@ impl Datapath {
             status,
             kernel,
             task,
+            uapi,
         })
     }
 
@@ -214,6 +235,8 @@ impl Datapath {
     /// Removes weft's rules and routes; the TUN disappears with the process.
     pub async fn shutdown(self) {
         self.task.abort();
+        self.uapi.abort();
+        let _ = std::fs::remove_file(&self.config.uapi_socket);
         if let Err(error) = self.kernel.teardown().await {
             tracing::warn!(%error, "removing weft's routes and rules failed");
         }

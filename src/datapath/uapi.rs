@@ -1,0 +1,178 @@
+//! The WireGuard cross-platform userspace API (`/var/run/wireguard/<iface>.sock`), read side,
+//! so `wg show` lists weft's peers as it would for wireguard-go or the kernel module.
+//! Configuration belongs to weft's mesh: `set` is refused with EPERM.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::stats::DatapathStatus;
+
+/// The directory `wg` looks in.
+pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
+const EPERM: i32 = 1;
+const EINVAL: i32 = 22;
+
+pub fn default_socket_path(interface: &str) -> PathBuf {
+    Path::new(DEFAULT_UAPI_DIR).join(format!("{interface}.sock"))
+}
+
+/// What the `get` answer is built from: the datapath's live status plus the device's own key.
+#[derive(Clone)]
+pub struct UapiSource {
+    pub private_key_hex: std::sync::Arc<zeroize::Zeroizing<String>>,
+    pub fwmark: u32,
+    pub status: watch::Receiver<DatapathStatus>,
+}
+
+fn hex_of_base64(key: &str) -> Option<String> {
+    let bytes = weft_keys::PublicKey::from_base64(key).ok()?;
+    Some(
+        bytes
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// The `get=1` answer (without the final blank line).
+pub fn render_get(source: &UapiSource, now: SystemTime) -> String {
+    let status = source.status.borrow().clone();
+    let mut out = String::new();
+    let _ = writeln!(out, "private_key={}", source.private_key_hex.as_str());
+    let _ = writeln!(out, "listen_port={}", status.listen_port);
+    if source.fwmark != 0 {
+        let _ = writeln!(out, "fwmark={}", source.fwmark);
+    }
+    for peer in &status.peers {
+        let Some(key) = hex_of_base64(&peer.public_key) else {
+            continue;
+        };
+        let _ = writeln!(out, "public_key={key}");
+        if let Some(endpoint) = &peer.endpoint {
+            let _ = writeln!(out, "endpoint={endpoint}");
+        }
+        if let Some(age) = peer.handshake_age_secs {
+            let at = now
+                .checked_sub(Duration::from_secs(age))
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .unwrap_or_default();
+            let _ = writeln!(out, "last_handshake_time_sec={}", at.as_secs());
+            let _ = writeln!(out, "last_handshake_time_nsec=0");
+        } else {
+            let _ = writeln!(out, "last_handshake_time_sec=0\nlast_handshake_time_nsec=0");
+        }
+        let _ = writeln!(out, "rx_bytes={}", peer.rx_bytes);
+        let _ = writeln!(out, "tx_bytes={}", peer.tx_bytes);
+        let _ = writeln!(out, "persistent_keepalive_interval=25");
+        for ip in &peer.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={ip}");
+        }
+        let _ = writeln!(out, "protocol_version=1");
+    }
+    out
+}
+
+/// Binds the socket (0600; its directory created 0700) and serves it until dropped.
+pub async fn serve(path: PathBuf, source: UapiSource) -> std::io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let source = source.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(stream, &source).await {
+                tracing::debug!(%error, "uapi connection failed");
+            }
+        });
+    }
+}
+
+async fn serve_connection(stream: UnixStream, source: &UapiSource) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(64 * 1024));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let answer = match line.trim_end() {
+            "get=1" => {
+                skip_to_blank_line(&mut reader).await?;
+                format!("{}errno=0\n\n", render_get(source, SystemTime::now()))
+            }
+            "set=1" => {
+                skip_to_blank_line(&mut reader).await?;
+                format!("errno={EPERM}\n\n")
+            }
+            "" => continue,
+            _ => format!("errno={EINVAL}\n\n"),
+        };
+        write.write_all(answer.as_bytes()).await?;
+    }
+}
+
+async fn skip_to_blank_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 || line.trim_end().is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::stats::PeerTraffic;
+
+    #[test]
+    fn get_lists_peers_in_uapi_form() {
+        let (_tx, status) = watch::channel(DatapathStatus {
+            interface: "weft0".into(),
+            listen_port: 51820,
+            encryption: "required".into(),
+            peers: vec![PeerTraffic {
+                name: "n2".into(),
+                public_key: weft_keys::PublicKey::from_bytes([0xab; 32]).to_string(),
+                endpoint: Some("198.18.0.2:51820".into()),
+                allowed_ips: vec!["10.244.2.0/24".into()],
+                handshake_age_secs: Some(5),
+                rx_bytes: 10,
+                tx_bytes: 20,
+                drops: Default::default(),
+            }],
+            drops: Default::default(),
+        });
+        let source = UapiSource {
+            private_key_hex: std::sync::Arc::new(zeroize::Zeroizing::new("00".repeat(32))),
+            fwmark: 0x5746,
+            status,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let text = render_get(&source, now);
+        assert!(text.contains(&format!("public_key={}\n", "ab".repeat(32))));
+        assert!(text.contains("endpoint=198.18.0.2:51820\n"));
+        assert!(text.contains("last_handshake_time_sec=995\n"));
+        assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
+        assert!(text.contains("rx_bytes=10\ntx_bytes=20\n"));
+        assert!(text.contains("fwmark=22342\n"));
+    }
+}
