@@ -172,6 +172,42 @@ impl Status {
             &["PEER", "PUBLIC KEY", "ENDPOINT", "ALLOWED IPS"],
             &peers,
         ));
+        if let Some(datapath) = &self.datapath {
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "datapath:   {} port {} encryption {}",
+                datapath.interface, datapath.listen_port, datapath.encryption
+            );
+            let drops = |map: &std::collections::BTreeMap<String, u64>| {
+                let list: Vec<String> = map.iter().map(|(r, n)| format!("{r}={n}")).collect();
+                if list.is_empty() {
+                    "-".to_string()
+                } else {
+                    list.join(",")
+                }
+            };
+            let rows: Vec<Vec<String>> = datapath
+                .peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.handshake_age_secs
+                            .map(|s| format!("{s}s ago"))
+                            .unwrap_or_else(|| "never".into()),
+                        p.rx_bytes.to_string(),
+                        p.tx_bytes.to_string(),
+                        drops(&p.drops),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["PEER", "HANDSHAKE", "RX BYTES", "TX BYTES", "DROPS"],
+                &rows,
+            ));
+            let _ = writeln!(out, "other drops: {}", drops(&datapath.drops));
+        }
         if !self.rejected.is_empty() {
             out.push('\n');
             let rows: Vec<Vec<String>> = self

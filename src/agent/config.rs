@@ -68,8 +68,8 @@ pub struct AgentArgs {
     /// [default: required].
     #[arg(long, value_enum, value_name = "MODE")]
     pub encryption: Option<Encryption>,
-    /// MTU of the underlay network; the TUN gets this minus the WireGuard overhead
-    /// [default: 1500].
+    /// MTU of the underlay network; the TUN gets this minus the WireGuard overhead (60 bytes
+    /// over IPv4, 80 over IPv6) [default: the MTU of the interface holding --address].
     #[arg(long, value_name = "BYTES")]
     pub underlay_mtu: Option<u32>,
     /// Firewall mark on weft's own UDP packets, so they bypass weft's table [default: 0x5746].
@@ -179,7 +179,7 @@ pub struct AgentConfig {
 pub struct DatapathSettings {
     pub interface: String,
     pub encryption: Encryption,
-    pub underlay_mtu: u32,
+    pub underlay_mtu: Option<u32>,
     pub fwmark: u32,
     pub route_table: u32,
     pub rule_priority: u32,
@@ -259,10 +259,12 @@ impl AgentConfig {
                         .into(),
                 )
             })?;
-        let underlay_mtu = args.underlay_mtu.or(file.underlay_mtu).unwrap_or(1500);
-        if !(1280..=65535).contains(&underlay_mtu) {
+        let underlay_mtu = args.underlay_mtu.or(file.underlay_mtu);
+        if let Some(mtu) = underlay_mtu
+            && !(1280..=65535).contains(&mtu)
+        {
             return Err(invalid(format!(
-                "--underlay-mtu {underlay_mtu} is outside 1280-65535"
+                "--underlay-mtu {mtu} is outside 1280-65535"
             )));
         }
         let interface = args

@@ -110,7 +110,7 @@ pub async fn run(
                     table: settings.route_table,
                     rule_priority: settings.rule_priority,
                     underlay_mtu: settings.underlay_mtu,
-                    ipv6_underlay: config.addresses.first().is_some_and(|a| a.is_ipv6()),
+                    underlay_address: config.addresses.first().copied(),
                     local_blocks: config.blocks.clone(),
                     encryption: settings.encryption,
                     uapi_socket: settings.uapi_socket.clone(),

@@ -29,6 +29,8 @@ const BUFFER_BYTES: usize = 65_536;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 /// How often the status snapshot is refreshed and the handshake rate limiter reset.
 const STATUS_TICK: Duration = Duration::from_secs(1);
+/// Drops are summarised in the log at most this often.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the agent tells the datapath.
 #[derive(Debug)]
@@ -45,6 +47,10 @@ pub struct Engine {
     pub(super) local_blocks: PrefixTable<()>,
     pub(super) drops: DropCounters,
     pub(super) status: watch::Sender<DatapathStatus>,
+    /// Drop totals by reason at the last drop log line (drops are logged at most every
+    /// `DROP_LOG_INTERVAL`, as a summary, never per packet).
+    pub(super) logged_drops: BTreeMap<String, u64>,
+    pub(super) last_drop_log: Option<std::time::Instant>,
 }
 
 /// Canonical form of an address received on a dual-stack socket.
@@ -77,6 +83,7 @@ impl Engine {
                 _ = status.tick() => {
                     self.peers.rate_limiter().reset_count();
                     self.publish_status();
+                    self.log_drops();
                 }
                 command = commands.recv() => match command {
                     Some(Command::SetPeers(peers)) => {
@@ -278,6 +285,37 @@ impl Engine {
             status.peers = peers;
             status.drops = drops;
         });
+    }
+}
+
+impl Engine {
+    /// Logs, at most every `DROP_LOG_INTERVAL`, how many packets were dropped since the last
+    /// summary, by reason.
+    fn log_drops(&mut self) {
+        let due = self
+            .last_drop_log
+            .is_none_or(|at| at.elapsed() >= DROP_LOG_INTERVAL);
+        if !due {
+            return;
+        }
+        let mut totals = self.drops.to_map();
+        for slot in self.peers.slots() {
+            for (reason, count) in slot.counters.drops.to_map() {
+                *totals.entry(reason).or_default() += count;
+            }
+        }
+        let new: Vec<String> = totals
+            .iter()
+            .filter_map(|(reason, total)| {
+                let before = self.logged_drops.get(reason).copied().unwrap_or(0);
+                (*total > before).then(|| format!("{reason}={}", total - before))
+            })
+            .collect();
+        if !new.is_empty() {
+            tracing::warn!(drops = %new.join(" "), "datapath dropped packets");
+        }
+        self.logged_drops = totals;
+        self.last_drop_log = Some(std::time::Instant::now());
     }
 }
 

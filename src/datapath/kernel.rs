@@ -284,6 +284,41 @@ impl Kernel {
     }
 }
 
+/// The MTU of the interface holding `address` (the underlay), if any interface holds it.
+pub async fn underlay_mtu(address: IpAddr) -> Result<Option<u32>, KernelError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+    let connection = tokio::spawn(connection);
+    let result = async {
+        let found = handle
+            .address()
+            .get()
+            .set_address_filter(address)
+            .execute()
+            .try_next()
+            .await?;
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let link = handle
+            .link()
+            .get()
+            .match_index(found.header.index)
+            .execute()
+            .try_next()
+            .await?;
+        Ok(link.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+        }))
+    }
+    .await;
+    connection.abort();
+    result
+}
+
 const fn libc_eexist() -> i32 {
     17
 }

@@ -56,8 +56,9 @@ pub struct DatapathConfig {
     pub fwmark: u32,
     pub table: u32,
     pub rule_priority: u32,
-    pub underlay_mtu: u32,
-    pub ipv6_underlay: bool,
+    /// `None`: the MTU of the interface holding `underlay_address` (1500 if none does).
+    pub underlay_mtu: Option<u32>,
+    pub underlay_address: Option<IpAddr>,
     pub local_blocks: Vec<IpNetwork>,
     pub encryption: Encryption,
     /// Where the WireGuard userspace API socket is served.
@@ -138,8 +139,14 @@ impl Datapath {
         config: DatapathConfig,
         private: &weft_keys::PrivateKey,
     ) -> Result<Self, DatapathError> {
-        let overhead = if config.ipv6_underlay { 80 } else { 60 };
-        let mtu = config.underlay_mtu.saturating_sub(overhead);
+        let ipv6_underlay = config.underlay_address.is_some_and(|a| a.is_ipv6());
+        let overhead = if ipv6_underlay { 80 } else { 60 };
+        let underlay_mtu = match (config.underlay_mtu, config.underlay_address) {
+            (Some(mtu), _) => mtu,
+            (None, Some(address)) => kernel::underlay_mtu(address).await?.unwrap_or(1500),
+            (None, None) => 1500,
+        };
+        let mtu = underlay_mtu.saturating_sub(overhead);
         let tun = tun_rs::DeviceBuilder::new()
             .name(config.interface.clone())
             .mtu(mtu as u16)
@@ -186,6 +193,8 @@ impl Datapath {
             local_blocks,
             drops: DropCounters::default(),
             status: status_tx,
+            logged_drops: BTreeMap::new(),
+            last_drop_log: None,
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));
