@@ -67,6 +67,8 @@ fn every_pod_reaches_every_remote_pod_and_nothing_crosses_the_underlay_in_clear(
 
     let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
     let wireguard = Capture::start(&lab, "udp port 51820");
+    // Between nodes, IPv4 carries only WireGuard and BGP.
+    let other = Capture::start(&lab, "ip and not udp port 51820 and not tcp port 179");
     for (k, from, _) in &pods {
         for (j, to_ns, to) in &pods {
             if k == j {
@@ -85,6 +87,12 @@ fn every_pod_reaches_every_remote_pod_and_nothing_crosses_the_underlay_in_clear(
         leaked.is_empty(),
         "Pod traffic crossed the underlay in clear:\n{}",
         leaked.join("\n")
+    );
+    let unexpected = other.stop();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected underlay traffic:\n{}",
+        unexpected.join("\n")
     );
     let encrypted = wireguard.stop();
     assert!(
@@ -155,6 +163,19 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
     wait_for(Duration::from_secs(10), "the agent to die", || {
         (!run("kill", &["-0", pid.trim()]).status.success()).then_some(())
     });
+    // While the agent is dead its TUN is gone: the unreachable backstops keep Pod traffic
+    // from falling back to the clear BGP route.
+    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
+    assert!(
+        !lab.ping(&from, &to, 2),
+        "traffic flowed with the agent dead"
+    );
+    let leaked = clear.stop();
+    assert!(
+        leaked.is_empty(),
+        "traffic left in clear while the agent was dead:\n{}",
+        leaked.join("\n")
+    );
     lab.script(&["start-agent", "1"]);
     converge(&lab);
     wait_for(CONVERGE, "traffic to flow again", || {

@@ -6,12 +6,12 @@
 //! priority + table + mark), so a restart finds and replaces exactly its own objects and leaves
 //! everything else alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteType};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
@@ -30,8 +30,13 @@ pub enum KernelError {
     NoLink(String),
 }
 
+/// Metric of unreachable routes: above the tunnel's, so an unreachable route under a tunnel
+/// route for the same prefix only takes over when the tunnel route is gone (the TUN vanished
+/// with a crashed agent), and traffic is dropped rather than sent in clear.
+const BACKSTOP_METRIC: u32 = 4096;
+
 /// What a prefix in weft's table should do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TableRoute {
     /// Into the TUN, with the tunnel address as preferred source.
     Tunnel,
@@ -172,8 +177,8 @@ impl Kernel {
     }
 
     /// The routes weft has in its table now.
-    async fn current_routes(&self) -> Result<BTreeMap<IpNetwork, TableRoute>, KernelError> {
-        let mut current = BTreeMap::new();
+    async fn current_routes(&self) -> Result<BTreeSet<(IpNetwork, TableRoute)>, KernelError> {
+        let mut current = BTreeSet::new();
         for request in [
             RouteMessageBuilder::<Ipv4Addr>::new()
                 .table_id(self.plumbing.table)
@@ -199,7 +204,7 @@ impl Kernel {
                         RouteType::Throw => TableRoute::Throw,
                         _ => TableRoute::Tunnel,
                     };
-                    current.insert(learned.prefix, kind);
+                    current.insert((learned.prefix, kind));
                 }
             }
         }
@@ -209,11 +214,11 @@ impl Kernel {
     /// Makes weft's table hold exactly `desired`.
     pub async fn sync_routes(
         &self,
-        desired: &BTreeMap<IpNetwork, TableRoute>,
+        desired: &BTreeSet<(IpNetwork, TableRoute)>,
     ) -> Result<(), KernelError> {
         let current = self.current_routes().await?;
-        for (prefix, kind) in &current {
-            if desired.get(prefix) != Some(kind) {
+        for (prefix, kind) in current.difference(desired) {
+            {
                 self.handle
                     .route()
                     .del(self.route_message(*prefix, *kind))
@@ -221,8 +226,8 @@ impl Kernel {
                     .await?;
             }
         }
-        for (prefix, kind) in desired {
-            if current.get(prefix) != Some(kind) {
+        for (prefix, kind) in desired.difference(&current) {
+            {
                 self.handle
                     .route()
                     .add(self.route_message(*prefix, *kind))
@@ -270,7 +275,12 @@ impl Kernel {
             }
         };
         match kind {
-            TableRoute::Unreachable => message.header.kind = RouteType::Unreachable,
+            TableRoute::Unreachable => {
+                message.header.kind = RouteType::Unreachable;
+                message
+                    .attributes
+                    .push(RouteAttribute::Priority(BACKSTOP_METRIC));
+            }
             TableRoute::Throw => message.header.kind = RouteType::Throw,
             TableRoute::Tunnel => {}
         }
@@ -280,7 +290,7 @@ impl Kernel {
     /// Removes weft's rules and routes (clean shutdown).
     pub async fn teardown(&self) -> Result<(), KernelError> {
         self.remove_rules().await?;
-        self.sync_routes(&BTreeMap::new()).await
+        self.sync_routes(&BTreeSet::new()).await
     }
 }
 

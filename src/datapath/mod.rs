@@ -265,20 +265,23 @@ pub struct Guarded {
 
 /// The routes weft's table should hold for `mesh`: peers' allowed IPs into the tunnel; our
 /// own blocks thrown back to the main table; and, with encryption required, every other Pod
-/// prefix unreachable, so nothing meant for a Pod leaves in clear.
+/// prefix unreachable, so nothing meant for a Pod leaves in clear. Tunnel routes get an
+/// unreachable backstop at a higher metric, which takes over if the TUN disappears.
 pub fn desired_table(
     mesh: &Mesh,
     guarded: &Guarded,
     encryption: Encryption,
-) -> BTreeMap<IpNetwork, TableRoute> {
-    let mut table: BTreeMap<IpNetwork, TableRoute> = mesh
+) -> BTreeSet<(IpNetwork, TableRoute)> {
+    let tunnelled: BTreeSet<IpNetwork> = mesh
         .peers
         .values()
-        .flat_map(|p| p.allowed_ips.iter().map(|ip| (*ip, TableRoute::Tunnel)))
+        .flat_map(|p| p.allowed_ips.iter().copied())
         .collect();
-    for block in &guarded.own_blocks {
-        table.entry(*block).or_insert(TableRoute::Throw);
-    }
+    let mut table: BTreeSet<(IpNetwork, TableRoute)> = tunnelled
+        .iter()
+        .map(|ip| (*ip, TableRoute::Tunnel))
+        .collect();
+    table.extend(guarded.own_blocks.iter().map(|b| (*b, TableRoute::Throw)));
     if encryption == Encryption::Preferred {
         return table;
     }
@@ -293,7 +296,7 @@ pub fn desired_table(
         Subject::Route { prefix, .. } if r.reason != RejectReason::OwnNode => Some(prefix),
         _ => None,
     });
-    let pod_routes: BTreeSet<IpNetwork> = rejected_pod_routes
+    let pod_routes: Vec<IpNetwork> = rejected_pod_routes
         .filter(|p| !ours(p))
         .filter(|p| {
             remote
@@ -302,9 +305,13 @@ pub fn desired_table(
                 .any(|guard| covers(guard, p))
         })
         .collect();
-    for prefix in guarded.pod_cidrs.iter().chain(&remote).chain(&pod_routes) {
-        table.entry(*prefix).or_insert(TableRoute::Unreachable);
-    }
+    let unreachable = guarded
+        .pod_cidrs
+        .iter()
+        .chain(&remote)
+        .chain(&pod_routes)
+        .chain(&tunnelled);
+    table.extend(unreachable.map(|p| (*p, TableRoute::Unreachable)));
     table
 }
 
@@ -367,8 +374,9 @@ mod tests {
             ],
         };
         let required = desired_table(&mesh, &guarded, Encryption::Required);
-        let expected: BTreeMap<IpNetwork, TableRoute> = [
+        let expected: BTreeSet<(IpNetwork, TableRoute)> = [
             ("10.244.2.0/24", TableRoute::Tunnel),
+            ("10.244.2.0/24", TableRoute::Unreachable),
             ("10.244.1.0/24", TableRoute::Throw),
             ("10.244.0.0/16", TableRoute::Unreachable),
             ("10.244.3.0/24", TableRoute::Unreachable),
@@ -381,6 +389,13 @@ mod tests {
         // on our own block never blackholes our own Pods.
         assert_eq!(required, expected);
         let preferred = desired_table(&mesh, &guarded, Encryption::Preferred);
-        assert_eq!(preferred.len(), 2);
+        let expected: BTreeSet<(IpNetwork, TableRoute)> = [
+            ("10.244.2.0/24", TableRoute::Tunnel),
+            ("10.244.1.0/24", TableRoute::Throw),
+        ]
+        .into_iter()
+        .map(|(p, k)| (net(p), k))
+        .collect();
+        assert_eq!(preferred, expected);
     }
 }
