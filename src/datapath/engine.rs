@@ -25,6 +25,9 @@ use crate::mesh::Peer;
 
 /// Largest datagram or packet handled; also the size of each reusable buffer.
 const BUFFER_BYTES: usize = 65_536;
+/// Most packets handled per readiness wake-up of one direction before the loop looks at the
+/// other direction, the timers and commands again.
+const BATCH: usize = 64;
 /// How often boringtun's timers run (handshake retries, keepalives, session expiry).
 const TIMER_TICK: Duration = Duration::from_millis(100);
 /// How often the status snapshot is refreshed and the handshake rate limiter reset.
@@ -42,6 +45,8 @@ pub enum Command {
 pub struct Engine {
     pub(super) tun: Arc<AsyncDevice>,
     pub(super) udp: UdpSocket,
+    /// Whether `udp` is a dual-stack IPv6 socket (IPv4 peers then need mapped addresses).
+    pub(super) udp_v6: bool,
     pub(super) peers: PeerTable,
     /// The node's own Pod blocks: decrypted packets must be addressed inside them.
     pub(super) local_blocks: PrefixTable<()>,
@@ -69,14 +74,27 @@ impl Engine {
         loop {
             tokio::select! {
                 read = self.tun.recv(&mut tun_buf) => match read {
-                    Ok(len) => self.encrypt_outbound(&tun_buf[..len], &mut out).await,
+                    Ok(len) => {
+                        self.encrypt_outbound(&tun_buf[..len], &mut out).await;
+                        // Take what else is queued before going back to the scheduler.
+                        for _ in 1..BATCH {
+                            let Ok(len) = self.tun.try_recv(&mut tun_buf) else { break };
+                            self.encrypt_outbound(&tun_buf[..len], &mut out).await;
+                        }
+                    }
                     Err(error) => {
                         tracing::error!(%error, "TUN read failed; datapath stops");
                         break;
                     }
                 },
                 received = self.udp.recv_from(&mut udp_buf) => match received {
-                    Ok((len, src)) => self.receive_datagram(canonical(src), &udp_buf[..len], &mut out).await,
+                    Ok((len, src)) => {
+                        self.receive_datagram(canonical(src), &udp_buf[..len], &mut out).await;
+                        for _ in 1..BATCH {
+                            let Ok((len, src)) = self.udp.try_recv_from(&mut udp_buf) else { break };
+                            self.receive_datagram(canonical(src), &udp_buf[..len], &mut out).await;
+                        }
+                    }
                     Err(error) => tracing::debug!(%error, "UDP receive error"),
                 },
                 _ = timers.tick() => self.run_timers(&mut out).await,
@@ -120,7 +138,7 @@ impl Engine {
                     slot.counters.tx_bytes += packet.len() as u64;
                     let bytes: &[u8] = bytes;
                     let udp = &self.udp;
-                    send_on(udp, bytes, to).await;
+                    send_on(udp, self.udp_v6, bytes, to).await;
                 }
                 None => slot.counters.drops.count(DropReason::NoEndpoint),
             },
@@ -142,7 +160,7 @@ impl Engine {
             Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 let cookie: &[u8] = cookie;
-                send_on(&self.udp, cookie, src).await;
+                send_on(&self.udp, self.udp_v6, cookie, src).await;
                 return;
             }
             Err(_) => {
@@ -192,7 +210,7 @@ impl Engine {
                     // A handshake answer or a queued packet: keep flushing until Done.
                     slot.endpoint = Some(src);
                     let bytes: &[u8] = bytes;
-                    send_on(&self.udp, bytes, src).await;
+                    send_on(&self.udp, self.udp_v6, bytes, src).await;
                 }
                 TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
                     slot.endpoint = Some(src);
@@ -249,7 +267,7 @@ impl Engine {
                 TunnResult::WriteToNetwork(bytes) => {
                     if let Some(to) = slot.endpoint {
                         let bytes: &[u8] = bytes;
-                        send_on(&self.udp, bytes, to).await;
+                        send_on(&self.udp, self.udp_v6, bytes, to).await;
                     }
                 }
                 TunnResult::Err(error) => {
@@ -326,10 +344,10 @@ fn is_link_local(addr: IpAddr) -> bool {
     }
 }
 
-/// Sends on a dual-stack or IPv4 socket, mapping IPv4 destinations for the former.
-async fn send_on(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    let to = match (to, udp.local_addr()) {
-        (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+/// Sends on a dual-stack (`v6`) or IPv4 socket, mapping IPv4 destinations for the former.
+async fn send_on(udp: &UdpSocket, v6: bool, bytes: &[u8], to: SocketAddr) {
+    let to = match to {
+        SocketAddr::V4(v4) if v6 => {
             SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
         }
         _ => to,

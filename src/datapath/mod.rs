@@ -186,9 +186,11 @@ impl Datapath {
             encryption: config.encryption.as_str().to_string(),
             ..DatapathStatus::default()
         });
+        let udp_v6 = udp.local_addr().is_ok_and(|a| a.is_ipv6());
         let engine = Engine {
             tun: Arc::new(tun),
             udp,
+            udp_v6,
             peers: PeerTable::new(secret, limiter),
             local_blocks,
             drops: DropCounters::default(),

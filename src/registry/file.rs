@@ -120,6 +120,20 @@ fn read_node_file(path: &Path, file_name: &str) -> Result<NodeEntry, String> {
     })
 }
 
+/// Whether an inotify event can change what a scan reads (not an open, read or close).
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        // A writer closing its file: the content is complete now.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
+}
+
 impl Registry for FileRegistry {
     async fn publish(&self, own: &OwnNode) -> Result<(), RegistryError> {
         let path = self.file_of(&own.name);
@@ -161,11 +175,15 @@ impl Registry for FileRegistry {
             reason,
         };
         std::fs::create_dir_all(&self.dir).map_err(|e| watch_error(e.to_string()))?;
-        let mut watcher = notify::recommended_watcher(move |_event| {
-            // A full channel already has a rescan pending; that one will see this change too.
-            let _ = events_tx.try_send(());
-        })
-        .map_err(|e| watch_error(e.to_string()))?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Only changes matter: reacting to reads (ours included) would rescan forever.
+                if event.is_ok_and(|e| changes_content(&e.kind)) {
+                    // A full channel already has a rescan pending; that one sees this change too.
+                    let _ = events_tx.try_send(());
+                }
+            })
+            .map_err(|e| watch_error(e.to_string()))?;
         notify::Watcher::watch(&mut watcher, &self.dir, notify::RecursiveMode::NonRecursive)
             .map_err(|e| watch_error(e.to_string()))?;
 
@@ -267,6 +285,25 @@ mod tests {
         let snapshot = FileRegistry::new(dir.path()).scan();
         assert_eq!(snapshot.nodes.len(), 1);
         assert!(snapshot.nodes[0].record.is_err());
+    }
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
     }
 
     #[tokio::test]
