@@ -43,8 +43,8 @@ plain_wireguard() {
         j=$((3 - k))
         local ifname="wg${impl:0:1}$k"
         case $impl in
-            go) ip netns exec "$LAB-n$k" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifname" >/dev/null 2>&1 & ;;
-            boringtun) ip netns exec "$LAB-n$k" boringtun-cli "$ifname" --foreground --disable-drop-privileges >/dev/null 2>&1 & ;;
+            go) ip netns exec "$LAB-n$k" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifname" >/dev/null 2>&1 & disown ;;
+            boringtun) ip netns exec "$LAB-n$k" boringtun-cli "$ifname" --foreground --disable-drop-privileges >/dev/null 2>&1 & disown ;;
         esac
         for _ in $(seq 50); do ip -n "$LAB-n$k" link show "$ifname" >/dev/null 2>&1 && break; sleep 0.1; done
         key=$(cat "$dir/p$j")
