@@ -234,3 +234,36 @@ fn garbage_udp_is_counted_and_changes_nothing() {
     });
     assert!(lab.ping(&from, &to, 3), "garbage broke the tunnel");
 }
+
+#[test]
+fn losing_the_tun_stops_the_agent_and_traffic_stays_off_the_clear_path() {
+    let lab = Lab::up("wttun", 2);
+    converge(&lab);
+    let (from, _) = lab.pods(1)[0].clone();
+    let (_, to) = lab.pods(2)[0].clone();
+    assert!(lab.ping(&from, &to, 5));
+
+    run_ok("ip", &["-n", &lab.node_ns(1), "link", "del", "wttunn1"]);
+    let pid = std::fs::read_to_string("/run/wttun/n1/agent.pid").unwrap();
+    wait_for(Duration::from_secs(10), "the agent to exit", || {
+        (!run("kill", &["-0", pid.trim()]).status.success()).then_some(())
+    });
+    let log = std::fs::read_to_string("/run/wttun/n1/agent.log").unwrap();
+    assert!(log.contains("the datapath stopped"), "{log}");
+    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
+    assert!(
+        !lab.ping(&from, &to, 2),
+        "traffic flowed without a datapath"
+    );
+    let leaked = clear.stop();
+    assert!(
+        leaked.is_empty(),
+        "traffic left in clear:\n{}",
+        leaked.join("\n")
+    );
+
+    lab.script(&["start-agent", "1"]);
+    wait_for(CONVERGE, "traffic to flow again", || {
+        lab.ping(&from, &to, 1).then_some(())
+    });
+}

@@ -165,12 +165,20 @@ pub async fn run(
 
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
     let mut rejected: Vec<RejectionView> = Vec::new();
+    let mut failure = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             changed = nodes.changed() => if changed.is_err() { break },
             changed = routes.changed() => if changed.is_err() { break },
+            _ = datapath_stopped(datapath.as_ref()) => {
+                // Exit so the supervisor restarts us; the unreachable backstops keep Pod
+                // traffic from leaving in clear meanwhile.
+                tracing::error!("the datapath stopped; exiting");
+                failure = Some(AgentError::Datapath(DatapathError::Stopped));
+                break;
+            }
         }
         // Debounce: let a burst of changes settle, then compute once from the latest inputs.
         tokio::select! {
@@ -221,11 +229,22 @@ pub async fn run(
     admin_task.abort();
     registry_task.abort();
     routes_task.abort();
-    if let Some(datapath) = datapath {
+    // A clean stop removes weft's rules and routes; after a datapath failure they stay, so
+    // the backstops keep failing closed until the agent is back.
+    if let Some(datapath) = datapath
+        && failure.is_none()
+    {
         datapath.shutdown().await;
     }
     let _ = std::fs::remove_file(admin::socket_path(&config.run_dir));
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+async fn datapath_stopped(datapath: Option<&Datapath>) {
+    match datapath {
+        Some(datapath) => datapath.stopped().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The Pod prefixes the datapath must keep from leaving in clear.

@@ -243,6 +243,11 @@ impl Datapath {
         self.status.clone()
     }
 
+    /// Completes if the packet loop stops (a TUN failure): the agent must not carry on then.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
+    }
+
     /// Removes weft's rules and routes; the TUN disappears with the process.
     pub async fn shutdown(self) {
         self.task.abort();
