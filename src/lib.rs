@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod mesh;
+pub mod policy;
 pub mod record;
 pub mod registry;
 pub mod route_source;

@@ -1,0 +1,504 @@
+//! NetworkPolicy compiled ahead of time into per-Pod rule sets, and the per-packet check.
+//!
+//! Compilation resolves selectors against the known Pods and Namespaces once; the check then
+//! looks up the two Pods by address and walks only the rules of the policies that select
+//! them, with no allocation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::model::{Flow, PodInfo, Protocol, namespace_labels};
+use super::selector::{Labels, Selector};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// Why one direction of a flow is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowance<'a> {
+    /// The Pod is not isolated in this direction (no policy selects it for it), or the address
+    /// is not a known Pod.
+    NotIsolated,
+    /// Rule `rule` (0-based) of policy `policy` (`namespace/name`) allows it.
+    Rule { policy: &'a str, rule: usize },
+}
+
+/// The verdict on a flow, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    /// A Pod talking to itself.
+    SamePod,
+    Allowed {
+        egress: Allowance<'a>,
+        ingress: Allowance<'a>,
+    },
+    /// `pod` is isolated in `direction` and no rule allows the flow.
+    Denied { direction: Direction, pod: &'a str },
+}
+
+impl Verdict<'_> {
+    pub fn is_allowed(&self) -> bool {
+        !matches!(self, Self::Denied { .. })
+    }
+}
+
+impl fmt::Display for Allowance<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotIsolated => write!(f, "not isolated"),
+            Self::Rule { policy, rule } => write!(f, "policy {policy} rule {rule}"),
+        }
+    }
+}
+
+impl fmt::Display for Verdict<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SamePod => write!(f, "allowed: a Pod may always reach itself"),
+            Self::Allowed { egress, ingress } => {
+                write!(f, "allowed: egress by {egress}, ingress by {ingress}")
+            }
+            Self::Denied { direction, pod } => write!(
+                f,
+                "denied: {pod} is isolated for {} and no policy allows this",
+                direction.as_str()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum PortMatch {
+    /// Every port of the protocol.
+    All(Protocol),
+    Range(Protocol, u16, u16),
+    /// A container port name, resolved against the destination Pod.
+    Named(Protocol, String),
+}
+
+#[derive(Debug, Clone)]
+struct IpBlock {
+    cidr: IpNetwork,
+    except: Vec<IpNetwork>,
+}
+
+#[derive(Debug, Clone)]
+enum Peers {
+    Any,
+    Some {
+        pods: HashSet<IpAddr>,
+        blocks: Vec<IpBlock>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    policy: String,
+    index: usize,
+    peers: Peers,
+    /// Empty: every port and protocol.
+    ports: Vec<PortMatch>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PodRules {
+    key: String,
+    named_ports: HashMap<String, (u16, Protocol)>,
+    /// `None`: not isolated in that direction.
+    ingress: Option<Vec<Rule>>,
+    egress: Option<Vec<Rule>>,
+}
+
+/// A policy that could not be compiled, and why. It is left out entirely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedPolicy {
+    pub policy: String,
+    pub reason: String,
+}
+
+/// Every Pod's compiled rules.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pods: Vec<PodRules>,
+    by_ip: HashMap<IpAddr, usize>,
+    pub rejected: Vec<RejectedPolicy>,
+}
+
+/// One policy after validation, before resolution against Pods.
+struct Checked {
+    key: String,
+    namespace: String,
+    selector: Selector,
+    ingress: Option<Vec<CheckedRule>>,
+    egress: Option<Vec<CheckedRule>>,
+}
+
+struct CheckedRule {
+    peers: Option<Vec<CheckedPeer>>,
+    ports: Vec<PortMatch>,
+}
+
+enum CheckedPeer {
+    Pods {
+        pods: Option<Selector>,
+        namespaces: Option<Selector>,
+    },
+    Block(IpBlock),
+}
+
+fn check_port(port: &NetworkPolicyPort) -> Result<PortMatch, String> {
+    let protocol = Protocol::parse(port.protocol.as_deref())?;
+    let to_port = |n: i32| u16::try_from(n).ok().filter(|p| *p > 0);
+    match (&port.port, port.end_port) {
+        (None, None) => Ok(PortMatch::All(protocol)),
+        (None, Some(_)) => Err("endPort without port".into()),
+        (Some(IntOrString::Int(n)), end) => {
+            let start = to_port(*n).ok_or_else(|| format!("port {n} is not 1-65535"))?;
+            let end = match end {
+                None => start,
+                Some(e) => to_port(e)
+                    .filter(|e| *e >= start)
+                    .ok_or_else(|| format!("endPort {e} is not a port at or above {start}"))?,
+            };
+            Ok(PortMatch::Range(protocol, start, end))
+        }
+        (Some(IntOrString::String(_)), Some(_)) => Err("endPort with a named port".into()),
+        (Some(IntOrString::String(name)), None) => {
+            if name.is_empty() || name.len() > 15 {
+                return Err(format!("invalid port name {name:?}"));
+            }
+            Ok(PortMatch::Named(protocol, name.clone()))
+        }
+    }
+}
+
+fn check_peer(peer: &NetworkPolicyPeer) -> Result<CheckedPeer, String> {
+    if let Some(block) = &peer.ip_block {
+        if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+            return Err("ipBlock cannot be combined with selectors in one peer".into());
+        }
+        let cidr: IpNetwork = block
+            .cidr
+            .parse()
+            .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
+        let mut except = Vec::new();
+        for text in block.except.iter().flatten() {
+            let e: IpNetwork = text
+                .parse()
+                .map_err(|_| format!("except {text:?} is not a CIDR"))?;
+            if !crate::record::covers(&cidr, &e) {
+                return Err(format!("except {text} is not inside {}", block.cidr));
+            }
+            except.push(e);
+        }
+        return Ok(CheckedPeer::Block(IpBlock { cidr, except }));
+    }
+    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+        return Err("a peer needs podSelector, namespaceSelector or ipBlock".into());
+    }
+    Ok(CheckedPeer::Pods {
+        pods: peer
+            .pod_selector
+            .as_ref()
+            .map(Selector::compile)
+            .transpose()?,
+        namespaces: peer
+            .namespace_selector
+            .as_ref()
+            .map(Selector::compile)
+            .transpose()?,
+    })
+}
+
+type RawRule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
+fn check_rules(rules: &[RawRule<'_>]) -> Result<Vec<CheckedRule>, String> {
+    let mut out = Vec::new();
+    for (peers, ports) in rules {
+        let peers = match peers {
+            None => None,
+            Some(list) if list.is_empty() => None,
+            Some(list) => Some(list.iter().map(check_peer).collect::<Result<Vec<_>, _>>()?),
+        };
+        let ports = ports
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(check_port)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(CheckedRule { peers, ports });
+    }
+    Ok(out)
+}
+
+fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
+    let namespace = policy
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = policy.metadata.name.clone().ok_or("policy has no name")?;
+    let key = format!("{namespace}/{name}");
+    let spec = policy.spec.clone().unwrap_or_default();
+    let selector = Selector::compile(&spec.pod_selector.clone().unwrap_or_default())?;
+    let spec_ref = policy.spec.as_ref();
+    let ingress_rules: Vec<_> = spec_ref
+        .and_then(|s| s.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+        .collect();
+    let egress_rules: Vec<_> = spec_ref
+        .and_then(|s| s.egress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+        .collect();
+    // policyTypes defaults: Ingress always; Egress when egress rules are present.
+    let types = match &spec.policy_types {
+        Some(types) => types.clone(),
+        None if egress_rules.is_empty() => vec!["Ingress".to_string()],
+        None => vec!["Ingress".to_string(), "Egress".to_string()],
+    };
+    let mut isolates_ingress = false;
+    let mut isolates_egress = false;
+    for t in &types {
+        match t.as_str() {
+            "Ingress" => isolates_ingress = true,
+            "Egress" => isolates_egress = true,
+            other => return Err(format!("unknown policyType {other:?}")),
+        }
+    }
+    let ingress = check_rules(&ingress_rules)?;
+    let egress = check_rules(&egress_rules)?;
+    Ok(Checked {
+        key,
+        namespace,
+        selector,
+        ingress: isolates_ingress.then_some(ingress),
+        egress: isolates_egress.then_some(egress),
+    })
+}
+
+impl PolicySet {
+    /// Compiles policies against the Pods and Namespaces known now.
+    pub fn compile(policies: &[NetworkPolicy], namespaces: &[Namespace], pods: &[Pod]) -> Self {
+        let namespaces: BTreeMap<String, Labels> =
+            namespaces.iter().filter_map(namespace_labels).collect();
+        let pods: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_pod).collect();
+        let mut set = PolicySet::default();
+        let mut checked = Vec::new();
+        for policy in policies {
+            match check_policy(policy) {
+                Ok(c) => checked.push(c),
+                Err(reason) => set.rejected.push(RejectedPolicy {
+                    policy: format!(
+                        "{}/{}",
+                        policy.metadata.namespace.as_deref().unwrap_or("default"),
+                        policy.metadata.name.as_deref().unwrap_or("?")
+                    ),
+                    reason,
+                }),
+            }
+        }
+        let empty = Labels::new();
+        for pod in &pods {
+            let mut rules = PodRules {
+                key: pod.key(),
+                named_ports: pod.named_ports.clone(),
+                ..PodRules::default()
+            };
+            for policy in checked
+                .iter()
+                .filter(|p| p.namespace == pod.namespace && p.selector.matches(&pod.labels))
+            {
+                let resolve = |checked: &[CheckedRule]| -> Vec<Rule> {
+                    checked
+                        .iter()
+                        .enumerate()
+                        .map(|(index, rule)| Rule {
+                            policy: policy.key.clone(),
+                            index,
+                            peers: resolve_peers(
+                                rule.peers.as_deref(),
+                                &policy.namespace,
+                                &pods,
+                                &namespaces,
+                                &empty,
+                            ),
+                            ports: rule.ports.clone(),
+                        })
+                        .collect()
+                };
+                if let Some(ingress) = &policy.ingress {
+                    rules
+                        .ingress
+                        .get_or_insert_with(Vec::new)
+                        .extend(resolve(ingress));
+                }
+                if let Some(egress) = &policy.egress {
+                    rules
+                        .egress
+                        .get_or_insert_with(Vec::new)
+                        .extend(resolve(egress));
+                }
+            }
+            let index = set.pods.len();
+            for ip in &pod.ips {
+                set.by_ip.insert(*ip, index);
+            }
+            set.pods.push(rules);
+        }
+        set
+    }
+
+    /// The verdict on one packet. Allocation-free.
+    pub fn check(&self, flow: &Flow) -> Verdict<'_> {
+        let src = self.by_ip.get(&flow.src).map(|i| &self.pods[*i]);
+        let dst = self.by_ip.get(&flow.dst).map(|i| &self.pods[*i]);
+        if flow.src == flow.dst || matches!((src, dst), (Some(a), Some(b)) if std::ptr::eq(a, b)) {
+            return Verdict::SamePod;
+        }
+        let egress = match src.map(|s| (s, &s.egress)) {
+            Some((pod, Some(rules))) => {
+                match allowed_by(rules, flow, flow.dst, dst.map(|d| &d.named_ports)) {
+                    Some(allowance) => allowance,
+                    None => {
+                        return Verdict::Denied {
+                            direction: Direction::Egress,
+                            pod: &pod.key,
+                        };
+                    }
+                }
+            }
+            _ => Allowance::NotIsolated,
+        };
+        let ingress = match dst.map(|d| (d, &d.ingress)) {
+            Some((pod, Some(rules))) => {
+                match allowed_by(rules, flow, flow.src, Some(&pod.named_ports)) {
+                    Some(allowance) => allowance,
+                    None => {
+                        return Verdict::Denied {
+                            direction: Direction::Ingress,
+                            pod: &pod.key,
+                        };
+                    }
+                }
+            }
+            _ => Allowance::NotIsolated,
+        };
+        Verdict::Allowed { egress, ingress }
+    }
+
+    /// Whether `ip` is a known Pod.
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        self.by_ip.contains_key(&ip)
+    }
+}
+
+fn resolve_peers(
+    peers: Option<&[CheckedPeer]>,
+    policy_namespace: &str,
+    pods: &[PodInfo],
+    namespaces: &BTreeMap<String, Labels>,
+    empty: &Labels,
+) -> Peers {
+    let Some(peers) = peers else {
+        return Peers::Any;
+    };
+    let mut ips = HashSet::new();
+    let mut blocks = Vec::new();
+    for peer in peers {
+        match peer {
+            CheckedPeer::Block(block) => blocks.push(block.clone()),
+            CheckedPeer::Pods {
+                pods: pod_selector,
+                namespaces: ns_selector,
+            } => {
+                for pod in pods {
+                    let ns_ok = match ns_selector {
+                        None => pod.namespace == policy_namespace,
+                        Some(selector) => {
+                            selector.matches(namespaces.get(&pod.namespace).unwrap_or(empty))
+                        }
+                    };
+                    let pod_ok = pod_selector.as_ref().is_none_or(|s| s.matches(&pod.labels));
+                    if ns_ok && pod_ok {
+                        ips.extend(pod.ips.iter().copied());
+                    }
+                }
+            }
+        }
+    }
+    Peers::Some { pods: ips, blocks }
+}
+
+/// The first rule of `rules` allowing the flow with `peer` on the other end.
+fn allowed_by<'a>(
+    rules: &'a [Rule],
+    flow: &Flow,
+    peer: IpAddr,
+    dst_ports: Option<&HashMap<String, (u16, Protocol)>>,
+) -> Option<Allowance<'a>> {
+    rules
+        .iter()
+        .find(|rule| peer_matches(&rule.peers, peer) && port_matches(&rule.ports, flow, dst_ports))
+        .map(|rule| Allowance::Rule {
+            policy: &rule.policy,
+            rule: rule.index,
+        })
+}
+
+fn peer_matches(peers: &Peers, ip: IpAddr) -> bool {
+    match peers {
+        Peers::Any => true,
+        Peers::Some { pods, blocks } => {
+            pods.contains(&ip)
+                || blocks
+                    .iter()
+                    .any(|b| b.cidr.contains(ip) && !b.except.iter().any(|e| e.contains(ip)))
+        }
+    }
+}
+
+fn port_matches(
+    ports: &[PortMatch],
+    flow: &Flow,
+    dst_ports: Option<&HashMap<String, (u16, Protocol)>>,
+) -> bool {
+    ports.is_empty()
+        || ports.iter().any(|port| match port {
+            PortMatch::All(protocol) => *protocol == flow.protocol,
+            PortMatch::Range(protocol, start, end) => {
+                *protocol == flow.protocol && (*start..=*end).contains(&flow.dst_port)
+            }
+            PortMatch::Named(protocol, name) => {
+                *protocol == flow.protocol
+                    && dst_ports
+                        .and_then(|named| named.get(name.as_str()))
+                        .is_some_and(|(port, proto)| {
+                            *port == flow.dst_port && *proto == flow.protocol
+                        })
+            }
+        })
+}

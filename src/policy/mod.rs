@@ -1,0 +1,15 @@
+//! Kubernetes NetworkPolicy, compiled ahead of time into per-Pod rule sets and checked per
+//! packet. No IO: policies, Pods and Namespaces come in as k8s-openapi objects from whatever
+//! source (the API server, a directory of YAML).
+
+pub mod compile;
+pub mod model;
+pub mod selector;
+
+pub use compile::{Allowance, Direction, PolicySet, RejectedPolicy, Verdict};
+pub use model::{Flow, PodInfo, Protocol};
+
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! A reference NetworkPolicy evaluator, written independently of the compiled engine and as
+//! plainly as possible: for every packet it walks every policy. Only for tests.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::model::{Flow, Protocol};
+
+type Labels = BTreeMap<String, String>;
+type RawRule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
+fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if labels.get(key) != Some(value) {
+            return false;
+        }
+    }
+    for requirement in selector.match_expressions.iter().flatten() {
+        let values = requirement.values.clone().unwrap_or_default();
+        let have = labels.get(&requirement.key);
+        let ok = match requirement.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => !have.is_some_and(|v| values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+fn pod_namespace(pod: &Pod) -> String {
+    pod.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+fn labels_of(pod: &Pod) -> Labels {
+    pod.metadata.labels.clone().unwrap_or_default()
+}
+
+fn namespace_labels(namespaces: &[Namespace], name: &str) -> Labels {
+    let mut labels = namespaces
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    labels
+}
+
+fn protocol_of(text: Option<&String>) -> Protocol {
+    match text.map(String::as_str) {
+        Some("UDP") => Protocol::Udp,
+        Some("SCTP") => Protocol::Sctp,
+        _ => Protocol::Tcp,
+    }
+}
+
+fn peer_matches(
+    peer: &NetworkPolicyPeer,
+    policy_namespace: &str,
+    ip: IpAddr,
+    pods: &[Pod],
+    namespaces: &[Namespace],
+) -> bool {
+    if let Some(block) = &peer.ip_block {
+        let Ok(cidr) = block.cidr.parse::<IpNetwork>() else {
+            return false;
+        };
+        let excluded = block
+            .except
+            .iter()
+            .flatten()
+            .any(|e| e.parse::<IpNetwork>().is_ok_and(|e| e.contains(ip)));
+        return cidr.contains(ip) && !excluded;
+    }
+    let Some(pod) = pods.iter().find(|p| pod_ip(p) == Some(ip)) else {
+        return false;
+    };
+    let namespace = pod_namespace(pod);
+    let namespace_ok = match &peer.namespace_selector {
+        None => namespace == policy_namespace,
+        Some(selector) => selector_matches(selector, &namespace_labels(namespaces, &namespace)),
+    };
+    let pod_ok = match &peer.pod_selector {
+        None => true,
+        Some(selector) => selector_matches(selector, &labels_of(pod)),
+    };
+    namespace_ok && pod_ok
+}
+
+fn port_matches(port: &NetworkPolicyPort, flow: &Flow, dst: Option<&Pod>) -> bool {
+    if protocol_of(port.protocol.as_ref()) != flow.protocol {
+        return false;
+    }
+    match &port.port {
+        None => true,
+        Some(IntOrString::Int(n)) => {
+            let end = port.end_port.unwrap_or(*n);
+            i32::from(flow.dst_port) >= *n && i32::from(flow.dst_port) <= end
+        }
+        Some(IntOrString::String(name)) => dst.is_some_and(|pod| {
+            pod.spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .flat_map(|c| c.ports.iter().flatten())
+                .any(|p| {
+                    p.name.as_deref() == Some(name.as_str())
+                        && i32::from(flow.dst_port) == p.container_port
+                        && protocol_of(p.protocol.as_ref()) == flow.protocol
+                })
+        }),
+    }
+}
+
+/// Whether `pod`'s `direction` ("Ingress"/"Egress") allows the flow, with `peer` the other end.
+fn direction_allows(
+    direction: &str,
+    pod: &Pod,
+    peer: IpAddr,
+    flow: &Flow,
+    policies: &[NetworkPolicy],
+    namespaces: &[Namespace],
+    pods: &[Pod],
+) -> bool {
+    let dst = pods.iter().find(|p| pod_ip(p) == Some(flow.dst));
+    let mut isolated = false;
+    for policy in policies {
+        let namespace = policy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let Some(spec) = &policy.spec else { continue };
+        if namespace != pod_namespace(pod)
+            || !selector_matches(
+                &spec.pod_selector.clone().unwrap_or_default(),
+                &labels_of(pod),
+            )
+        {
+            continue;
+        }
+        let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let types = spec.policy_types.clone().unwrap_or_else(|| {
+            if has_egress {
+                vec!["Ingress".into(), "Egress".into()]
+            } else {
+                vec!["Ingress".into()]
+            }
+        });
+        if !types.iter().any(|t| t == direction) {
+            continue;
+        }
+        isolated = true;
+        let rules: Vec<RawRule<'_>> = if direction == "Ingress" {
+            spec.ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                .collect()
+        } else {
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+                .collect()
+        };
+        for (peers, ports) in rules {
+            let peer_ok = match peers {
+                None => true,
+                Some(list) if list.is_empty() => true,
+                Some(list) => list
+                    .iter()
+                    .any(|p| peer_matches(p, &namespace, peer, pods, namespaces)),
+            };
+            let port_ok = match ports {
+                None => true,
+                Some(list) if list.is_empty() => true,
+                Some(list) => list.iter().any(|p| port_matches(p, flow, dst)),
+            };
+            if peer_ok && port_ok {
+                return true;
+            }
+        }
+    }
+    !isolated
+}
+
+/// Whether NetworkPolicy allows `flow`.
+pub fn allowed(
+    policies: &[NetworkPolicy],
+    namespaces: &[Namespace],
+    pods: &[Pod],
+    flow: &Flow,
+) -> bool {
+    if flow.src == flow.dst {
+        return true;
+    }
+    let src = pods.iter().find(|p| pod_ip(p) == Some(flow.src));
+    let dst = pods.iter().find(|p| pod_ip(p) == Some(flow.dst));
+    let egress = src.is_none_or(|pod| {
+        direction_allows("Egress", pod, flow.dst, flow, policies, namespaces, pods)
+    });
+    let ingress = dst.is_none_or(|pod| {
+        direction_allows("Ingress", pod, flow.src, flow, policies, namespaces, pods)
+    });
+    egress && ingress
+}
