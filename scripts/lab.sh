@@ -171,6 +171,22 @@ setup_pods() {
         [ -n "$ip" ] || die "CNI gave $ns no address: $result"
         echo "$ns $ip" >> "$RUN/n$k/pods"
     done
+    write_pod_objects "$k"
+}
+
+# The lab's Pods as Kubernetes objects (namespace "lab", Pod "nK-pJ", labels node/pod), for
+# the agents' policy source.
+write_pod_objects() {
+    local k=$1 ns ip p
+    mkdir -p "$RUN/policy"
+    [ -f "$RUN/policy/namespace.yaml" ] || printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: lab, labels: {lab: "%s"}}\n' "$LAB" > "$RUN/policy/namespace.yaml"
+    : > "$RUN/policy/.pods-n$k.yaml"
+    while read -r ns ip; do
+        p=${ns##*-}
+        printf -- '---\napiVersion: v1\nkind: Pod\nmetadata: {name: n%s-%s, namespace: lab, labels: {node: n%s, pod: %s}}\nspec:\n  nodeName: n%s\n  containers: [{name: main, ports: [{name: http, containerPort: 8080}]}]\nstatus: {podIP: %s}\n' \
+            "$k" "$p" "$k" "$p" "$k" "$ip" >> "$RUN/policy/.pods-n$k.yaml"
+    done < "$RUN/n$k/pods"
+    mv "$RUN/policy/.pods-n$k.yaml" "$RUN/policy/pods-n$k.yaml"
 }
 
 start_agent() {
@@ -179,7 +195,7 @@ start_agent() {
     alive "$dir/agent.pid" && return 0
     RUST_LOG=${RUST_LOG:-info} setsid ip netns exec "$(node_ns "$k")" "$bin" agent \
         --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" --pod-cidr 10.244.0.0/16 \
-        --interface "${LAB}n$k" \
+        --interface "${LAB}n$k" --policy-dir "$RUN/policy" \
         --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" \
         >>"$dir/agent.log" 2>&1 < /dev/null &
     echo $! > "$dir/agent.pid"
@@ -203,7 +219,7 @@ cmd_up() {
     require_root up
     install_packages
     [ -n "${WEFT_LAB_NO_AGENT:-}" ] || bin=$(weft_bin)
-    mkdir -p "$RUN/registry"
+    mkdir -p "$RUN/registry" "$RUN/policy"
     echo "$n" > "$RUN/nodes"
     setup_bridge
     for ((k = 1; k <= n; k++)); do

@@ -29,6 +29,41 @@ pub enum Command {
     Key(KeyCommand),
     /// Show this node's record, its peers and the rejected prefixes.
     Status(StatusArgs),
+    /// NetworkPolicy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the verdict of the agent's current rule set on a flow, and why.
+    Check {
+        /// Source Pod, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/POD")]
+        from: String,
+        /// Destination Pod, as NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/POD")]
+        to: String,
+        /// Destination port, optionally with a protocol: 80, 53/udp, 3868/sctp.
+        #[arg(long, value_name = "PORT[/PROTO]", value_parser = parse_port)]
+        port: (u16, String),
+        /// The agent's run directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+}
+
+fn parse_port(text: &str) -> Result<(u16, String), String> {
+    let (port, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{port:?} is not a port (1-65535)"))?;
+    match protocol.to_lowercase().as_str() {
+        "tcp" | "udp" | "sctp" => Ok((port, protocol.to_uppercase())),
+        other => Err(format!("unknown protocol {other:?}: tcp, udp or sctp")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +117,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(KeyCommand::Show { key_dir }) => {
             let key = weft_keys::KeyStore::new(&key_dir).load()?;
             println!("{}", key.public_key());
+        }
+        Command::Policy(PolicyCommand::Check {
+            from,
+            to,
+            port: (port, protocol),
+            run_dir,
+        }) => {
+            let request = AdminRequest::PolicyCheck {
+                from,
+                to,
+                port,
+                protocol,
+            };
+            let answer = admin::request(&run_dir, &request).await?;
+            println!("{}", answer["verdict"].as_str().unwrap_or("unknown"));
+            if answer["allowed"] != serde_json::Value::Bool(true) {
+                anyhow::bail!("the flow is denied");
+            }
         }
         Command::Status(args) => {
             let value = admin::request(&args.run_dir, &AdminRequest::Status).await?;

@@ -23,6 +23,13 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum AdminRequest {
     Status,
+    /// The verdict of the current NetworkPolicy rule set on a flow between two Pods.
+    PolicyCheck {
+        from: String,
+        to: String,
+        port: u16,
+        protocol: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -202,6 +209,7 @@ mod tests {
         fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
             match request {
                 AdminRequest::Status => Ok(serde_json::json!({"hello": "status"})),
+                AdminRequest::PolicyCheck { .. } => Err("no policy".into()),
             }
         }
     }

@@ -21,6 +21,10 @@ const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 pub const DEFAULT_FWMARK: u32 = 0x5746;
 pub const DEFAULT_ROUTE_TABLE: u32 = 51820;
 pub const DEFAULT_RULE_PRIORITY: u32 = 5210;
+pub const DEFAULT_CONNTRACK_MAX: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65536) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
 
 /// `weft agent` flags. Every flag may also be set in the config file (same name, kebab-case);
 /// a flag given on the command line wins.
@@ -90,6 +94,13 @@ pub struct AgentArgs {
     /// [default: /var/run/wireguard/<interface>.sock].
     #[arg(long, value_name = "PATH")]
     pub uapi_socket: Option<PathBuf>,
+    /// Directory of Kubernetes YAML (Namespaces, Pods, NetworkPolicies) enforced on decrypted
+    /// traffic, watched for changes (standalone nodes and the lab).
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Most flows connection tracking holds [default: 65536].
+    #[arg(long, value_name = "FLOWS")]
+    pub conntrack_max: Option<std::num::NonZeroUsize>,
     /// Run the control plane only: no TUN, no encryption (status and records still work).
     #[arg(long)]
     pub no_datapath: bool,
@@ -128,6 +139,8 @@ struct ConfigFile {
     #[serde(default)]
     pod_cidrs: Vec<IpNetwork>,
     uapi_socket: Option<PathBuf>,
+    policy_dir: Option<PathBuf>,
+    conntrack_max: Option<std::num::NonZeroUsize>,
 }
 
 mod humantime_serde_opt {
@@ -185,6 +198,8 @@ pub struct DatapathSettings {
     pub rule_priority: u32,
     pub pod_cidrs: Vec<IpNetwork>,
     pub uapi_socket: PathBuf,
+    pub policy_dir: Option<PathBuf>,
+    pub conntrack_max: std::num::NonZeroUsize,
 }
 
 fn parse_u32(text: &str) -> Result<u32, String> {
@@ -287,7 +302,14 @@ impl AgentConfig {
             .clone()
             .or(file.uapi_socket)
             .unwrap_or_else(|| crate::datapath::uapi::default_socket_path(&interface));
+        let policy_dir = args.policy_dir.clone().or(file.policy_dir);
+        let conntrack_max = args
+            .conntrack_max
+            .or(file.conntrack_max)
+            .unwrap_or(DEFAULT_CONNTRACK_MAX);
         let datapath = (!(args.no_datapath || file.no_datapath)).then(|| DatapathSettings {
+            policy_dir,
+            conntrack_max,
             uapi_socket,
             interface,
             encryption: args

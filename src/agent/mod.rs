@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::datapath::stats::DatapathStatus;
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
 use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
+use crate::policy::PolicySet;
 use crate::record::{NodeRecord, RecordError};
 use crate::registry::file::FileRegistry;
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
@@ -49,6 +50,7 @@ pub enum AgentError {
 struct SharedStatus {
     status: RwLock<Status>,
     datapath: Option<watch::Receiver<DatapathStatus>>,
+    policy: RwLock<Option<Arc<PolicySet>>>,
 }
 
 impl AdminHandler for SharedStatus {
@@ -62,6 +64,35 @@ impl AdminHandler for SharedStatus {
                     .clone();
                 status.datapath = self.datapath.as_ref().map(|d| d.borrow().clone());
                 serde_json::to_value(&status).map_err(|e| e.to_string())
+            }
+            AdminRequest::PolicyCheck {
+                from,
+                to,
+                port,
+                protocol,
+            } => {
+                let policy = self
+                    .policy
+                    .read()
+                    .map_err(|_| "policy lock poisoned".to_string())?
+                    .clone()
+                    .ok_or("no policy source is configured or loaded (--policy-dir)")?;
+                let ip = |key: &str| {
+                    policy
+                        .pod_ip(key)
+                        .ok_or_else(|| format!("no Pod {key} with an address is known"))
+                };
+                let flow = crate::policy::Flow {
+                    src: ip(&from)?,
+                    dst: ip(&to)?,
+                    protocol: crate::policy::Protocol::parse(Some(&protocol.to_uppercase()))?,
+                    dst_port: port,
+                };
+                let verdict = policy.check(&flow);
+                Ok(serde_json::json!({
+                    "allowed": verdict.is_allowed(),
+                    "verdict": verdict.to_string(),
+                }))
             }
         }
     }
@@ -114,6 +145,7 @@ pub async fn run(
                     local_blocks: config.blocks.clone(),
                     encryption: settings.encryption,
                     uapi_socket: settings.uapi_socket.clone(),
+                    conntrack_max: settings.conntrack_max,
                 },
                 &key,
             )
@@ -141,6 +173,10 @@ pub async fn run(
         receive_buffer: config.netlink_receive_buffer,
     };
     let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
+    let (policy_tx, mut policies) = watch::channel(None::<Arc<PolicySet>>);
+    let policy_dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
+    let policy_task =
+        policy_dir.map(|dir| tokio::spawn(crate::policy::source::watch_dir(dir, policy_tx)));
 
     let empty = Mesh {
         peers: BTreeMap::new(),
@@ -159,6 +195,7 @@ pub async fn run(
     let shared = Arc::new(SharedStatus {
         status: RwLock::new(initial),
         datapath: datapath.as_ref().map(Datapath::status_receiver),
+        policy: RwLock::new(None),
     });
     let admin_task = tokio::spawn(admin::serve(listener, shared.clone()));
     tracing::info!(node = %own.name, run_dir = %config.run_dir.display(), "agent started");
@@ -172,6 +209,21 @@ pub async fn run(
             _ = &mut shutdown => break,
             changed = nodes.changed() => if changed.is_err() { break },
             changed = routes.changed() => if changed.is_err() { break },
+            changed = policies.changed(), if policy_task.is_some() => {
+                if changed.is_err() {
+                    break;
+                }
+                let set = policies.borrow_and_update().clone();
+                if let Ok(mut slot) = shared.policy.write() {
+                    slot.clone_from(&set);
+                }
+                if let (Some(datapath), Some(set)) = (&datapath, set)
+                    && let Err(error) = datapath.set_policy(set).await
+                {
+                    tracing::error!(%error, "applying the policy rule set failed");
+                }
+                continue;
+            }
             _ = datapath_stopped(datapath.as_ref()) => {
                 // Exit so the supervisor restarts us; the unreachable backstops keep Pod
                 // traffic from leaving in clear meanwhile.
@@ -229,6 +281,9 @@ pub async fn run(
     admin_task.abort();
     registry_task.abort();
     routes_task.abort();
+    if let Some(task) = policy_task {
+        task.abort();
+    }
     // A clean stop removes weft's rules and routes; after a datapath failure they stay, so
     // the backstops keep failing closed until the agent is back.
     if let Some(datapath) = datapath

@@ -17,11 +17,14 @@ use tokio::sync::{mpsc, watch};
 use tun_rs::AsyncDevice;
 use weft_keys::PublicKey;
 
-use super::packet::addresses;
+use super::packet::{addresses, transport};
 use super::peers::PeerTable;
 use super::prefix_table::PrefixTable;
 use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
 use crate::mesh::Peer;
+use crate::policy::conntrack::{Conntrack, FlowKey, Tracked};
+use crate::policy::{Direction, Flow, PolicySet, Protocol, Verdict};
+use std::time::Instant;
 
 /// Largest datagram or packet handled; also the size of each reusable buffer.
 const BUFFER_BYTES: usize = 65_536;
@@ -40,6 +43,9 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub enum Command {
     /// The desired peers, as the mesh computation produced them.
     SetPeers(BTreeMap<String, Peer>),
+    /// A new NetworkPolicy rule set: in force for new flows at once, and for tracked flows at
+    /// their next packet.
+    SetPolicy(Arc<PolicySet>),
 }
 
 pub struct Engine {
@@ -56,6 +62,9 @@ pub struct Engine {
     /// `DROP_LOG_INTERVAL`, as a summary, never per packet).
     pub(super) logged_drops: BTreeMap<String, u64>,
     pub(super) last_drop_log: Option<std::time::Instant>,
+    pub(super) policy: Arc<PolicySet>,
+    pub(super) policy_version: u64,
+    pub(super) conntrack: Conntrack,
 }
 
 /// Canonical form of an address received on a dual-stack socket.
@@ -108,6 +117,11 @@ impl Engine {
                         self.peers.sync(&peers);
                         self.publish_status();
                     }
+                    Some(Command::SetPolicy(policy)) => {
+                        self.policy = policy;
+                        self.policy_version += 1;
+                        self.publish_status();
+                    }
                     None => break,
                 },
             }
@@ -136,6 +150,16 @@ impl Engine {
             TunnResult::WriteToNetwork(bytes) => match endpoint {
                 Some(to) => {
                     slot.counters.tx_bytes += packet.len() as u64;
+                    if let (Some((source, _)), Some(t)) = (addresses(packet), transport(packet)) {
+                        let key = FlowKey {
+                            protocol: t.protocol,
+                            src: source,
+                            dst: destination,
+                            src_port: t.src_port,
+                            dst_port: t.dst_port,
+                        };
+                        self.conntrack.record_outbound(key, Instant::now());
+                    }
                     let bytes: &[u8] = bytes;
                     let udp = &self.udp;
                     send_on(udp, self.udp_v6, bytes, to).await;
@@ -242,7 +266,7 @@ impl Engine {
             Some((_, destination)) if self.local_blocks.lookup(destination).is_none() => {
                 Err(DropReason::DestinationNotLocal)
             }
-            Some(_) => Ok(()),
+            Some((source, destination)) => self.policy_allows(source, destination, packet),
         };
         let Some(slot) = self.peers.slot_mut(index) else {
             return;
@@ -257,6 +281,52 @@ impl Engine {
             Err(reason) => {
                 slot.counters.drops.count(reason);
                 tracing::debug!(peer = %slot.peer.name, reason = reason.code(), "dropped a decrypted packet");
+            }
+        }
+    }
+
+    /// NetworkPolicy for a decrypted packet: tracked flows (replies to what we sent, inbound
+    /// flows allowed under the current rule set) pass; everything else is checked against the
+    /// rule set and, if allowed, tracked.
+    fn policy_allows(
+        &mut self,
+        source: IpAddr,
+        destination: IpAddr,
+        packet: &[u8],
+    ) -> Result<(), DropReason> {
+        let Some(t) = transport(packet) else {
+            return Err(DropReason::NotIp);
+        };
+        let key = FlowKey {
+            protocol: t.protocol,
+            src: source,
+            dst: destination,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+        };
+        let now = Instant::now();
+        match self.conntrack.lookup_inbound(&key, now) {
+            Tracked::Reply => return Ok(()),
+            Tracked::Allowed { version } if version == self.policy_version => return Ok(()),
+            Tracked::Allowed { .. } | Tracked::Miss => {}
+        }
+        let flow = Flow {
+            src: source,
+            dst: destination,
+            protocol: Protocol::from_number(t.protocol),
+            dst_port: t.dst_port,
+        };
+        match self.policy.check(&flow) {
+            Verdict::Denied { direction, .. } => {
+                self.conntrack.forget(&key);
+                Err(match direction {
+                    Direction::Ingress => DropReason::PolicyIngress,
+                    Direction::Egress => DropReason::PolicyEgress,
+                })
+            }
+            _ => {
+                self.conntrack.record_inbound(key, self.policy_version, now);
+                Ok(())
             }
         }
     }
@@ -299,9 +369,19 @@ impl Engine {
             })
             .collect();
         let drops = self.drops.to_map();
+        let (flows, evictions, version) = (
+            self.conntrack.len(),
+            self.conntrack.evictions,
+            self.policy_version,
+        );
+        let capacity = self.conntrack.capacity();
         self.status.send_modify(|status| {
             status.peers = peers;
             status.drops = drops;
+            status.conntrack_flows = flows;
+            status.conntrack_capacity = capacity;
+            status.conntrack_evictions = evictions;
+            status.policy_version = version;
         });
     }
 }

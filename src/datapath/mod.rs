@@ -63,6 +63,8 @@ pub struct DatapathConfig {
     pub encryption: Encryption,
     /// Where the WireGuard userspace API socket is served.
     pub uapi_socket: std::path::PathBuf,
+    /// Most flows connection tracking holds; when full, the least recently used is evicted.
+    pub conntrack_max: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,12 @@ impl Datapath {
             status: status_tx,
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
+            policy: Arc::new(crate::policy::PolicySet::default()),
+            policy_version: 0,
+            conntrack: crate::policy::conntrack::Conntrack::new(
+                config.conntrack_max,
+                crate::policy::conntrack::Timeouts::default(),
+            ),
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));
@@ -241,6 +249,17 @@ impl Datapath {
     /// Live datapath counters, refreshed every second and after every mesh change.
     pub fn status_receiver(&self) -> watch::Receiver<DatapathStatus> {
         self.status.clone()
+    }
+
+    /// Puts a new NetworkPolicy rule set in force.
+    pub async fn set_policy(
+        &self,
+        policy: Arc<crate::policy::PolicySet>,
+    ) -> Result<(), DatapathError> {
+        self.commands
+            .send(Command::SetPolicy(policy))
+            .await
+            .map_err(|_| DatapathError::Stopped)
     }
 
     /// Completes if the packet loop stops (a TUN failure): the agent must not carry on then.

@@ -23,10 +23,14 @@ pub enum DropReason {
     Rejected,
     /// A decrypted or TUN packet that is not IPv4/IPv6.
     NotIp,
+    /// NetworkPolicy: the destination Pod is isolated for ingress and nothing allows this.
+    PolicyIngress,
+    /// NetworkPolicy: the source Pod is isolated for egress and nothing allows this.
+    PolicyEgress,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         Self::SourceNotAllowed,
         Self::DestinationNotLocal,
         Self::NoPeer,
@@ -36,6 +40,8 @@ impl DropReason {
         Self::UnknownReceiver,
         Self::Rejected,
         Self::NotIp,
+        Self::PolicyIngress,
+        Self::PolicyEgress,
     ];
 
     /// Stable name, as in `weft status` and metrics.
@@ -50,6 +56,8 @@ impl DropReason {
             Self::UnknownReceiver => "unknown_receiver",
             Self::Rejected => "rejected",
             Self::NotIp => "not_ip",
+            Self::PolicyIngress => "policy_ingress",
+            Self::PolicyEgress => "policy_egress",
         }
     }
 
@@ -99,6 +107,16 @@ pub struct DatapathStatus {
     pub peers: Vec<PeerTraffic>,
     /// Drops not attributable to a peer, by reason code.
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// Flows in the connection tracking table, its capacity, and flows evicted to make room.
+    #[serde(default)]
+    pub conntrack_flows: usize,
+    #[serde(default)]
+    pub conntrack_capacity: usize,
+    #[serde(default)]
+    pub conntrack_evictions: u64,
+    /// Version of the policy rule set in force (0: none loaded).
+    #[serde(default)]
+    pub policy_version: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -159,7 +159,7 @@ mod tests {
                 tx_bytes: 20,
                 drops: Default::default(),
             }],
-            drops: Default::default(),
+            ..DatapathStatus::default()
         });
         let source = UapiSource {
             private_key_hex: std::sync::Arc::new(zeroize::Zeroizing::new("00".repeat(32))),

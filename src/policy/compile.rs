@@ -121,6 +121,7 @@ struct Rule {
 #[derive(Debug, Clone, Default)]
 struct PodRules {
     key: String,
+    ips: Vec<IpAddr>,
     named_ports: HashMap<String, (u16, Protocol)>,
     /// `None`: not isolated in that direction.
     ingress: Option<Vec<Rule>>,
@@ -325,6 +326,7 @@ impl PolicySet {
         for pod in &pods {
             let mut rules = PodRules {
                 key: pod.key(),
+                ips: pod.ips.clone(),
                 named_ports: pod.named_ports.clone(),
                 ..PodRules::default()
             };
@@ -408,6 +410,16 @@ impl PolicySet {
             _ => Allowance::NotIsolated,
         };
         Verdict::Allowed { egress, ingress }
+    }
+
+    /// The first address of Pod `namespace/name`.
+    pub fn pod_ip(&self, key: &str) -> Option<IpAddr> {
+        self.pods
+            .iter()
+            .find(|p| p.key == key)?
+            .ips
+            .first()
+            .copied()
     }
 
     /// Whether `ip` is a known Pod.

@@ -3,8 +3,10 @@
 //! source (the API server, a directory of YAML).
 
 pub mod compile;
+pub mod conntrack;
 pub mod model;
 pub mod selector;
+pub mod source;
 
 pub use compile::{Allowance, Direction, PolicySet, RejectedPolicy, Verdict};
 pub use model::{Flow, PodInfo, Protocol};

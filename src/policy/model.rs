@@ -13,6 +13,8 @@ pub enum Protocol {
     Tcp,
     Udp,
     Sctp,
+    /// Any other IP protocol (ICMP, ...): only rules without ports allow it.
+    Other,
 }
 
 impl Protocol {
@@ -31,6 +33,17 @@ impl Protocol {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
             Self::Sctp => "SCTP",
+            Self::Other => "other",
+        }
+    }
+
+    /// From an IP protocol number.
+    pub fn from_number(number: u8) -> Self {
+        match number {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            132 => Self::Sctp,
+            _ => Self::Other,
         }
     }
 }

@@ -121,7 +121,7 @@ fn read_node_file(path: &Path, file_name: &str) -> Result<NodeEntry, String> {
 }
 
 /// Whether an inotify event can change what a scan reads (not an open, read or close).
-fn changes_content(kind: &notify::EventKind) -> bool {
+pub(crate) fn changes_content(kind: &notify::EventKind) -> bool {
     use notify::EventKind;
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     match kind {

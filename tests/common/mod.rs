@@ -287,3 +287,36 @@ impl Drop for Capture {
         self.finish();
     }
 }
+
+/// A TCP server in netns `ns` that answers every connection with "weft\n".
+pub fn tcp_server(ns: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(
+            "import socket\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', 8080)); s.listen(16)\n\
+             while True:\n    c, _ = s.accept(); c.sendall(b'weft\\n'); c.close()\n",
+        )
+        .spawn()
+        .unwrap()
+}
+
+pub fn tcp_reaches(from: &str, to: &str) -> bool {
+    let script = format!(
+        "import socket\ns = socket.create_connection(('{to}', 8080), timeout=3)\nprint(s.recv(16).decode().strip())"
+    );
+    let out = run("ip", &["netns", "exec", from, "python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim() == "weft"
+}
+
+pub struct Servers(pub Vec<std::process::Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

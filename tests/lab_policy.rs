@@ -1,0 +1,111 @@
+//! NetworkPolicy on decrypted traffic in the real lab: the lab's Pods are Kubernetes objects
+//! in namespace "lab" (`nK-pJ`, labels node/pod) in the agents' policy directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Lab, Servers, run, tcp_reaches, tcp_server, wait_for, weft_bin};
+
+fn write_policy(lab: &Lab, file: &str, yaml: &str) {
+    std::fs::write(format!("/run/{}/policy/{file}", lab.name), yaml).unwrap();
+}
+
+fn policy_check(lab: &Lab, node: usize, from: &str, to: &str, port: &str) -> (bool, String) {
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.node_ns(node),
+            weft_bin(),
+            "policy",
+            "check",
+            "--run-dir",
+            &lab.run_dir(node),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+        ],
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
+    let lab = Lab::up("wtpol", 2);
+    wait_for(Duration::from_secs(60), "the mesh", || {
+        ((1..=2).all(|k| lab.peers(k).is_some_and(|p| p.len() == 1))).then_some(())
+    });
+    let (n1p1, _) = lab.pods(1)[0].clone();
+    let (n1p2, _) = lab.pods(1)[1].clone();
+    let (n2p1, n2p1_ip) = lab.pods(2)[0].clone();
+    let (_, n2p2_ip) = lab.pods(2)[1].clone();
+    let (_, n1p1_ip) = lab.pods(1)[0].clone();
+    assert!(lab.ping(&n1p1, &n2p1_ip, 5));
+
+    // Default deny ingress for n2-p1.
+    write_policy(
+        &lab,
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-n2-p1, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  policyTypes: [Ingress]\n",
+    );
+    wait_for(Duration::from_secs(15), "the deny policy to apply", || {
+        (!lab.ping(&n1p1, &n2p1_ip, 1)).then_some(())
+    });
+    assert!(
+        lab.ping(&n1p1, &n2p2_ip, 3),
+        "n2-p2 is not selected and must stay reachable"
+    );
+    let (allowed, verdict) = policy_check(&lab, 2, "lab/n1-p1", "lab/n2-p1", "8080");
+    assert!(!allowed);
+    assert!(
+        verdict.contains("lab/n2-p1 is isolated for ingress"),
+        "{verdict}"
+    );
+    let drops = lab.status(2).unwrap()["datapath"]["peers"][0]["drops"]["policy_ingress"].as_u64();
+    assert!(
+        drops.is_some_and(|n| n > 0),
+        "denied packets are not counted"
+    );
+
+    // Replies of a connection n2-p1 opens pass although its ingress is isolated.
+    assert!(
+        lab.ping(&n2p1, &n1p1_ip, 3),
+        "the reply to n2-p1's own ping was dropped"
+    );
+
+    // Allow TCP to the named port "http" from n1-p1 only.
+    write_policy(
+        &lab,
+        "allow.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-http, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {node: n1, pod: p1}}}]\n    ports: [{port: http}]\n",
+    );
+    let servers = Servers(vec![tcp_server(&n2p1)]);
+    wait_for(Duration::from_secs(15), "the allow policy to apply", || {
+        tcp_reaches(&n1p1, &n2p1_ip).then_some(())
+    });
+    assert!(!tcp_reaches(&n1p2, &n2p1_ip), "n1-p2 is not allowed");
+    assert!(
+        !lab.ping(&n1p1, &n2p1_ip, 1),
+        "ICMP is not allowed by a TCP port rule"
+    );
+    let (allowed, verdict) = policy_check(&lab, 2, "lab/n1-p1", "lab/n2-p1", "8080/tcp");
+    assert!(allowed, "{verdict}");
+    assert!(verdict.contains("lab/allow-http"), "{verdict}");
+    drop(servers);
+
+    // Deleting the policies opens n2-p1 again.
+    std::fs::remove_file("/run/wtpol/policy/deny.yaml").unwrap();
+    std::fs::remove_file("/run/wtpol/policy/allow.yaml").unwrap();
+    wait_for(Duration::from_secs(15), "the policies to go away", || {
+        lab.ping(&n1p1, &n2p1_ip, 1).then_some(())
+    });
+}
