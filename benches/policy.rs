@@ -1,0 +1,127 @@
+//! The per-packet policy cost: a conntrack hit, and a full check (conntrack miss) with 10, 100
+//! and 1,000 NetworkPolicies in the cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weft::policy::conntrack::{Conntrack, FlowKey, Timeouts};
+use weft::policy::{Flow, PolicySet, Protocol};
+
+fn labels(app: usize) -> BTreeMap<String, String> {
+    [("app".to_string(), format!("app{app}"))]
+        .into_iter()
+        .collect()
+}
+
+/// `policies` policies in 10 namespaces, each selecting one app and allowing one other app on
+/// port 80; 1,000 Pods.
+fn world(policies: usize) -> PolicySet {
+    let namespaces: Vec<Namespace> = (0..10)
+        .map(|n| Namespace {
+            metadata: ObjectMeta {
+                name: Some(format!("ns{n}")),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        })
+        .collect();
+    let pods: Vec<Pod> = (0..1000)
+        .map(|i| Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("pod{i}")),
+                namespace: Some(format!("ns{}", i % 10)),
+                labels: Some(labels(i % 100)),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: Some(
+                    IpAddr::from([10, 244, (i / 250) as u8, (i % 250) as u8 + 1]).to_string(),
+                ),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        })
+        .collect();
+    let select = |app: usize| LabelSelector {
+        match_labels: Some(labels(app)),
+        ..LabelSelector::default()
+    };
+    let policies: Vec<NetworkPolicy> = (0..policies)
+        .map(|p| NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some(format!("policy{p}")),
+                namespace: Some(format!("ns{}", p % 10)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(select(p % 100)),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(select((p + 1) % 100)),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(80)),
+                        ..NetworkPolicyPort::default()
+                    }]),
+                }]),
+                ..NetworkPolicySpec::default()
+            }),
+        })
+        .collect();
+    PolicySet::compile(&policies, &namespaces, &pods)
+}
+
+fn bench(c: &mut Criterion) {
+    // pod0 (ns0, app0) -> pod1 (ns1, app1): app1 is selected by policies when there are enough.
+    let flow = Flow {
+        src: "10.244.0.1".parse().unwrap(),
+        dst: "10.244.0.2".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        dst_port: 80,
+    };
+    for policies in [10, 100, 1000] {
+        let set = world(policies);
+        c.bench_function(
+            &format!("policy check, conntrack miss, {policies} policies"),
+            |b| b.iter(|| black_box(set.check(black_box(&flow))).is_allowed()),
+        );
+    }
+    let mut conntrack = Conntrack::new(NonZeroUsize::new(65536).unwrap(), Timeouts::default());
+    let now = Instant::now();
+    let key = FlowKey {
+        protocol: 6,
+        src: flow.src,
+        dst: flow.dst,
+        src_port: 40000,
+        dst_port: 80,
+    };
+    for port in 0..10_000u16 {
+        conntrack.record_outbound(
+            FlowKey {
+                src_port: port,
+                ..key.reversed()
+            },
+            now,
+        );
+    }
+    conntrack.record_outbound(key.reversed(), now);
+    c.bench_function("conntrack hit", |b| {
+        b.iter(|| black_box(conntrack.lookup_inbound(black_box(&key), now)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
