@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tun_rs::AsyncDevice;
 use weft_keys::PublicKey;
 
-use super::packet::{addresses, transport};
+use super::packet::{Transport, addresses, transport};
 use super::peers::PeerTable;
 use super::prefix_table::PrefixTable;
 use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
@@ -151,13 +151,7 @@ impl Engine {
                 Some(to) => {
                     slot.counters.tx_bytes += packet.len() as u64;
                     if let (Some((source, _)), Some(t)) = (addresses(packet), transport(packet)) {
-                        let key = FlowKey {
-                            protocol: t.protocol,
-                            src: source,
-                            dst: destination,
-                            src_port: t.src_port,
-                            dst_port: t.dst_port,
-                        };
+                        let key = flow_key(source, destination, t);
                         self.conntrack.record_outbound(key, Instant::now());
                     }
                     let bytes: &[u8] = bytes;
@@ -297,13 +291,7 @@ impl Engine {
         let Some(t) = transport(packet) else {
             return Err(DropReason::NotIp);
         };
-        let key = FlowKey {
-            protocol: t.protocol,
-            src: source,
-            dst: destination,
-            src_port: t.src_port,
-            dst_port: t.dst_port,
-        };
+        let key = flow_key(source, destination, t);
         let now = Instant::now();
         match self.conntrack.lookup_inbound(&key, now) {
             Tracked::Reply => return Ok(()),
@@ -414,6 +402,16 @@ impl Engine {
         }
         self.logged_drops = totals;
         self.last_drop_log = Some(std::time::Instant::now());
+    }
+}
+
+fn flow_key(src: IpAddr, dst: IpAddr, transport: Transport) -> FlowKey {
+    FlowKey {
+        protocol: transport.protocol,
+        src,
+        dst,
+        src_port: transport.src_port,
+        dst_port: transport.dst_port,
     }
 }
 
