@@ -8,7 +8,7 @@
 #   scripts/lab.sh stop-bird K | start-bird K | stop-agent K | start-agent K
 #
 # Environment: WEFT_LAB (lab name, default "weft"), WEFT_BIN (weft binary; default: built with
-# cargo), WEFT_LAB_NO_AGENT=1 (no agents).
+# cargo), WEFT_LAB_NO_AGENT=1 (no agents), WEFT_AGENT_ARGS (extra `weft agent` flags).
 #
 # Nothing here touches the root namespace's interfaces or routes: every link is created inside
 # a lab namespace, the bridge has a namespace of its own, and only 198.18.0.0/24 (underlay) and
@@ -196,7 +196,7 @@ start_agent() {
     RUST_LOG=${RUST_LOG:-info} setsid ip netns exec "$(node_ns "$k")" "$bin" agent \
         --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" --pod-cidr 10.244.0.0/16 \
         --interface "${LAB}n$k" --policy-dir "$RUN/policy" \
-        --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" \
+        --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" ${WEFT_AGENT_ARGS:-} \
         >>"$dir/agent.log" 2>&1 < /dev/null &
     echo $! > "$dir/agent.pid"
 }

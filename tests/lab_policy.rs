@@ -109,3 +109,72 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
         lab.ping(&n1p1, &n2p1_ip, 1).then_some(())
     });
 }
+
+#[test]
+fn a_full_conntrack_table_evicts_counts_and_breaks_no_allowed_traffic() {
+    // A tiny table: 8 flows.
+    let lab = Lab::up_with("wtct", 2, "--conntrack-max 8");
+    wait_for(Duration::from_secs(60), "the mesh", || {
+        ((1..=2).all(|k| lab.peers(k).is_some_and(|p| p.len() == 1))).then_some(())
+    });
+    let (n1p1, _) = lab.pods(1)[0].clone();
+    let (n1p2, _) = lab.pods(1)[1].clone();
+    let (_, n2p1_ip) = lab.pods(2)[0].clone();
+    let (_, n2p2_ip) = lab.pods(2)[1].clone();
+    // n2-p1 accepts only n1-p1: every flow to it is checked and tracked.
+    write_policy(
+        &lab,
+        "only-n1-p1.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-n1-p1, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {node: n1, pod: p1}}}]\n",
+    );
+    wait_for(Duration::from_secs(15), "the policy to apply", || {
+        let status = lab.status(2)?;
+        (status["datapath"]["policyVersion"].as_u64()? >= 2).then_some(())
+    });
+    assert!(lab.ping(&n1p1, &n2p1_ip, 5));
+
+    // An allowed, tracked flow runs while 300 new flows to n2-p2 overflow the table.
+    let flood = format!(
+        "import socket, time\ntime.sleep(0.5)\nfor port in range(20000, 20300):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.bind(('0.0.0.0', port))\n    s.sendto(b'x', ('{n2p2_ip}', 9))\n    s.close()\n    time.sleep(0.005)\n"
+    );
+    let flooder =
+        std::thread::spawn(move || run("ip", &["netns", "exec", &n1p2, "python3", "-c", &flood]));
+    let ping = run(
+        "ip",
+        &[
+            "netns", "exec", &n1p1, "ping", "-c", "30", "-i", "0.1", "-W", "1", &n2p1_ip,
+        ],
+    );
+    let flood_result = flooder.join().unwrap();
+    assert!(
+        flood_result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flood_result.stderr)
+    );
+    let summary = String::from_utf8_lossy(&ping.stdout).to_string();
+    assert!(
+        summary.contains(" 0% packet loss"),
+        "the allowed flow lost packets: {summary}"
+    );
+
+    let status = wait_for(
+        Duration::from_secs(5),
+        "the evictions to be counted",
+        || {
+            let status = lab.status(2)?;
+            (status["datapath"]["conntrackEvictions"].as_u64()? > 0).then_some(status)
+        },
+    );
+    let status = lab.status(2).unwrap();
+    let datapath = &status["datapath"];
+    assert!(
+        datapath["conntrackEvictions"].as_u64().unwrap() > 0,
+        "{datapath}"
+    );
+    assert!(
+        datapath["conntrackFlows"].as_u64().unwrap() <= 8,
+        "{datapath}"
+    );
+    // New flows are still judged by policy: n1-p2 stays denied at n2-p1.
+    assert!(!lab.ping(&lab.pods(1)[1].0, &n2p1_ip, 1));
+}

@@ -64,16 +64,24 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
 pub struct Lab {
     pub name: String,
     pub nodes: usize,
+    /// Extra `weft agent` flags for every agent of this lab.
+    pub agent_args: String,
 }
 
 impl Lab {
     /// Brings up a lab of `nodes` nodes named `name` (≤ 8 lowercase alphanumerics).
     pub fn up(name: &str, nodes: usize) -> Lab {
+        Self::up_with(name, nodes, "")
+    }
+
+    /// Like `up`, with extra `weft agent` flags.
+    pub fn up_with(name: &str, nodes: usize, agent_args: &str) -> Lab {
         require_root();
         // The guard exists before `up` runs so a half-built lab is torn down too.
         let lab = Lab {
             name: name.to_string(),
             nodes,
+            agent_args: agent_args.to_string(),
         };
         lab.down_quietly();
         lab.script(&["up", &nodes.to_string()]);
@@ -86,6 +94,7 @@ impl Lab {
             .args(args)
             .env("WEFT_LAB", &self.name)
             .env("WEFT_BIN", weft_bin())
+            .env("WEFT_AGENT_ARGS", &self.agent_args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
