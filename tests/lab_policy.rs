@@ -165,12 +165,7 @@ fn a_full_conntrack_table_evicts_counts_and_breaks_no_allowed_traffic() {
             (status["datapath"]["conntrackEvictions"].as_u64()? > 0).then_some(status)
         },
     );
-    let status = lab.status(2).unwrap();
     let datapath = &status["datapath"];
-    assert!(
-        datapath["conntrackEvictions"].as_u64().unwrap() > 0,
-        "{datapath}"
-    );
     assert!(
         datapath["conntrackFlows"].as_u64().unwrap() <= 8,
         "{datapath}"
