@@ -8,7 +8,8 @@
 #   scripts/lab.sh stop-bird K | start-bird K | stop-agent K | start-agent K
 #
 # Environment: WEFT_LAB (lab name, default "weft"), WEFT_BIN (weft binary; default: built with
-# cargo), WEFT_LAB_NO_AGENT=1 (no agents), WEFT_AGENT_ARGS (extra `weft agent` flags).
+# cargo), WEFT_LAB_NO_AGENT=1 (no agents), WEFT_AGENT_ARGS (extra `weft agent` flags),
+# WEFT_LAB_PODS (Pods per node, 1-8, default 2).
 #
 # Nothing here touches the root namespace's interfaces or routes: every link is created inside
 # a lab namespace, the bridge has a namespace of its own, and only 198.18.0.0/24 (underlay) and
@@ -19,12 +20,13 @@ LAB=${WEFT_LAB:-weft}
 RUN=/run/$LAB
 CNI_PATH=${CNI_PATH:-/usr/lib/cni}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PODS_PER_NODE=2
+PODS_PER_NODE=${WEFT_LAB_PODS:-2}
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*"; }
 
 [[ $LAB =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "WEFT_LAB must be 1-8 lowercase letters/digits, starting with a letter (got '$LAB')"
+[[ $PODS_PER_NODE =~ ^[1-8]$ ]] || die "WEFT_LAB_PODS must be 1-8 (got '$PODS_PER_NODE')"
 
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (it creates network namespaces); try: sudo $0 $*"
@@ -254,7 +256,7 @@ cmd_down() {
         [ -f "$pidfile" ] && stop_pidfile "$pidfile"
     done
     for ((k = 1; k <= n; k++)); do
-        for ((p = 1; p <= PODS_PER_NODE; p++)); do
+        for ((p = 1; p <= 8; p++)); do
             ns_exists "$(pod_ns "$k" "$p")" && ns_exists "$(node_ns "$k")" && cni DEL "$k" "$p" >/dev/null 2>&1 || true
         done
     done

@@ -207,6 +207,25 @@ impl Status {
                 &rows,
             ));
             let _ = writeln!(out, "other drops: {}", drops(&datapath.drops));
+            let policy = &datapath.policy;
+            let _ = writeln!(
+                out,
+                "policy:     version {}, {} in force, {} rejected; verdicts: {}",
+                policy.version,
+                policy.policies.len(),
+                policy.rejected.len(),
+                drops(&policy.verdicts)
+            );
+            for rejected in &policy.rejected {
+                let _ = writeln!(
+                    out,
+                    "  rejected policy {}: {}",
+                    rejected.policy, rejected.reason
+                );
+            }
+            for (pod, by_direction) in &policy.denied {
+                let _ = writeln!(out, "  denied to/from {pod}: {}", drops(by_direction));
+            }
         }
         if !self.rejected.is_empty() {
             out.push('\n');

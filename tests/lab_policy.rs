@@ -75,6 +75,15 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
         drops.is_some_and(|n| n > 0),
         "denied packets are not counted"
     );
+    let policy = lab.status(2).unwrap()["datapath"]["policy"].clone();
+    assert_eq!(policy["policies"], serde_json::json!(["lab/deny-n2-p1"]));
+    assert!(
+        policy["denied"]["lab/n2-p1"]["ingress"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "denials are not counted per Pod: {policy}"
+    );
+    assert!(policy["verdicts"]["denied_ingress"].as_u64() > Some(0));
 
     // Replies of a connection n2-p1 opens pass although its ingress is isolated.
     assert!(
@@ -129,7 +138,7 @@ fn a_full_conntrack_table_evicts_counts_and_breaks_no_allowed_traffic() {
     );
     wait_for(Duration::from_secs(15), "the policy to apply", || {
         let status = lab.status(2)?;
-        (status["datapath"]["policyVersion"].as_u64()? >= 2).then_some(())
+        (status["datapath"]["policy"]["version"].as_u64()? >= 2).then_some(())
     });
     assert!(lab.ping(&n1p1, &n2p1_ip, 5));
 

@@ -19,6 +19,7 @@ use weft_keys::PublicKey;
 
 use super::packet::{Transport, addresses, transport};
 use super::peers::PeerTable;
+use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::prefix_table::PrefixTable;
 use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
 use crate::mesh::Peer;
@@ -64,6 +65,7 @@ pub struct Engine {
     pub(super) last_drop_log: Option<std::time::Instant>,
     pub(super) policy: Arc<PolicySet>,
     pub(super) policy_version: u64,
+    pub(super) policy_counters: PolicyCounters,
     pub(super) conntrack: Conntrack,
 }
 
@@ -294,8 +296,14 @@ impl Engine {
         let key = flow_key(source, destination, t);
         let now = Instant::now();
         match self.conntrack.lookup_inbound(&key, now) {
-            Tracked::Reply => return Ok(()),
-            Tracked::Allowed { version } if version == self.policy_version => return Ok(()),
+            Tracked::Reply => {
+                self.policy_counters.count(PolicyOutcome::TrackedReply);
+                return Ok(());
+            }
+            Tracked::Allowed { version } if version == self.policy_version => {
+                self.policy_counters.count(PolicyOutcome::TrackedAllowed);
+                return Ok(());
+            }
             Tracked::Allowed { .. } | Tracked::Miss => {}
         }
         let flow = Flow {
@@ -305,14 +313,20 @@ impl Engine {
             dst_port: t.dst_port,
         };
         match self.policy.check(&flow) {
-            Verdict::Denied { direction, .. } => {
+            Verdict::Denied { direction, pod } => {
+                self.policy_counters.count_denial(pod, direction);
                 self.conntrack.forget(&key);
                 Err(match direction {
                     Direction::Ingress => DropReason::PolicyIngress,
                     Direction::Egress => DropReason::PolicyEgress,
                 })
             }
-            _ => {
+            verdict => {
+                self.policy_counters.count(if verdict == Verdict::SamePod {
+                    PolicyOutcome::SamePod
+                } else {
+                    PolicyOutcome::Allowed
+                });
                 self.conntrack.record_inbound(key, self.policy_version, now);
                 Ok(())
             }
@@ -357,11 +371,10 @@ impl Engine {
             })
             .collect();
         let drops = self.drops.to_map();
-        let (flows, evictions, version) = (
-            self.conntrack.len(),
-            self.conntrack.evictions,
-            self.policy_version,
-        );
+        let (flows, evictions) = (self.conntrack.len(), self.conntrack.evictions);
+        let policy = self
+            .policy_counters
+            .status(&self.policy, self.policy_version);
         let capacity = self.conntrack.capacity();
         self.status.send_modify(|status| {
             status.peers = peers;
@@ -369,7 +382,7 @@ impl Engine {
             status.conntrack_flows = flows;
             status.conntrack_capacity = capacity;
             status.conntrack_evictions = evictions;
-            status.policy_version = version;
+            status.policy = policy;
         });
     }
 }

@@ -6,6 +6,7 @@ mod engine;
 pub mod kernel;
 pub mod packet;
 pub mod peers;
+pub mod policy_stats;
 pub mod prefix_table;
 pub mod stats;
 pub mod uapi;
@@ -201,6 +202,7 @@ impl Datapath {
             last_drop_log: None,
             policy: Arc::new(crate::policy::PolicySet::default()),
             policy_version: 0,
+            policy_counters: policy_stats::PolicyCounters::default(),
             conntrack: crate::policy::conntrack::Conntrack::new(
                 config.conntrack_max,
                 crate::policy::conntrack::Timeouts::default(),

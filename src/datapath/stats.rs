@@ -114,9 +114,9 @@ pub struct DatapathStatus {
     pub conntrack_capacity: usize,
     #[serde(default)]
     pub conntrack_evictions: u64,
-    /// Version of the policy rule set in force (0: none loaded).
+    /// NetworkPolicy on decrypted packets: the rule set in force, verdicts, denials.
     #[serde(default)]
-    pub policy_version: u64,
+    pub policy: super::policy_stats::PolicyStatus,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

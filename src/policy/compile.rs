@@ -140,6 +140,8 @@ pub struct RejectedPolicy {
 pub struct PolicySet {
     pods: Vec<PodRules>,
     by_ip: HashMap<IpAddr, usize>,
+    /// Policies in force (`namespace/name`), sorted.
+    pub accepted: Vec<String>,
     pub rejected: Vec<RejectedPolicy>,
 }
 
@@ -322,6 +324,8 @@ impl PolicySet {
                 }),
             }
         }
+        set.accepted = checked.iter().map(|c| c.key.clone()).collect();
+        set.accepted.sort();
         let empty = Labels::new();
         for pod in &pods {
             let mut rules = PodRules {

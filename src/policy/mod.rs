@@ -11,7 +11,10 @@ pub mod source;
 pub use compile::{Allowance, Direction, PolicySet, RejectedPolicy, Verdict};
 pub use model::{Flow, PodInfo, Protocol};
 
-#[cfg(test)]
-mod reference;
+/// The reference evaluator: an independent, deliberately plain model of NetworkPolicy that
+/// the engine is tested against (property tests here, the truth-table lab test in `tests/`).
+/// Not used by the agent.
+#[doc(hidden)]
+pub mod reference;
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,7 @@ pub struct Lab {
     pub nodes: usize,
     /// Extra `weft agent` flags for every agent of this lab.
     pub agent_args: String,
+    pub pods_per_node: usize,
 }
 
 impl Lab {
@@ -76,12 +77,18 @@ impl Lab {
 
     /// Like `up`, with extra `weft agent` flags.
     pub fn up_with(name: &str, nodes: usize, agent_args: &str) -> Lab {
+        Self::up_with_pods(name, nodes, 2, agent_args)
+    }
+
+    /// Like `up_with`, with `pods_per_node` Pods on every node (1-8).
+    pub fn up_with_pods(name: &str, nodes: usize, pods_per_node: usize, agent_args: &str) -> Lab {
         require_root();
         // The guard exists before `up` runs so a half-built lab is torn down too.
         let lab = Lab {
             name: name.to_string(),
             nodes,
             agent_args: agent_args.to_string(),
+            pods_per_node,
         };
         lab.down_quietly();
         lab.script(&["up", &nodes.to_string()]);
@@ -95,6 +102,7 @@ impl Lab {
             .env("WEFT_LAB", &self.name)
             .env("WEFT_BIN", weft_bin())
             .env("WEFT_AGENT_ARGS", &self.agent_args)
+            .env("WEFT_LAB_PODS", self.pods_per_node.to_string())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
