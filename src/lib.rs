@@ -6,7 +6,9 @@
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod kube;
 pub mod mesh;
+pub mod metrics;
 pub mod policy;
 pub mod record;
 pub mod registry;

@@ -54,6 +54,8 @@ pub enum RecordError {
     TooManyBlocks(usize),
     #[error("bad endpoint {0:?}: {1}")]
     BadEndpoint(String, &'static str),
+    #[error("the node has no weft.dev/node annotation (weft is not running there yet)")]
+    Missing,
 }
 
 impl RecordError {
@@ -70,6 +72,7 @@ impl RecordError {
             Self::OverlappingBlocks(..) => "overlapping_blocks",
             Self::TooManyBlocks(_) => "too_many_blocks",
             Self::BadEndpoint(..) => "bad_endpoint",
+            Self::Missing => "missing",
         }
     }
 }

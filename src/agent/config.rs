@@ -48,9 +48,21 @@ pub struct AgentArgs {
     /// WireGuard UDP listen port [default: 51820].
     #[arg(long, value_name = "PORT")]
     pub listen_port: Option<u16>,
+    /// Where node records live: `file` (a shared directory, --registry-dir) or `kube` (the
+    /// `weft.dev/node` annotation of each Kubernetes Node) [default: file].
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub registry: Option<RegistryKind>,
     /// Directory of the file registry (one JSON record per node).
     #[arg(long, value_name = "DIR")]
     pub registry_dir: Option<PathBuf>,
+    /// kubeconfig for running outside the cluster [default: in-cluster config, then
+    /// $KUBECONFIG / ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the HTTP health and metrics endpoints (/healthz, /readyz, /metrics)
+    /// [default: none].
+    #[arg(long, value_name = "IP:PORT")]
+    pub health_address: Option<SocketAddr>,
     /// Directory of this node's private key [default: /var/lib/weft/keys].
     #[arg(long, value_name = "DIR")]
     pub key_dir: Option<PathBuf>,
@@ -110,6 +122,21 @@ pub struct AgentArgs {
     pub netlink_receive_buffer: Option<usize>,
 }
 
+/// Where node records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryKind {
+    File,
+    Kube,
+}
+
+/// The configured registry backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryConfig {
+    File { dir: PathBuf },
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
 /// The config file: the same settings as the flags.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -121,7 +148,10 @@ struct ConfigFile {
     blocks: Vec<IpNetwork>,
     endpoint: Option<SocketAddr>,
     listen_port: Option<u16>,
+    registry: Option<RegistryKind>,
     registry_dir: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    health_address: Option<SocketAddr>,
     key_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     #[serde(default)]
@@ -177,7 +207,8 @@ pub struct AgentConfig {
     pub blocks: Vec<IpNetwork>,
     pub endpoint: Option<SocketAddr>,
     pub listen_port: u16,
-    pub registry_dir: PathBuf,
+    pub registry: RegistryConfig,
+    pub health_address: Option<SocketAddr>,
     pub key_dir: PathBuf,
     pub run_dir: PathBuf,
     pub route_protocols: BTreeSet<u8>,
@@ -199,6 +230,9 @@ pub struct DatapathSettings {
     pub pod_cidrs: Vec<IpNetwork>,
     pub uapi_socket: PathBuf,
     pub policy_dir: Option<PathBuf>,
+    /// NetworkPolicy, Pods and Namespaces from the Kubernetes API (kube registry without
+    /// --policy-dir).
+    pub kube_policy: bool,
     pub conntrack_max: std::num::NonZeroUsize,
 }
 
@@ -237,7 +271,12 @@ impl AgentConfig {
         if addresses.is_empty() {
             addresses.extend(endpoint.map(|e| e.ip()));
         }
-        if addresses.is_empty() {
+        let registry_kind = args
+            .registry
+            .or(file.registry)
+            .unwrap_or(RegistryKind::File);
+        // With the kube registry, addresses (and blocks) default to the Node's own.
+        if addresses.is_empty() && registry_kind == RegistryKind::File {
             return Err(invalid(
                 "no node address: pass --address with the underlay address BGP routes use as next hop"
                     .into(),
@@ -264,16 +303,27 @@ impl AgentConfig {
         if listen_port == 0 {
             return Err(invalid("--listen-port must not be 0".into()));
         }
-        let registry_dir = args
-            .registry_dir
-            .clone()
-            .or(file.registry_dir)
-            .ok_or_else(|| {
-                invalid(
-                    "no registry: pass --registry-dir (the shared directory of node records)"
+        let registry_dir = args.registry_dir.clone().or(file.registry_dir);
+        let kubeconfig = args.kubeconfig.clone().or(file.kubeconfig);
+        let registry = match (registry_kind, registry_dir, kubeconfig) {
+            (RegistryKind::File, Some(dir), None) => RegistryConfig::File { dir },
+            (RegistryKind::File, None, _) => {
+                return Err(invalid(
+                    "no registry: pass --registry-dir (the shared directory of node records) or --registry kube"
                         .into(),
-                )
-            })?;
+                ));
+            }
+            (RegistryKind::File, Some(_), Some(_)) => {
+                return Err(invalid("--kubeconfig needs --registry kube".into()));
+            }
+            (RegistryKind::Kube, Some(_), _) => {
+                return Err(invalid(
+                    "--registry-dir is for --registry file, not kube".into(),
+                ));
+            }
+            (RegistryKind::Kube, None, kubeconfig) => RegistryConfig::Kube { kubeconfig },
+        };
+        let kube_registry = matches!(registry, RegistryConfig::Kube { .. });
         let underlay_mtu = args.underlay_mtu.or(file.underlay_mtu);
         if let Some(mtu) = underlay_mtu
             && !(1280..=65535).contains(&mtu)
@@ -308,6 +358,7 @@ impl AgentConfig {
             .or(file.conntrack_max)
             .unwrap_or(DEFAULT_CONNTRACK_MAX);
         let datapath = (!(args.no_datapath || file.no_datapath)).then(|| DatapathSettings {
+            kube_policy: kube_registry && policy_dir.is_none(),
             policy_dir,
             conntrack_max,
             uapi_socket,
@@ -334,7 +385,8 @@ impl AgentConfig {
             blocks: pick(&args.blocks, file.blocks),
             endpoint,
             listen_port,
-            registry_dir,
+            registry,
+            health_address: args.health_address.or(file.health_address),
             key_dir: args
                 .key_dir
                 .clone()

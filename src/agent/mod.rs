@@ -2,7 +2,9 @@
 //! mesh on every change (debounced), logs the diff and serves the admin API.
 
 pub mod admin;
+mod backend;
 pub mod config;
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,12 +18,12 @@ use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
 use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::policy::PolicySet;
 use crate::record::{NodeRecord, RecordError};
-use crate::registry::file::FileRegistry;
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
 use crate::route_source::{RouteSourceConfig, watch_routes};
 use crate::routes::LearnedRoute;
 use crate::status::{RejectionView, Status, Synced};
 use admin::{AdminError, AdminHandler, AdminRequest};
+use backend::Backend;
 use config::AgentConfig;
 
 /// Why the agent could not start.
@@ -43,26 +45,72 @@ pub enum AgentError {
     Registry(#[from] RegistryError),
     #[error("datapath: {0}")]
     Datapath(#[from] DatapathError),
+    #[error("cannot listen for health and metrics on {address}: {source}")]
+    Health {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the admin API reads: the latest status, replaced after every recomputation, and the
 /// datapath's live counters.
-struct SharedStatus {
+pub(crate) struct SharedStatus {
     status: RwLock<Status>,
     datapath: Option<watch::Receiver<DatapathStatus>>,
     policy: RwLock<Option<Arc<PolicySet>>>,
+    /// Whether a policy source is configured (readiness then waits for its first rule set).
+    policy_expected: bool,
+}
+
+impl SharedStatus {
+    /// The latest status with the datapath's live counters.
+    pub(crate) fn snapshot(&self) -> Result<Status, String> {
+        let mut status = self
+            .status
+            .read()
+            .map_err(|_| "status lock poisoned".to_string())?
+            .clone();
+        status.datapath = self.datapath.as_ref().map(|d| d.borrow().clone());
+        Ok(status)
+    }
+
+    /// Ready once the registry, the kernel routes and (if configured) the policy source have
+    /// each been read at least once. After that the agent stays ready while the API server is
+    /// away: it keeps enforcing its last known mesh and policy.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        let status = self.snapshot()?;
+        let mut waiting = Vec::new();
+        if !status.synced.registry {
+            waiting.push("registry");
+        }
+        if !status.synced.routes {
+            waiting.push("routes");
+        }
+        let policy_loaded = self.policy.read().map(|p| p.is_some()).unwrap_or(false);
+        if self.policy_expected && !policy_loaded {
+            waiting.push("policy");
+        }
+        if self
+            .datapath
+            .as_ref()
+            .is_some_and(|d| d.has_changed().is_err())
+        {
+            return Err("the datapath stopped".into());
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not synced yet: {}", waiting.join(", ")))
+        }
+    }
 }
 
 impl AdminHandler for SharedStatus {
     fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
         match request {
             AdminRequest::Status => {
-                let mut status = self
-                    .status
-                    .read()
-                    .map_err(|_| "status lock poisoned".to_string())?
-                    .clone();
-                status.datapath = self.datapath.as_ref().map(|d| d.borrow().clone());
+                let status = self.snapshot()?;
                 serde_json::to_value(&status).map_err(|e| e.to_string())
             }
             AdminRequest::PolicyCheck {
@@ -116,9 +164,14 @@ pub fn own_record(
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
+    let registry = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        connected = Backend::connect(&mut config) => connected?,
+    };
     let store = weft_keys::KeyStore::new(&config.key_dir);
     let (key, created) = store.load_or_generate()?;
     let public_key = key.public_key();
@@ -155,8 +208,14 @@ pub async fn run(
     };
     // The datapath holds its own copy of the secret; ours goes now (zeroized on drop).
     drop(key);
-    let registry = FileRegistry::new(&config.registry_dir);
-    registry.publish(&own).await?;
+    match (&registry, registry.publish(&own).await) {
+        (_, Ok(())) => {}
+        // The API server may be away: the watch re-publishes once it sees the Node again.
+        (Backend::Kube { .. }, Err(error)) => {
+            tracing::warn!(%error, "publishing the own record failed; will retry");
+        }
+        (Backend::File(_), Err(error)) => return Err(error.into()),
+    }
 
     let (nodes_tx, mut nodes) = watch::channel(None::<RegistrySnapshot>);
     let (routes_tx, mut routes) = watch::channel(None::<Vec<LearnedRoute>>);
@@ -175,8 +234,16 @@ pub async fn run(
     let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
     let (policy_tx, mut policies) = watch::channel(None::<Arc<PolicySet>>);
     let policy_dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
-    let policy_task =
-        policy_dir.map(|dir| tokio::spawn(crate::policy::source::watch_dir(dir, policy_tx)));
+    let kube_policy = config.datapath.as_ref().is_some_and(|d| d.kube_policy);
+    let policy_task = match (policy_dir, registry.kube_client()) {
+        (Some(dir), _) => Some(tokio::spawn(crate::policy::source::watch_dir(
+            dir, policy_tx,
+        ))),
+        (None, Some(client)) if kube_policy => Some(tokio::spawn(
+            crate::kube::policy::watch_policy(client, policy_tx),
+        )),
+        _ => None,
+    };
 
     let empty = Mesh {
         peers: BTreeMap::new(),
@@ -196,14 +263,21 @@ pub async fn run(
         status: RwLock::new(initial),
         datapath: datapath.as_ref().map(Datapath::status_receiver),
         policy: RwLock::new(None),
+        policy_expected: policy_task.is_some(),
     });
     let admin_task = tokio::spawn(admin::serve(listener, shared.clone()));
+    let health_task = match config.health_address {
+        Some(address) => Some(tokio::spawn(health::serve(
+            health::bind(address).await?,
+            shared.clone(),
+        ))),
+        None => None,
+    };
     tracing::info!(node = %own.name, run_dir = %config.run_dir.display(), "agent started");
 
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -279,6 +353,9 @@ pub async fn run(
 
     tracing::info!("agent stopping");
     admin_task.abort();
+    if let Some(task) = health_task {
+        task.abort();
+    }
     registry_task.abort();
     routes_task.abort();
     if let Some(task) = policy_task {

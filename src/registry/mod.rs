@@ -57,6 +57,8 @@ pub enum RegistryError {
     },
     #[error("cannot watch registry {path}: {reason}")]
     Watch { path: String, reason: String },
+    #[error("Kubernetes registry: {0}")]
+    Kube(String),
 }
 
 /// A place where nodes publish their records and learn everyone else's.

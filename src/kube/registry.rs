@@ -1,0 +1,157 @@
+//! The Kubernetes registry: node records live in the `weft.dev/node` annotation of each Node.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Client, Config};
+use tokio::sync::watch;
+
+use super::follow::{cache, follow};
+use super::node::{annotation_patch, published_record, snapshot};
+use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
+
+/// Attempts of one publish before giving up (the agent publishes again later).
+const PUBLISH_ATTEMPTS: u32 = 6;
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// A Kubernetes API client, from `kubeconfig` or, without one, the in-cluster service account
+/// (then `$KUBECONFIG` / `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RegistryError> {
+    let error = |reason: String| RegistryError::Kube(reason);
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| error(format!("cannot read kubeconfig {}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| error(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => Config::infer().await.map_err(|e| {
+            error(format!(
+                "no Kubernetes config (in-cluster or kubeconfig): {e}"
+            ))
+        })?,
+    };
+    Client::try_from(config).map_err(|e| error(format!("cannot build the API client: {e}")))
+}
+
+#[derive(Clone)]
+pub struct KubeRegistry {
+    nodes: Api<Node>,
+}
+
+impl KubeRegistry {
+    pub fn new(client: Client) -> Self {
+        Self {
+            nodes: Api::all(client),
+        }
+    }
+
+    /// Reads this node's Node object, retrying with backoff until it succeeds (the agent
+    /// cannot build its record before it knows the Node's addresses and Pod CIDRs).
+    pub async fn own_node(&self, name: &str) -> Node {
+        let mut delay = FIRST_RETRY;
+        loop {
+            match self.nodes.get(name).await {
+                Ok(node) => return node,
+                Err(error) => {
+                    tracing::warn!(node = %name, %error, retry_in = ?delay, "cannot read the own Node yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn publish_once(&self, own: &OwnNode) -> Result<bool, kube::Error> {
+        let node = self.nodes.get(&own.name).await?;
+        if published_record(&node).and_then(|t| crate::record::NodeRecord::parse(t).ok())
+            == Some(own.record.clone())
+        {
+            return Ok(false);
+        }
+        let patch = annotation_patch(&own.record, node.metadata.resource_version.as_deref());
+        self.nodes
+            .patch(&own.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(true)
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+impl Registry for KubeRegistry {
+    /// Sets the own Node's `weft.dev/node` annotation with a merge patch that names only that
+    /// key and the resourceVersion it read: other annotations are never touched, and a Node
+    /// changed in between (409 Conflict) is read again and retried, as are API errors.
+    async fn publish(&self, own: &OwnNode) -> Result<(), RegistryError> {
+        let mut delay = FIRST_RETRY;
+        let mut last = String::new();
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            match self.publish_once(own).await {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(node = %own.name, "published the weft.dev/node annotation");
+                    }
+                    return Ok(());
+                }
+                Err(error) if is_conflict(&error) => {
+                    tracing::info!(node = %own.name, attempt, "the Node changed meanwhile (409); reading it again");
+                }
+                Err(error) => {
+                    tracing::warn!(node = %own.name, attempt, %error, retry_in = ?delay, "publishing the record failed");
+                    last = error.to_string();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            }
+        }
+        Err(RegistryError::Kube(format!(
+            "cannot publish the weft.dev/node annotation of {} after {PUBLISH_ATTEMPTS} attempts: {last}",
+            own.name
+        )))
+    }
+
+    /// Watches every Node. While the API server is away the last snapshot stays in force.
+    async fn watch(
+        &self,
+        snapshots: watch::Sender<Option<RegistrySnapshot>>,
+    ) -> Result<(), RegistryError> {
+        let (store, writer): (Store<Node>, _) = cache();
+        let (changes_tx, mut changes) = watch::channel(0u64);
+        let follower = tokio::spawn(follow(
+            self.nodes.clone(),
+            "Node",
+            trim_node,
+            writer,
+            changes_tx,
+        ));
+        while changes.changed().await.is_ok() {
+            let state = store.state();
+            let snap = snapshot(state.iter().map(|n| n.as_ref()));
+            if snapshots.send(Some(snap)).is_err() {
+                break;
+            }
+        }
+        follower.abort();
+        Ok(())
+    }
+}
+
+/// Keeps what the registry reads of a Node: name, annotations, resourceVersion, addresses.
+fn trim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.labels = None;
+    if let Some(status) = node.status.as_mut() {
+        let addresses = status.addresses.take();
+        *status = Default::default();
+        status.addresses = addresses;
+    }
+    node.spec = None;
+}
