@@ -107,7 +107,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     pub uapi_socket: Option<PathBuf>,
     /// Directory of Kubernetes YAML (Namespaces, Pods, NetworkPolicies) enforced on decrypted
-    /// traffic, watched for changes (standalone nodes and the lab).
+    /// traffic, watched for changes (standalone nodes and the lab). With `--registry kube` and
+    /// no --policy-dir, they come from the Kubernetes API.
     #[arg(long, value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
     /// Most flows connection tracking holds [default: 65536].
@@ -230,9 +231,6 @@ pub struct DatapathSettings {
     pub pod_cidrs: Vec<IpNetwork>,
     pub uapi_socket: PathBuf,
     pub policy_dir: Option<PathBuf>,
-    /// NetworkPolicy, Pods and Namespaces from the Kubernetes API (kube registry without
-    /// --policy-dir).
-    pub kube_policy: bool,
     pub conntrack_max: std::num::NonZeroUsize,
 }
 
@@ -323,7 +321,6 @@ impl AgentConfig {
             }
             (RegistryKind::Kube, None, kubeconfig) => RegistryConfig::Kube { kubeconfig },
         };
-        let kube_registry = matches!(registry, RegistryConfig::Kube { .. });
         let underlay_mtu = args.underlay_mtu.or(file.underlay_mtu);
         if let Some(mtu) = underlay_mtu
             && !(1280..=65535).contains(&mtu)
@@ -358,7 +355,6 @@ impl AgentConfig {
             .or(file.conntrack_max)
             .unwrap_or(DEFAULT_CONNTRACK_MAX);
         let datapath = (!(args.no_datapath || file.no_datapath)).then(|| DatapathSettings {
-            kube_policy: kube_registry && policy_dir.is_none(),
             policy_dir,
             conntrack_max,
             uapi_socket,

@@ -32,12 +32,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<SharedStatus>) {
 }
 
 async fn healthz(State(shared): State<Arc<SharedStatus>>) -> impl IntoResponse {
-    match shared.datapath.as_ref().map(|d| d.has_changed()) {
-        Some(Err(_)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the datapath stopped\n".to_string(),
-        ),
-        _ => (StatusCode::OK, "ok\n".to_string()),
+    if shared.datapath_stopped() {
+        (StatusCode::SERVICE_UNAVAILABLE, "the datapath stopped\n")
+    } else {
+        (StatusCode::OK, "ok\n")
     }
 }
 

@@ -9,7 +9,8 @@ pub mod health;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use tokio::sync::watch;
 
@@ -55,12 +56,14 @@ pub enum AgentError {
 
 /// What the admin API reads: the latest status, replaced after every recomputation, and the
 /// datapath's live counters.
+#[derive(Default)]
 pub(crate) struct SharedStatus {
-    status: RwLock<Status>,
-    datapath: Option<watch::Receiver<DatapathStatus>>,
+    /// `None` while starting (before the own record exists).
+    status: RwLock<Option<Status>>,
+    datapath: OnceLock<watch::Receiver<DatapathStatus>>,
     policy: RwLock<Option<Arc<PolicySet>>>,
     /// Whether a policy source is configured (readiness then waits for its first rule set).
-    policy_expected: bool,
+    policy_expected: AtomicBool,
 }
 
 impl SharedStatus {
@@ -70,9 +73,16 @@ impl SharedStatus {
             .status
             .read()
             .map_err(|_| "status lock poisoned".to_string())?
-            .clone();
-        status.datapath = self.datapath.as_ref().map(|d| d.borrow().clone());
+            .clone()
+            .ok_or("starting: the own record is not built yet (waiting for the registry)")?;
+        status.datapath = self.datapath.get().map(|d| d.borrow().clone());
         Ok(status)
+    }
+
+    pub(crate) fn datapath_stopped(&self) -> bool {
+        self.datapath
+            .get()
+            .is_some_and(|d| d.has_changed().is_err())
     }
 
     /// Ready once the registry, the kernel routes and (if configured) the policy source have
@@ -88,14 +98,10 @@ impl SharedStatus {
             waiting.push("routes");
         }
         let policy_loaded = self.policy.read().map(|p| p.is_some()).unwrap_or(false);
-        if self.policy_expected && !policy_loaded {
+        if self.policy_expected.load(Ordering::Relaxed) && !policy_loaded {
             waiting.push("policy");
         }
-        if self
-            .datapath
-            .as_ref()
-            .is_some_and(|d| d.has_changed().is_err())
-        {
+        if self.datapath_stopped() {
             return Err("the datapath stopped".into());
         }
         if waiting.is_empty() {
@@ -164,7 +170,39 @@ pub fn own_record(
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    create_run_dir(&config)?;
+    let listener = admin::bind(&config.run_dir).await?;
+    let socket = admin::socket_path(&config.run_dir);
+    let health = match config.health_address {
+        Some(address) => match health::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(error);
+            }
+        },
+        None => None,
+    };
+    // Admin and health answer from the start ("starting" until the own record exists), so
+    // probes and `weft status` work while the agent waits for the API server.
+    let shared = Arc::new(SharedStatus::default());
+    let admin_task = tokio::spawn(admin::serve(listener, shared.clone()));
+    let health_task = health.map(|listener| tokio::spawn(health::serve(listener, shared.clone())));
+    let result = serve_node(config, shared, shutdown).await;
+    admin_task.abort();
+    if let Some(task) = health_task {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn serve_node(
     mut config: AgentConfig,
+    shared: Arc<SharedStatus>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     tokio::pin!(shutdown);
@@ -182,8 +220,6 @@ pub async fn run(
         addresses: config.addresses.clone(),
         record: own_record(&config, public_key)?,
     };
-    create_run_dir(&config)?;
-    let listener = admin::bind(&config.run_dir).await?;
     let datapath = match &config.datapath {
         Some(settings) => Some(
             Datapath::start(
@@ -234,14 +270,14 @@ pub async fn run(
     let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
     let (policy_tx, mut policies) = watch::channel(None::<Arc<PolicySet>>);
     let policy_dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
-    let kube_policy = config.datapath.as_ref().is_some_and(|d| d.kube_policy);
     let policy_task = match (policy_dir, registry.kube_client()) {
         (Some(dir), _) => Some(tokio::spawn(crate::policy::source::watch_dir(
             dir, policy_tx,
         ))),
-        (None, Some(client)) if kube_policy => Some(tokio::spawn(
-            crate::kube::policy::watch_policy(client, policy_tx),
-        )),
+        // With the kube registry and no --policy-dir, NetworkPolicy comes from the API.
+        (None, Some(client)) => Some(tokio::spawn(crate::kube::policy::watch_policy(
+            client, policy_tx,
+        ))),
         _ => None,
     };
 
@@ -259,20 +295,15 @@ pub async fn run(
         &[],
         0,
     );
-    let shared = Arc::new(SharedStatus {
-        status: RwLock::new(initial),
-        datapath: datapath.as_ref().map(Datapath::status_receiver),
-        policy: RwLock::new(None),
-        policy_expected: policy_task.is_some(),
-    });
-    let admin_task = tokio::spawn(admin::serve(listener, shared.clone()));
-    let health_task = match config.health_address {
-        Some(address) => Some(tokio::spawn(health::serve(
-            health::bind(address).await?,
-            shared.clone(),
-        ))),
-        None => None,
-    };
+    if let Some(datapath) = &datapath {
+        let _ = shared.datapath.set(datapath.status_receiver());
+    }
+    shared
+        .policy_expected
+        .store(policy_task.is_some(), Ordering::Relaxed);
+    if let Ok(mut slot) = shared.status.write() {
+        *slot = Some(initial);
+    }
     tracing::info!(node = %own.name, run_dir = %config.run_dir.display(), "agent started");
 
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
@@ -341,7 +372,7 @@ pub async fn run(
         }
         let status = Status::new(&own, synced, &mesh, &snapshot.skipped, learned.len());
         if let Ok(mut slot) = shared.status.write() {
-            *slot = status;
+            *slot = Some(status);
         }
         if synced.registry && !snapshot.holds(&own) {
             tracing::warn!(node = %own.name, "own record missing or changed in the registry; publishing it again");
@@ -352,10 +383,6 @@ pub async fn run(
     }
 
     tracing::info!("agent stopping");
-    admin_task.abort();
-    if let Some(task) = health_task {
-        task.abort();
-    }
     registry_task.abort();
     routes_task.abort();
     if let Some(task) = policy_task {
@@ -368,7 +395,6 @@ pub async fn run(
     {
         datapath.shutdown().await;
     }
-    let _ = std::fs::remove_file(admin::socket_path(&config.run_dir));
     failure.map_or(Ok(()), Err)
 }
 

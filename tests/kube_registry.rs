@@ -1,0 +1,559 @@
+//! The kube registry and the API policy source against the in-process API server emulation
+//! (`tests/apiserver`). Each test runs a real `weft agent --registry kube` in a network
+//! namespace of its own, with BGP-style kernel routes (protocol bird) to the other nodes, and
+//! the emulated API server listening inside that namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod apiserver;
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use apiserver::ApiServer;
+use common::{require_root, run, run_ok, wait_for, weft_bin};
+use serde_json::{Value, json};
+
+const HEALTH: &str = "127.0.0.1:9720";
+
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates stay
+/// there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A network namespace standing in for node n1: an underlay 198.18.0.1/24 and routes of
+/// protocol bird to n2's and n3's Pod blocks. Removed on drop, with everything in it.
+struct Node1 {
+    ns: String,
+    dir: tempfile::TempDir,
+    agent: Option<Child>,
+    api: Option<ApiServer>,
+}
+
+impl Node1 {
+    fn new(ns: &str) -> Node1 {
+        require_root();
+        let _ = run("ip", &["netns", "del", ns]);
+        run_ok("ip", &["netns", "add", ns]);
+        let node = Node1 {
+            ns: ns.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            agent: None,
+            api: None,
+        };
+        for cmd in [
+            "link set lo up",
+            // No dummy module here: a veth pair with both ends inside the namespace.
+            "link add d0 type veth peer name d1",
+            "addr add 198.18.0.1/24 dev d0",
+            "link set d1 up",
+            "link set d0 up",
+            "route add 10.244.2.0/24 via 198.18.0.2 proto bird",
+            "route add 10.244.3.0/24 via 198.18.0.3 proto bird",
+        ] {
+            let args: Vec<&str> = ["-n", ns].into_iter().chain(cmd.split(' ')).collect();
+            run_ok("ip", &args);
+        }
+        node
+    }
+
+    fn api(&self) -> &ApiServer {
+        self.api.as_ref().unwrap()
+    }
+
+    fn start_api(&mut self) {
+        let listener = in_netns(&self.ns, || TcpListener::bind("127.0.0.1:0").unwrap());
+        let api = ApiServer::start(listener);
+        std::fs::write(self.dir.path().join("kubeconfig"), api.kubeconfig()).unwrap();
+        self.api = Some(api);
+    }
+
+    fn start_agent(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, weft_bin(), "agent"])
+            .args(["--registry", "kube", "--node-name", "n1", "--no-datapath"])
+            .args(["--debounce", "50ms", "--health-address", HEALTH])
+            .arg("--kubeconfig")
+            .arg(dir.join("kubeconfig"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--key-dir")
+            .arg(dir.join("keys"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> Option<Value> {
+        let run_dir = self.dir.path().join("run");
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                weft_bin(),
+                "status",
+                "--output",
+                "json",
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+            ],
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// Peer name -> public key, once the agent answers.
+    fn peers(&self) -> Option<Vec<(String, String)>> {
+        let status = self.status()?;
+        Some(
+            status["peers"]
+                .as_array()?
+                .iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or_default().to_string(),
+                        p["publicKey"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn wait_for_peers(&self, what: &str, want: &[(&str, &str)]) {
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .collect();
+        let mut last = None;
+        let found = (0..120).any(|_| {
+            last = self.peers();
+            if last.as_ref() == Some(&want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            false
+        });
+        assert!(
+            found,
+            "{what}: peers {last:?}, want {want:?}\nagent log:\n{}",
+            self.log()
+        );
+    }
+
+    /// HTTP GET on the agent's health address: (status code, body).
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let path = path.to_string();
+        in_netns(&self.ns, move || {
+            let address: SocketAddr = HEALTH.parse().unwrap();
+            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: weft\r\n\r\n").ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).ok()?;
+            let code = text.split(' ').nth(1)?.parse().ok()?;
+            let body = text.split_once("\r\n\r\n")?.1.to_string();
+            Some((code, body))
+        })
+    }
+
+    fn ready(&self) -> Option<bool> {
+        self.get("/readyz").map(|(code, _)| code == 200)
+    }
+}
+
+impl Drop for Node1 {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        self.api.take();
+        let _ = run("ip", &["netns", "del", &self.ns]);
+    }
+}
+
+fn public_key(seed: u8) -> String {
+    weft_keys::PrivateKey::from_bytes([seed; 32])
+        .public_key()
+        .to_string()
+}
+
+fn record(seed: u8, block: &str) -> String {
+    json!({"v": 1, "publicKey": public_key(seed), "blocks": [block]}).to_string()
+}
+
+fn node(name: &str, ip: &str, pod_cidr: &str, annotations: Value) -> Value {
+    json!({
+        "metadata": {"name": name, "annotations": annotations, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}
+    })
+}
+
+/// n1 (ours, with annotations of other owners) and n2 (a weft node with its record).
+fn cluster(node1: &mut Node1) {
+    node1.start_api();
+    node1.api().upsert(
+        "Node",
+        node(
+            "n1",
+            "198.18.0.1",
+            "10.244.1.0/24",
+            json!({"keep.example/me": "yes", "flannel.alpha.coreos.com/x": "y"}),
+        ),
+    );
+    node1.api().upsert(
+        "Node",
+        node(
+            "n2",
+            "198.18.0.2",
+            "10.244.2.0/24",
+            json!({"weft.dev/node": record(2, "10.244.2.0/24")}),
+        ),
+    );
+}
+
+fn own_public_key(node1: &Node1) -> String {
+    let keys = node1.dir.path().join("keys");
+    run_ok(
+        weft_bin(),
+        &["key", "show", "--key-dir", keys.to_str().unwrap()],
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn startup_publishes_the_record_from_the_node_and_touches_no_other_annotation() {
+    let mut n1 = Node1::new("wk-start");
+    cluster(&mut n1);
+    n1.start_agent();
+    let published = wait_for(Duration::from_secs(30), "the annotation", || {
+        let node = n1.api().object("Node", "n1")?;
+        node["metadata"]["annotations"]["weft.dev/node"]
+            .as_str()
+            .map(String::from)
+    });
+    let record: Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(
+        record["blocks"],
+        json!(["10.244.1.0/24"]),
+        "blocks from podCIDRs"
+    );
+    assert_eq!(record["publicKey"].as_str().unwrap(), own_public_key(&n1));
+    let node = n1.api().object("Node", "n1").unwrap();
+    let annotations = node["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(annotations.len(), 3, "{annotations:?}");
+    assert_eq!(annotations["keep.example/me"], "yes");
+    assert_eq!(annotations["flannel.alpha.coreos.com/x"], "y");
+    assert_eq!(
+        node["metadata"]["labels"]["kubernetes.io/hostname"], "n1",
+        "labels untouched"
+    );
+    let patches: Vec<String> = n1
+        .api()
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH"))
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(
+        patches[0].contains("/api/v1/nodes/n1") && patches[0].contains("merge-patch+json"),
+        "{patches:?}"
+    );
+    // The address came from the Node's InternalIP; the mesh has n2.
+    n1.wait_for_peers("n2 from the API", &[("n2", &public_key(2))]);
+    let status = n1.status().unwrap();
+    assert_eq!(status["node"]["addresses"], json!(["198.18.0.1"]));
+    assert_eq!(n1.ready(), Some(true));
+    let (code, metrics) = n1.get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.lines().any(|l| l == "weft_peers 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "weft_ready 1"), "{metrics}");
+    assert_eq!(n1.get("/healthz").map(|(c, _)| c), Some(200));
+}
+
+#[test]
+fn nodes_added_changed_and_deleted_change_the_mesh() {
+    let mut n1 = Node1::new("wk-nodes");
+    cluster(&mut n1);
+    n1.start_agent();
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    let n3 = |seed: u8| {
+        node(
+            "n3",
+            "198.18.0.3",
+            "10.244.3.0/24",
+            json!({"weft.dev/node": record(seed, "10.244.3.0/24")}),
+        )
+    };
+    n1.api().upsert("Node", n3(3));
+    n1.wait_for_peers(
+        "n3 added",
+        &[("n2", &public_key(2)), ("n3", &public_key(3))],
+    );
+    n1.api().upsert("Node", n3(33));
+    n1.wait_for_peers(
+        "n3's key changed",
+        &[("n2", &public_key(2)), ("n3", &public_key(33))],
+    );
+    n1.api().delete("Node", "n2");
+    n1.wait_for_peers("n2 deleted", &[("n3", &public_key(33))]);
+    // A Node whose record claims another node's block is rejected, visibly.
+    n1.api().upsert(
+        "Node",
+        node(
+            "n2",
+            "198.18.0.2",
+            "10.244.2.0/24",
+            json!({"weft.dev/node": record(2, "10.244.3.0/24")}),
+        ),
+    );
+    wait_for(Duration::from_secs(20), "the overlap rejection", || {
+        let status = n1.status()?;
+        let rejected = status["rejected"].as_array()?;
+        rejected
+            .iter()
+            .any(|r| r["node"] == "n2" || r["prefix"] == "10.244.2.0/24")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_dropped_watch_resumes_from_its_resource_version_without_a_relist() {
+    let mut n1 = Node1::new("wk-drop");
+    cluster(&mut n1);
+    n1.start_agent();
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    let lists_before = node_lists(n1.api());
+    let watches_before = node_watches(n1.api()).len();
+    let rv = n1.api().resource_version();
+    n1.api().drop_watches();
+    n1.api().upsert(
+        "Node",
+        node(
+            "n3",
+            "198.18.0.3",
+            "10.244.3.0/24",
+            json!({"weft.dev/node": record(3, "10.244.3.0/24")}),
+        ),
+    );
+    n1.wait_for_peers(
+        "n3 after the watch dropped",
+        &[("n2", &public_key(2)), ("n3", &public_key(3))],
+    );
+    assert_eq!(node_lists(n1.api()), lists_before, "the watch re-listed");
+    let resumed = node_watches(n1.api()).split_off(watches_before);
+    assert!(!resumed.is_empty(), "no new watch after the drop");
+    assert!(
+        resumed
+            .iter()
+            .all(|r| resource_version_of(r).is_some_and(|v| v >= rv)),
+        "a watch did not resume from resourceVersion >= {rv}: {resumed:?}"
+    );
+}
+
+#[test]
+fn gone_410_makes_the_watch_relist_and_the_mesh_is_right_afterwards() {
+    let mut n1 = Node1::new("wk-gone");
+    cluster(&mut n1);
+    n1.start_agent();
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    let lists_before = node_lists(n1.api());
+    // While the watch is away, the cluster changes and the history is compacted.
+    n1.api().set_down(true);
+    n1.api().delete("Node", "n2");
+    n1.api().upsert(
+        "Node",
+        node(
+            "n3",
+            "198.18.0.3",
+            "10.244.3.0/24",
+            json!({"weft.dev/node": record(3, "10.244.3.0/24")}),
+        ),
+    );
+    n1.api().compact();
+    n1.api().set_down(false);
+    n1.wait_for_peers("the re-listed mesh", &[("n3", &public_key(3))]);
+    assert!(
+        n1.api().gone_sent() > 0,
+        "no watch was answered with 410 Gone"
+    );
+    assert!(
+        node_lists(n1.api()) > lists_before,
+        "410 Gone did not cause a re-list"
+    );
+}
+
+#[test]
+fn a_conflicting_publish_is_read_again_and_retried() {
+    let mut n1 = Node1::new("wk-conf");
+    cluster(&mut n1);
+    n1.api().conflict_next_patches(2);
+    n1.start_agent();
+    wait_for(Duration::from_secs(30), "the annotation", || {
+        n1.api().object("Node", "n1")?["metadata"]["annotations"]["weft.dev/node"]
+            .as_str()
+            .map(|_| ())
+    });
+    let requests = n1.api().requests();
+    let patches = requests.iter().filter(|r| r.starts_with("PATCH")).count();
+    assert_eq!(patches, 3, "two conflicts then success: {requests:?}");
+    let gets = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/nodes/n1"))
+        .count();
+    assert!(gets >= 4, "each retry reads the Node again: {requests:?}");
+    // A stale resourceVersion is what a conflict means: the other annotations survived.
+    let node = n1.api().object("Node", "n1").unwrap();
+    assert_eq!(node["metadata"]["annotations"]["keep.example/me"], "yes");
+}
+
+#[test]
+fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
+    let mut n1 = Node1::new("wk-away");
+    cluster(&mut n1);
+    // Down before the agent starts: it is alive but not ready.
+    n1.api().set_down(true);
+    n1.start_agent();
+    wait_for(Duration::from_secs(20), "the health endpoint", || {
+        n1.get("/healthz").map(|_| ())
+    });
+    assert_eq!(n1.get("/healthz").map(|(c, _)| c), Some(200));
+    let (code, body) = n1.get("/readyz").unwrap();
+    assert_eq!(code, 503, "ready before it ever synced: {body}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(n1.ready(), Some(false));
+    // Up: it syncs and becomes ready.
+    n1.api().set_down(false);
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    wait_for(Duration::from_secs(20), "readiness", || {
+        n1.ready()?.then_some(())
+    });
+    // Away again: the last known mesh stays, and so does readiness (it has synced).
+    n1.api().set_down(true);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        n1.peers(),
+        Some(vec![("n2".to_string(), public_key(2))]),
+        "the mesh changed while the API server was away"
+    );
+    assert_eq!(n1.ready(), Some(true));
+    // Back: changes made meanwhile arrive.
+    n1.api().delete("Node", "n2");
+    n1.api().set_down(false);
+    n1.wait_for_peers("n2 gone after the API came back", &[]);
+}
+
+#[test]
+fn network_policy_comes_from_the_api() {
+    let mut n1 = Node1::new("wk-pol");
+    cluster(&mut n1);
+    let api = n1.api();
+    api.upsert(
+        "Namespace",
+        json!({"metadata": {"name": "x", "labels": {"ns": "x"}}}),
+    );
+    for (name, ip) in [("a", "10.244.1.10"), ("b", "10.244.2.10")] {
+        api.upsert(
+            "Pod",
+            json!({"metadata": {"name": name, "namespace": "x", "labels": {"pod": name}},
+                   "spec": {"containers": [{"name": "main", "ports": [{"name": "http", "containerPort": 80}]}]},
+                   "status": {"podIP": ip}}),
+        );
+    }
+    api.upsert(
+        "NetworkPolicy",
+        json!({"metadata": {"name": "only-b", "namespace": "x"},
+               "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                                     "ports": [{"port": "http"}]}]}}),
+    );
+    n1.start_agent();
+    let check = |from: &str, to: &str, port: &str| {
+        let run_dir = n1.dir.path().join("run");
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &n1.ns,
+                weft_bin(),
+                "policy",
+                "check",
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+                "--from",
+                from,
+                "--to",
+                to,
+                "--port",
+                port,
+            ],
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    wait_for(Duration::from_secs(30), "the rule set from the API", || {
+        let (allowed, verdict) = check("x/b", "x/a", "80");
+        (allowed && verdict.contains("x/only-b")).then_some(())
+    });
+    assert!(!check("x/b", "x/a", "81").0, "port 81 is not allowed");
+    // A policy change arrives through the watch.
+    n1.api().delete("NetworkPolicy", "x/only-b");
+    wait_for(Duration::from_secs(20), "the policy deletion", || {
+        check("x/b", "x/a", "81").0.then_some(())
+    });
+}
+
+fn node_lists(api: &ApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("GET /api/v1/nodes") && !r.contains("watch=") && !r.contains("/nodes/")
+        })
+        .count()
+}
+
+fn node_watches(api: &ApiServer) -> Vec<String> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /api/v1/nodes?") && r.contains("watch=true"))
+        .collect()
+}
+
+fn resource_version_of(request: &str) -> Option<u64> {
+    let query = request.split_once('?')?.1;
+    let query = query.split(' ').next()?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("resourceVersion="))?
+        .parse()
+        .ok()
+}
