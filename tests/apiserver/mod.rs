@@ -257,6 +257,7 @@ impl Drop for ApiServer {
 }
 
 /// Logs the request; `Err` with a 503 when the server is down.
+#[allow(clippy::result_large_err)]
 fn admit(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Response> {
     let mut store = shared.store.lock().unwrap();
     let content_type = headers
