@@ -4,10 +4,12 @@
 pub mod atomic;
 mod error;
 mod private;
+mod private_dir;
 mod public;
 mod store;
 
 pub use error::KeyError;
 pub use private::PrivateKey;
+pub use private_dir::make_private_dir;
 pub use public::PublicKey;
 pub use store::{DEFAULT_KEY_DIR, KeyStore};

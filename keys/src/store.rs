@@ -1,5 +1,5 @@
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -104,11 +104,7 @@ impl KeyStore {
             path: self.dir.clone(),
             source,
         };
-        if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir).map_err(io)?;
-            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io)?;
-        }
+        crate::make_private_dir(&self.dir).map_err(io)?;
         self.check_dir()
     }
 

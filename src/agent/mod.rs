@@ -8,7 +8,6 @@ pub mod health;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -429,10 +428,7 @@ fn create_run_dir(config: &AgentConfig) -> Result<(), AgentError> {
         path: dir.display().to_string(),
         source,
     };
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(error)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
-    }
+    weft_keys::make_private_dir(dir).map_err(error)?;
     Ok(())
 }
 
