@@ -37,10 +37,14 @@ pub struct RegistrySnapshot {
 
 impl RegistrySnapshot {
     /// Whether the registry holds exactly `own` as this node's entry.
+    /// Addresses compare as sets: registries list them sorted.
     pub fn holds(&self, own: &OwnNode) -> bool {
+        let mut addresses = own.addresses.clone();
+        addresses.sort();
+        addresses.dedup();
         self.nodes.iter().any(|node| {
             node.name == own.name
-                && node.addresses == own.addresses
+                && node.addresses == addresses
                 && node.record.as_ref() == Ok(&own.record)
         })
     }
@@ -90,7 +94,37 @@ pub fn is_valid_node_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_node_name;
+    use super::*;
+
+    #[test]
+    fn a_snapshot_holds_the_own_node_whatever_the_address_order() {
+        let record = NodeRecord::parse(&format!(
+            r#"{{"v":1,"publicKey":"{}","blocks":["10.244.1.0/24"]}}"#,
+            weft_keys::PrivateKey::from_bytes([1; 32]).public_key()
+        ))
+        .unwrap();
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "203.0.113.1".parse().unwrap();
+        let own = OwnNode {
+            name: "n1".into(),
+            addresses: vec![b, a],
+            record: record.clone(),
+        };
+        let snapshot = RegistrySnapshot {
+            nodes: vec![NodeEntry {
+                name: "n1".into(),
+                addresses: vec![a, b],
+                record: Ok(record),
+            }],
+            skipped: vec![],
+        };
+        assert!(snapshot.holds(&own));
+        let other = OwnNode {
+            addresses: vec![a],
+            ..own
+        };
+        assert!(!snapshot.holds(&other));
+    }
 
     #[test]
     fn node_names_follow_rfc1123() {
