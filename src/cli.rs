@@ -32,6 +32,28 @@ pub enum Command {
     /// NetworkPolicy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Render a BIRD 2 configuration for this node from the cluster's Nodes (iBGP full mesh
+    /// or route reflectors, announcing each node's spec.podCIDRs), for clusters without BGP.
+    BirdConfig(BirdConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BirdConfigArgs {
+    /// kubeconfig [default: in-cluster config, then $KUBECONFIG / ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: String,
+    /// The cluster's private AS number.
+    #[arg(long, value_name = "ASN", default_value_t = 64512)]
+    pub asn: u32,
+    /// A node acting as route reflector (repeatable); without any: node-to-node full mesh.
+    #[arg(long = "route-reflector", value_name = "NODE")]
+    pub route_reflectors: Vec<String>,
+    /// Write the configuration to FILE (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +135,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let key = store.generate(force)?;
             eprintln!("wrote {}", store.private_key_path().display());
             println!("{}", key.public_key());
+        }
+        Command::BirdConfig(args) => {
+            let client = crate::kube::registry::client(args.kubeconfig.as_deref()).await?;
+            let settings = crate::bird::BirdSettings {
+                asn: args.asn,
+                route_reflectors: args.route_reflectors.into_iter().collect(),
+            };
+            let config =
+                crate::kube::bird_config::bird_config(client, &args.node_name, &settings).await?;
+            match args.output {
+                Some(path) => weft_keys::atomic::write_atomic(&path, config.as_bytes(), 0o644)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{config}"),
+            }
         }
         Command::Key(KeyCommand::Show { key_dir }) => {
             let key = weft_keys::KeyStore::new(&key_dir).load()?;

@@ -2,6 +2,7 @@
 //! and NetworkPolicy from the API. Thin IO shells over pure conversions (`node`).
 
 pub mod access;
+pub mod bird_config;
 pub mod follow;
 pub mod node;
 pub mod policy;
