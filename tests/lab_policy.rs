@@ -6,36 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, Servers, run, tcp_reaches, tcp_server, wait_for, weft_bin};
+use common::{Lab, Servers, run, tcp_reaches, tcp_server, wait_for};
 
 fn write_policy(lab: &Lab, file: &str, yaml: &str) {
     std::fs::write(format!("/run/{}/policy/{file}", lab.name), yaml).unwrap();
-}
-
-fn policy_check(lab: &Lab, node: usize, from: &str, to: &str, port: &str) -> (bool, String) {
-    let out = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.node_ns(node),
-            weft_bin(),
-            "policy",
-            "check",
-            "--run-dir",
-            &lab.run_dir(node),
-            "--from",
-            from,
-            "--to",
-            to,
-            "--port",
-            port,
-        ],
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
 }
 
 #[test]
@@ -64,7 +38,7 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
         lab.ping(&n1p1, &n2p2_ip, 3),
         "n2-p2 is not selected and must stay reachable"
     );
-    let (allowed, verdict) = policy_check(&lab, 2, "lab/n1-p1", "lab/n2-p1", "8080");
+    let (allowed, verdict) = lab.policy_check(2, "lab/n1-p1", "lab/n2-p1", "8080");
     assert!(!allowed);
     assert!(
         verdict.contains("lab/n2-p1 is isolated for ingress"),
@@ -106,7 +80,7 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
         !lab.ping(&n1p1, &n2p1_ip, 1),
         "ICMP is not allowed by a TCP port rule"
     );
-    let (allowed, verdict) = policy_check(&lab, 2, "lab/n1-p1", "lab/n2-p1", "8080/tcp");
+    let (allowed, verdict) = lab.policy_check(2, "lab/n1-p1", "lab/n2-p1", "8080/tcp");
     assert!(allowed, "{verdict}");
     assert!(verdict.contains("lab/allow-http"), "{verdict}");
     drop(servers);

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{require_root, run_ok, wait_for, weft_bin};
+use common::{require_root, run_ok, wait_for, weft_bin, weft_status};
 
 /// A network namespace (and the agent in it) that is removed on drop, even when the test fails.
 struct Netns {
@@ -29,21 +29,7 @@ impl Drop for Netns {
 }
 
 fn learned_routes(ns: &str, run_dir: &str) -> Option<u64> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            weft_bin(),
-            "status",
-            "--run-dir",
-            run_dir,
-            "-o",
-            "json",
-        ])
-        .output()
-        .ok()?;
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let status = weft_status(ns, run_dir)?;
     status["synced"]["routes"].as_bool().filter(|s| *s)?;
     status["learnedRoutes"].as_u64()
 }

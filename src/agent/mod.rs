@@ -88,12 +88,19 @@ impl SharedStatus {
     /// each been read at least once. After that the agent stays ready while the API server is
     /// away: it keeps enforcing its last known mesh and policy.
     pub(crate) fn readiness(&self) -> Result<(), String> {
-        let status = self.snapshot()?;
+        // Only the synced flags are needed: no copy of the whole status.
+        let synced = self
+            .status
+            .read()
+            .map_err(|_| "status lock poisoned".to_string())?
+            .as_ref()
+            .map(|status| status.synced)
+            .ok_or("starting: the own record is not built yet (waiting for the registry)")?;
         let mut waiting = Vec::new();
-        if !status.synced.registry {
+        if !synced.registry {
             waiting.push("registry");
         }
-        if !status.synced.routes {
+        if !synced.routes {
             waiting.push("routes");
         }
         let policy_loaded = self.policy.read().map(|p| p.is_some()).unwrap_or(false);

@@ -132,7 +132,7 @@ impl Engine {
 
     /// A packet the kernel routed into the TUN: encrypt it for its peer.
     async fn encrypt_outbound(&mut self, packet: &[u8], out: &mut [u8]) {
-        let Some((_, destination)) = addresses(packet) else {
+        let Some((source, destination)) = addresses(packet) else {
             self.drops.count(DropReason::NotIp);
             return;
         };
@@ -152,7 +152,7 @@ impl Engine {
             TunnResult::WriteToNetwork(bytes) => match endpoint {
                 Some(to) => {
                     slot.counters.tx_bytes += packet.len() as u64;
-                    if let (Some((source, _)), Some(t)) = (addresses(packet), transport(packet)) {
+                    if let Some(t) = transport(packet) {
                         let key = flow_key(source, destination, t);
                         self.conntrack.record_outbound(key, Instant::now());
                     }

@@ -28,6 +28,13 @@ pub enum KernelError {
     Socket(#[source] std::io::Error),
     #[error("no interface named {0}")]
     NoLink(String),
+    #[error("invalid route: {0}")]
+    Route(String),
+}
+
+/// rtnetlink's builder error (its type is not exported) as ours.
+fn invalid_route(error: impl std::fmt::Display) -> KernelError {
+    KernelError::Route(error.to_string())
 }
 
 /// Metric of unreachable routes: above the tunnel's, so an unreachable route under a tunnel
@@ -218,62 +225,39 @@ impl Kernel {
     ) -> Result<(), KernelError> {
         let current = self.current_routes().await?;
         for (prefix, kind) in current.difference(desired) {
-            {
-                self.handle
-                    .route()
-                    .del(self.route_message(*prefix, *kind))
-                    .execute()
-                    .await?;
-            }
+            let message = self.route_message(*prefix, *kind)?;
+            self.handle.route().del(message).execute().await?;
         }
         for (prefix, kind) in desired.difference(&current) {
-            {
-                self.handle
-                    .route()
-                    .add(self.route_message(*prefix, *kind))
-                    .replace()
-                    .execute()
-                    .await?;
-            }
+            let message = self.route_message(*prefix, *kind)?;
+            self.handle.route().add(message).replace().execute().await?;
         }
         Ok(())
     }
 
-    fn route_message(&self, prefix: IpNetwork, kind: TableRoute) -> RouteMessage {
+    fn route_message(
+        &self,
+        prefix: IpNetwork,
+        kind: TableRoute,
+    ) -> Result<RouteMessage, KernelError> {
         let p = &self.plumbing;
-        let source = p
-            .tunnel_addresses
-            .iter()
-            .find(|a| a.is_ipv4() == prefix.is_ipv4())
-            .copied();
-        let mut message = match (prefix, kind) {
-            (IpNetwork::V4(net), _) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(net.network(), net.prefix())
-                    .table_id(p.table)
-                    .protocol(RouteProtocol::from(PROTO_WEFT));
-                if kind == TableRoute::Tunnel {
-                    b = b.output_interface(self.link_index);
-                    if let Some(IpAddr::V4(src)) = source {
-                        b = b.pref_source(src);
-                    }
-                }
-                b.build()
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix())
+            .map_err(invalid_route)?
+            .table_id(p.table)
+            .protocol(RouteProtocol::from(PROTO_WEFT));
+        if kind == TableRoute::Tunnel {
+            builder = builder.output_interface(self.link_index);
+            // The tunnel address of the prefix's family, if any.
+            if let Some(source) = p
+                .tunnel_addresses
+                .iter()
+                .find(|a| a.is_ipv4() == prefix.is_ipv4())
+            {
+                builder = builder.pref_source(*source).map_err(invalid_route)?;
             }
-            (IpNetwork::V6(net), _) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(net.network(), net.prefix())
-                    .table_id(p.table)
-                    .protocol(RouteProtocol::from(PROTO_WEFT));
-                if kind == TableRoute::Tunnel {
-                    b = b.output_interface(self.link_index);
-                    if let Some(IpAddr::V6(src)) = source {
-                        b = b.pref_source(src);
-                    }
-                }
-                b.build()
-            }
-        };
+        }
+        let mut message = builder.build();
         match kind {
             TableRoute::Unreachable => {
                 message.header.kind = RouteType::Unreachable;
@@ -284,7 +268,7 @@ impl Kernel {
             TableRoute::Throw => message.header.kind = RouteType::Throw,
             TableRoute::Tunnel => {}
         }
-        message
+        Ok(message)
     }
 
     /// Removes weft's rules and routes (clean shutdown).

@@ -8,7 +8,7 @@ use std::hash::Hash;
 use futures::StreamExt as _;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -63,13 +63,4 @@ pub async fn follow<K>(
             }
         }
     }
-}
-
-/// A new cache for `follow`.
-pub fn cache<K>() -> (Store<K>, reflector::store::Writer<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    reflector::store()
 }

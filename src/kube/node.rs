@@ -86,8 +86,7 @@ pub fn snapshot<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> RegistrySnapsh
             Err(skipped) => snapshot.skipped.push(skipped),
         }
     }
-    snapshot.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    snapshot.skipped.sort_by(|a, b| a.source.cmp(&b.source));
+    snapshot.sort();
     snapshot
 }
 

@@ -18,8 +18,9 @@ use kube::Client;
 use kube::api::Api;
 use tokio::sync::watch;
 
-use super::follow::{cache, follow};
+use super::follow::follow;
 use crate::policy::PolicySet;
+use kube::runtime::reflector;
 
 /// Changes arriving within this window are compiled once.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -27,9 +28,9 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Follows the three kinds and sends a freshly compiled rule set after each change, once all
 /// three have been listed. While the API server is away the last rule set stays in force.
 pub async fn watch_policy(client: Client, sets: watch::Sender<Option<Arc<PolicySet>>>) {
-    let (policies, policies_writer) = cache::<NetworkPolicy>();
-    let (pods, pods_writer) = cache::<Pod>();
-    let (namespaces, namespaces_writer) = cache::<Namespace>();
+    let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
     let (policies_tx, mut policies_changed) = watch::channel(0u64);
     let (pods_tx, mut pods_changed) = watch::channel(0u64);
     let (namespaces_tx, mut namespaces_changed) = watch::channel(0u64);

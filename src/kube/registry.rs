@@ -5,18 +5,32 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::Store;
 use kube::{Client, Config};
 use tokio::sync::watch;
 
-use super::follow::{cache, follow};
+use super::follow::follow;
 use super::node::{annotation_patch, published_record, snapshot};
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
+use kube::runtime::reflector;
 
 /// Attempts of one publish before giving up (the agent publishes again later).
 const PUBLISH_ATTEMPTS: u32 = 6;
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Exponential backoff between API retries: 200 ms, doubling, at most 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(200))
+    }
+
+    /// The delay to wait now; the next one doubles.
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        now
+    }
+}
 
 /// A Kubernetes API client, from `kubeconfig` or, without one, the in-cluster service account
 /// (then `$KUBECONFIG` / `~/.kube/config`).
@@ -54,14 +68,14 @@ impl KubeRegistry {
     /// Reads this node's Node object, retrying with backoff until it succeeds (the agent
     /// cannot build its record before it knows the Node's addresses and Pod CIDRs).
     pub async fn own_node(&self, name: &str) -> Node {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new();
         loop {
             match self.nodes.get(name).await {
                 Ok(node) => return node,
                 Err(error) => {
+                    let delay = backoff.next();
                     tracing::warn!(node = %name, %error, retry_in = ?delay, "cannot read the own Node yet");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
                 }
             }
         }
@@ -69,8 +83,10 @@ impl KubeRegistry {
 
     async fn publish_once(&self, own: &OwnNode) -> Result<bool, kube::Error> {
         let node = self.nodes.get(&own.name).await?;
-        if published_record(&node).and_then(|t| crate::record::NodeRecord::parse(t).ok())
-            == Some(own.record.clone())
+        if published_record(&node)
+            .and_then(|t| crate::record::NodeRecord::parse(t).ok())
+            .as_ref()
+            == Some(&own.record)
         {
             return Ok(false);
         }
@@ -91,7 +107,7 @@ impl Registry for KubeRegistry {
     /// key and the resourceVersion it read: other annotations are never touched, and a Node
     /// changed in between (409 Conflict) is read again and retried, as are API errors.
     async fn publish(&self, own: &OwnNode) -> Result<(), RegistryError> {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new();
         let mut last = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
             match self.publish_once(own).await {
@@ -105,10 +121,10 @@ impl Registry for KubeRegistry {
                     tracing::info!(node = %own.name, attempt, "the Node changed meanwhile (409); reading it again");
                 }
                 Err(error) => {
+                    let delay = backoff.next();
                     tracing::warn!(node = %own.name, attempt, %error, retry_in = ?delay, "publishing the record failed");
                     last = error.to_string();
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY);
                 }
             }
         }
@@ -123,7 +139,7 @@ impl Registry for KubeRegistry {
         &self,
         snapshots: watch::Sender<Option<RegistrySnapshot>>,
     ) -> Result<(), RegistryError> {
-        let (store, writer): (Store<Node>, _) = cache();
+        let (store, writer) = reflector::store::<Node>();
         let (changes_tx, mut changes) = watch::channel(0u64);
         let follower = tokio::spawn(follow(
             self.nodes.clone(),

@@ -262,23 +262,25 @@ fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
         .unwrap_or_else(|| "default".into());
     let name = policy.metadata.name.clone().ok_or("policy has no name")?;
     let key = format!("{namespace}/{name}");
-    let spec = policy.spec.clone().unwrap_or_default();
-    let selector = Selector::compile(&spec.pod_selector.clone().unwrap_or_default())?;
-    let spec_ref = policy.spec.as_ref();
-    let ingress_rules: Vec<_> = spec_ref
+    let spec = policy.spec.as_ref();
+    let selector = match spec.and_then(|s| s.pod_selector.as_ref()) {
+        Some(selector) => Selector::compile(selector)?,
+        None => Selector::compile(&Default::default())?,
+    };
+    let ingress_rules: Vec<_> = spec
         .and_then(|s| s.ingress.as_ref())
         .into_iter()
         .flatten()
         .map(|r| (r.from.as_ref(), r.ports.as_ref()))
         .collect();
-    let egress_rules: Vec<_> = spec_ref
+    let egress_rules: Vec<_> = spec
         .and_then(|s| s.egress.as_ref())
         .into_iter()
         .flatten()
         .map(|r| (r.to.as_ref(), r.ports.as_ref()))
         .collect();
     // policyTypes defaults: Ingress always; Egress when egress rules are present.
-    let types = match &spec.policy_types {
+    let types = match spec.and_then(|s| s.policy_types.as_ref()) {
         Some(types) => types.clone(),
         None if egress_rules.is_empty() => vec!["Ingress".to_string()],
         None => vec!["Ingress".to_string(), "Egress".to_string()],

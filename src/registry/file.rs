@@ -80,8 +80,7 @@ impl FileRegistry {
                 }),
             }
         }
-        snapshot.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        snapshot.skipped.sort_by(|a, b| a.source.cmp(&b.source));
+        snapshot.sort();
         snapshot
     }
 }

@@ -36,6 +36,12 @@ pub struct RegistrySnapshot {
 }
 
 impl RegistrySnapshot {
+    /// Puts nodes and skipped entries in their stable order (by name, by source).
+    pub fn sort(&mut self) {
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.skipped.sort_by(|a, b| a.source.cmp(&b.source));
+    }
+
     /// Whether the registry holds exactly `own` as this node's entry.
     /// Addresses compare as sets: registries list them sorted.
     pub fn holds(&self, own: &OwnNode) -> bool {

@@ -405,6 +405,14 @@ fn watch_collection(
         .unwrap()
 }
 
+fn node_not_found(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("nodes \"{name}\" not found"),
+    )
+}
+
 async fn get_node(
     State(shared): State<Shared>,
     method: Method,
@@ -418,11 +426,7 @@ async fn get_node(
     let store = shared.store.lock().unwrap();
     match store.objects.get(&("Node", name.clone())) {
         Some(node) => axum::Json(node.clone()).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("nodes \"{name}\" not found"),
-        ),
+        None => node_not_found(&name),
     }
 }
 
@@ -470,11 +474,7 @@ async fn patch_node(
         }
         let rv = store.rv;
         let Some(node) = store.objects.get_mut(&("Node", name.clone())) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("nodes \"{name}\" not found"),
-            );
+            return node_not_found(&name);
         };
         if let Some(wanted) = patch["metadata"]["resourceVersion"].as_str()
             && Some(wanted) != node["metadata"]["resourceVersion"].as_str()

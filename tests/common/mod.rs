@@ -37,6 +37,52 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `weft ARGS...` inside network namespace `ns`.
+pub fn weft_in(ns: &str, args: &[&str]) -> Output {
+    let mut full = vec!["netns", "exec", ns, weft_bin()];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+/// `weft status --output json` of the agent with run directory `run_dir` in `ns`, or `None` if
+/// it does not answer.
+pub fn weft_status(ns: &str, run_dir: &str) -> Option<Value> {
+    let output = weft_in(ns, &["status", "--run-dir", run_dir, "--output", "json"]);
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// `weft policy check`: (allowed, the printed verdict).
+pub fn weft_policy_check(
+    ns: &str,
+    run_dir: &str,
+    from: &str,
+    to: &str,
+    port: &str,
+) -> (bool, String) {
+    let output = weft_in(
+        ns,
+        &[
+            "policy",
+            "check",
+            "--run-dir",
+            run_dir,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+        ],
+    );
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    )
+}
+
 pub fn require_root() {
     let uid = run_ok("id", &["-u"]);
     assert_eq!(
@@ -135,26 +181,12 @@ impl Lab {
 
     /// `weft status --output json` inside node `k`, or `None` if the agent does not answer.
     pub fn status(&self, k: usize) -> Option<Value> {
-        let ns = self.node_ns(k);
-        let run_dir = self.run_dir(k);
-        let output = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                weft_bin(),
-                "status",
-                "--run-dir",
-                &run_dir,
-                "--output",
-                "json",
-            ],
-        );
-        if !output.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&output.stdout).ok()
+        weft_status(&self.node_ns(k), &self.run_dir(k))
+    }
+
+    /// `weft policy check` against node `k`'s agent.
+    pub fn policy_check(&self, k: usize, from: &str, to: &str, port: &str) -> (bool, String) {
+        weft_policy_check(&self.node_ns(k), &self.run_dir(k), from, to, port)
     }
 
     /// Peer name -> allowed IPs, from node `k`'s status.
