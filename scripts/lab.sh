@@ -195,6 +195,8 @@ start_agent() {
     local k=$1 bin=$2
     local dir="$RUN/n$k"
     alive "$dir/agent.pid" && return 0
+    # A socket left by an agent that was killed would make wait_agent return too early.
+    rm -f "$dir/admin.sock"
     RUST_LOG=${RUST_LOG:-info} setsid ip netns exec "$(node_ns "$k")" "$bin" agent \
         --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" --pod-cidr 10.244.0.0/16 \
         --interface "${LAB}n$k" --policy-dir "$RUN/policy" \

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod record;
 pub mod registry;
+pub mod rotation;
 pub mod route_source;
 pub mod routes;
 pub mod status;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::rotation::KeyStatus;
 use crate::status::Status;
 
 type Labels = Vec<(String, String)>;
@@ -24,7 +25,7 @@ fn to_i64(n: impl TryInto<i64>) -> i64 {
 }
 
 /// The metrics text exposition of `status` (with `ready` as `weft_ready`).
-pub fn render(status: &Status, ready: bool) -> String {
+pub fn render(status: &Status, ready: bool, keys: Option<&KeyStatus>) -> String {
     let mut registry = Registry::default();
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
         let metric = Gauge::<i64>::default();
@@ -55,6 +56,33 @@ pub fn render(status: &Status, ready: bool) -> String {
         "WireGuard peers of the mesh",
         to_i64(status.peers.len()),
     );
+    if let Some(keys) = keys {
+        gauge(
+            &mut registry,
+            "weft_key_epoch",
+            "Key epoch of this node: raised by one at every announced key rotation",
+            i64::try_from(keys.key_epoch).unwrap_or(i64::MAX),
+        );
+        gauge(
+            &mut registry,
+            "weft_key_rotation_in_progress",
+            "1 while this node rotates its key (nextPublicKey is published)",
+            i64::from(keys.rotation.is_some()),
+        );
+        let rotation = keys.rotation.as_ref();
+        gauge(
+            &mut registry,
+            "weft_key_rotation_peers_moved",
+            "Peers that completed a handshake with the next key of the rotation in progress",
+            to_i64(rotation.map_or(0, |r| r.peers_moved)),
+        );
+        gauge(
+            &mut registry,
+            "weft_key_rotation_peers",
+            "Peers the rotation in progress waits for",
+            to_i64(rotation.map_or(0, |r| r.peers_total)),
+        );
+    }
     gauge(
         &mut registry,
         "weft_learned_routes",
@@ -234,7 +262,22 @@ mod tests {
 
     #[test]
     fn the_exposition_carries_every_family_with_its_values() {
-        let text = render(&status(), false);
+        let keys = KeyStatus {
+            public_key: "cur".into(),
+            next_public_key: Some("next".into()),
+            key_epoch: 4,
+            rotation: Some(crate::rotation::RotationView {
+                epoch: 4,
+                started_at: 1,
+                grace_secs: 60,
+                peers_moved: 1,
+                peers_total: 3,
+                pending_peers: vec!["n3".into(), "n4".into()],
+            }),
+            last_rotation: None,
+            last_error: None,
+        };
+        let text = render(&status(), false, Some(&keys));
         for line in [
             "weft_ready 0",
             "weft_synced{source=\"registry\"} 1",
@@ -248,6 +291,10 @@ mod tests {
             "weft_policy_verdicts_total{verdict=\"denied_ingress\"} 9",
             "weft_policy_denied_packets_total{pod=\"x/a\",direction=\"ingress\"} 9",
             "weft_learned_routes 2",
+            "weft_key_epoch 4",
+            "weft_key_rotation_in_progress 1",
+            "weft_key_rotation_peers_moved 1",
+            "weft_key_rotation_peers 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

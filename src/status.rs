@@ -48,6 +48,9 @@ pub struct Synced {
 pub struct PeerView {
     pub name: String,
     pub public_key: String,
+    /// The key the peer is rotating to, while it rotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<String>,
     pub endpoint: Option<String>,
     pub allowed_ips: Vec<String>,
 }
@@ -108,6 +111,7 @@ impl Status {
                 .map(|peer| PeerView {
                     name: peer.name.clone(),
                     public_key: peer.public_key.to_string(),
+                    next_public_key: peer.next_public_key.map(|k| k.to_string()),
                     endpoint: peer.endpoint.map(|e| e.to_string()),
                     allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
                 })

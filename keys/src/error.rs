@@ -36,6 +36,13 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "a key rotation is already in progress ({} exists); `weft key status` shows its progress",
+        path.display()
+    )]
+    RotationInProgress { path: PathBuf },
+    #[error("{}: {reason}", path.display())]
+    RotationState { path: PathBuf, reason: &'static str },
     #[error("invalid key: {0}")]
     Invalid(&'static str),
 }

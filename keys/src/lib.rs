@@ -6,10 +6,12 @@ mod error;
 mod private;
 mod private_dir;
 mod public;
+mod rotation;
 mod store;
 
 pub use error::KeyError;
 pub use private::PrivateKey;
 pub use private_dir::make_private_dir;
 pub use public::PublicKey;
+pub use rotation::{PendingRotation, RotationState};
 pub use store::{DEFAULT_KEY_DIR, KeyStore};

@@ -37,7 +37,12 @@ impl KeyStore {
 
     /// Loads the private key, refusing files others can read and anything that is not a key.
     pub fn load(&self) -> Result<PrivateKey, KeyError> {
-        let path = self.private_key_path();
+        self.load_file(&self.private_key_path())
+    }
+
+    /// Loads one key file of this store with the same checks as `load`.
+    pub(crate) fn load_file(&self, path: &Path) -> Result<PrivateKey, KeyError> {
+        let path = path.to_path_buf();
         let io = |source: std::io::Error| KeyError::Io {
             path: path.clone(),
             source,
@@ -99,7 +104,7 @@ impl KeyStore {
         }
     }
 
-    fn create_dir(&self) -> Result<(), KeyError> {
+    pub(crate) fn create_dir(&self) -> Result<(), KeyError> {
         let io = |source| KeyError::Io {
             path: self.dir.clone(),
             source,

@@ -30,6 +30,12 @@ pub enum AdminRequest {
         port: u16,
         protocol: String,
     },
+    /// Start rotating the node key; peers get `grace_secs` to move to the next key.
+    KeyRotate {
+        grace_secs: u64,
+    },
+    /// The node key, the next key while rotating, and the rotation's progress.
+    KeyStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,7 +49,10 @@ struct AdminResponse {
 
 /// What serves the requests (the agent).
 pub trait AdminHandler: Send + Sync + 'static {
-    fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String>;
+    fn handle(
+        &self,
+        request: AdminRequest,
+    ) -> impl Future<Output = Result<serde_json::Value, String>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +107,7 @@ pub async fn bind(run_dir: &Path) -> Result<UnixListener, AdminError> {
 }
 
 /// Serves connections until the task is dropped.
-pub async fn serve(listener: UnixListener, handler: Arc<dyn AdminHandler>) {
+pub async fn serve<H: AdminHandler>(listener: UnixListener, handler: Arc<H>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -117,16 +126,16 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn AdminHandler>) {
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<H: AdminHandler>(
     stream: UnixStream,
-    handler: Arc<dyn AdminHandler>,
+    handler: Arc<H>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES));
     let mut line = String::new();
     while lines.read_line(&mut line).await? > 0 {
         let response = match serde_json::from_str::<AdminRequest>(line.trim()) {
-            Ok(request) => match handler.handle(request) {
+            Ok(request) => match handler.handle(request).await {
                 Ok(result) => AdminResponse {
                     ok: true,
                     result: Some(result),
@@ -206,10 +215,10 @@ mod tests {
     struct Echo;
 
     impl AdminHandler for Echo {
-        fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
+        async fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
             match request {
                 AdminRequest::Status => Ok(serde_json::json!({"hello": "status"})),
-                AdminRequest::PolicyCheck { .. } => Err("no policy".into()),
+                _ => Err("not here".into()),
             }
         }
     }

@@ -54,7 +54,11 @@ async fn metrics(State(shared): State<Arc<SharedStatus>>) -> impl IntoResponse {
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            crate::metrics::render(&status, shared.readiness().is_ok()),
+            crate::metrics::render(
+                &status,
+                shared.readiness().is_ok(),
+                shared.keys.read().ok().and_then(|k| k.clone()).as_ref(),
+            ),
         )
             .into_response(),
         Err(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason).into_response(),

@@ -5,13 +5,14 @@ pub mod admin;
 mod backend;
 pub mod config;
 pub mod health;
+mod node_keys;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::datapath::stats::DatapathStatus;
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
@@ -19,12 +20,23 @@ use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::policy::PolicySet;
 use crate::record::{NodeRecord, RecordError};
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
+use crate::rotation::{Decision, KeyStatus, Observed};
 use crate::route_source::{RouteSourceConfig, watch_routes};
 use crate::routes::LearnedRoute;
 use crate::status::{RejectionView, Status, Synced};
 use admin::{AdminError, AdminHandler, AdminRequest};
 use backend::Backend;
 use config::AgentConfig;
+use node_keys::NodeKeys;
+
+/// How often a pending key rotation is checked for completion.
+const ROTATION_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `weft key rotate`, on its way from the admin socket to the agent's loop.
+pub(crate) struct RotateRequest {
+    grace: std::time::Duration,
+    reply: oneshot::Sender<Result<KeyStatus, String>>,
+}
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +75,8 @@ pub(crate) struct SharedStatus {
     policy: RwLock<Option<Arc<PolicySet>>>,
     /// Whether a policy source is configured (readiness then waits for its first rule set).
     policy_expected: AtomicBool,
+    keys: RwLock<Option<KeyStatus>>,
+    rotate: OnceLock<mpsc::Sender<RotateRequest>>,
 }
 
 impl SharedStatus {
@@ -119,8 +133,31 @@ impl SharedStatus {
 }
 
 impl AdminHandler for SharedStatus {
-    fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
+    async fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
         match request {
+            AdminRequest::KeyStatus => {
+                let keys = self
+                    .keys
+                    .read()
+                    .map_err(|_| "key status lock poisoned".to_string())?
+                    .clone()
+                    .ok_or(STARTING)?;
+                serde_json::to_value(&keys).map_err(|e| e.to_string())
+            }
+            AdminRequest::KeyRotate { grace_secs } => {
+                let sender = self.rotate.get().ok_or(STARTING)?.clone();
+                let (reply, answer) = oneshot::channel();
+                let request = RotateRequest {
+                    grace: std::time::Duration::from_secs(grace_secs),
+                    reply,
+                };
+                let stopping = |_| "the agent is stopping".to_string();
+                sender.send(request).await.map_err(stopping)?;
+                let keys = answer
+                    .await
+                    .map_err(|_| "the agent is stopping".to_string())??;
+                serde_json::to_value(&keys).map_err(|e| e.to_string())
+            }
             AdminRequest::Status => {
                 let status = self.snapshot()?;
                 serde_json::to_value(&status).map_err(|e| e.to_string())
@@ -158,18 +195,22 @@ impl AdminHandler for SharedStatus {
     }
 }
 
-/// Builds this node's record from its key and settings, validated by the same strict parser
+const STARTING: &str = "starting: the own record is not built yet (waiting for the registry)";
+
+/// Builds this node's record from its keys and settings, validated by the same strict parser
 /// every other node applies to it.
 pub fn own_record(
     config: &AgentConfig,
     public_key: weft_keys::PublicKey,
+    next_public_key: Option<weft_keys::PublicKey>,
+    key_epoch: u64,
 ) -> Result<NodeRecord, RecordError> {
     let record = NodeRecord {
         public_key,
-        next_public_key: None,
+        next_public_key,
         endpoint: config.endpoint,
         blocks: config.blocks.clone(),
-        key_epoch: 0,
+        key_epoch,
     };
     NodeRecord::parse(&record.to_json())
 }
@@ -216,15 +257,17 @@ async fn serve_node(
         () = &mut shutdown => return Ok(()),
         connected = Backend::connect(&mut config) => connected?,
     };
-    let store = weft_keys::KeyStore::new(&config.key_dir);
-    let (key, created) = store.load_or_generate()?;
-    let public_key = key.public_key();
+    let (mut keys, created) = NodeKeys::load(weft_keys::KeyStore::new(&config.key_dir))?;
+    let public_key = keys.public_key();
     tracing::info!(%public_key, created, key_dir = %config.key_dir.display(), "node key ready");
+    if let Some(rotation) = keys.rotation() {
+        tracing::warn!(epoch = rotation.epoch, next_public_key = %rotation.next_public_key, "resuming an unfinished key rotation");
+    }
 
-    let own = OwnNode {
+    let mut own = OwnNode {
         name: config.node_name.clone(),
         addresses: config.addresses.clone(),
-        record: own_record(&config, public_key)?,
+        record: own_record(&config, public_key, keys.next_public_key(), keys.epoch())?,
     };
     let datapath = match &config.datapath {
         Some(settings) => Some(
@@ -242,14 +285,13 @@ async fn serve_node(
                     uapi_socket: settings.uapi_socket.clone(),
                     conntrack_max: settings.conntrack_max,
                 },
-                &key,
+                keys.current(),
+                keys.next(),
             )
             .await?,
         ),
         None => None,
     };
-    // The datapath holds its own copy of the secret; ours goes now (zeroized on drop).
-    drop(key);
     match (&registry, registry.publish(&own).await) {
         (_, Ok(())) => {}
         // The API server may be away: the watch re-publishes once it sees the Node again.
@@ -310,16 +352,51 @@ async fn serve_node(
     if let Ok(mut slot) = shared.status.write() {
         *slot = Some(initial);
     }
+    let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(4);
+    let _ = shared.rotate.set(rotate_tx);
+    let mut rotation_tick = tokio::time::interval(ROTATION_TICK);
     tracing::info!(node = %own.name, run_dir = %config.run_dir.display(), "agent started");
 
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
+    let mut fully_synced = false;
+    publish_key_status(&shared, &keys, fully_synced, &current, datapath.as_ref());
     loop {
-        tokio::select! {
+        // Inputs changed: debounce; the own record changed: recompute at once.
+        let debounce = tokio::select! {
             _ = &mut shutdown => break,
-            changed = nodes.changed() => if changed.is_err() { break },
-            changed = routes.changed() => if changed.is_err() { break },
+            changed = nodes.changed() => if changed.is_err() { break } else { true },
+            changed = routes.changed() => if changed.is_err() { break } else { true },
+            Some(request) = rotate_rx.recv() => {
+                let result = match keys.begin(request.grace) {
+                    Ok(rotation) => {
+                        tracing::info!(epoch = rotation.epoch, next_public_key = %rotation.next_public_key, grace_secs = rotation.grace_secs, "key rotation announced");
+                        apply_keys(&keys, &config, &mut own, &registry, datapath.as_ref()).await
+                    }
+                    Err(error) => Err(error),
+                };
+                publish_key_status(&shared, &keys, fully_synced, &current, datapath.as_ref());
+                let failed = result.is_err();
+                let _ = request.reply.send(result.map(|()| key_status(&keys, fully_synced, &current, datapath.as_ref())));
+                if failed {
+                    continue;
+                }
+                false
+            }
+            _ = rotation_tick.tick() => {
+                let completed = complete_rotation_if_due(&mut keys, fully_synced, &current, datapath.as_ref());
+                if completed
+                    && let Err(error) = apply_keys(&keys, &config, &mut own, &registry, datapath.as_ref()).await
+                {
+                    keys.failed(error);
+                }
+                publish_key_status(&shared, &keys, fully_synced, &current, datapath.as_ref());
+                if !completed {
+                    continue;
+                }
+                false
+            }
             changed = policies.changed(), if policy_task.is_some() => {
                 if changed.is_err() {
                     break;
@@ -342,11 +419,13 @@ async fn serve_node(
                 failure = Some(AgentError::Datapath(DatapathError::Stopped));
                 break;
             }
-        }
+        };
         // Debounce: let a burst of changes settle, then compute once from the latest inputs.
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(config.debounce) => {}
+        if debounce {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(config.debounce) => {}
+            }
         }
         let snapshot = nodes.borrow_and_update().clone().unwrap_or_default();
         let learned = routes.borrow_and_update().clone();
@@ -354,6 +433,7 @@ async fn serve_node(
             registry: nodes.borrow().is_some(),
             routes: learned.is_some(),
         };
+        fully_synced = synced.registry && synced.routes;
         let learned = learned.unwrap_or_default();
         let mut entries = snapshot.nodes.clone();
         // Our own record always takes part (overlap checks), even before the registry shows it.
@@ -402,6 +482,100 @@ async fn serve_node(
         datapath.shutdown().await;
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Hands the keys to the datapath, then publishes the record that announces them (in that
+/// order: a peer that learns a key finds it accepted already).
+async fn apply_keys(
+    keys: &NodeKeys,
+    config: &AgentConfig,
+    own: &mut OwnNode,
+    registry: &Backend,
+    datapath: Option<&Datapath>,
+) -> Result<(), String> {
+    if let Some(datapath) = datapath {
+        datapath
+            .set_keys(keys.current(), keys.next())
+            .await
+            .map_err(|e| format!("the datapath did not take the keys: {e}"))?;
+    }
+    own.record = own_record(
+        config,
+        keys.public_key(),
+        keys.next_public_key(),
+        keys.epoch(),
+    )
+    .map_err(|e| format!("the own record is invalid: {e}"))?;
+    if let Err(error) = registry.publish(own).await {
+        // The registry watch re-publishes the own record once the registry is back.
+        tracing::warn!(%error, "publishing the own record failed; will retry");
+    }
+    Ok(())
+}
+
+/// What decides a rotation: the mesh the datapath holds and its handshake progress.
+fn observe<'a>(
+    fully_synced: bool,
+    peers: &'a std::collections::BTreeSet<String>,
+    progress: Option<&'a crate::datapath::stats::KeyRotationProgress>,
+) -> Observed<'a> {
+    Observed {
+        synced: fully_synced,
+        peers,
+        progress,
+        now: node_keys::unix_now(),
+    }
+}
+
+fn rotation_progress(
+    datapath: Option<&Datapath>,
+) -> Option<crate::datapath::stats::KeyRotationProgress> {
+    datapath.and_then(|d| d.status_receiver().borrow().key_rotation.clone())
+}
+
+/// Completes the pending rotation on disk if every peer moved or the grace period ended.
+fn complete_rotation_if_due(
+    keys: &mut NodeKeys,
+    fully_synced: bool,
+    mesh: &BTreeMap<String, Peer>,
+    datapath: Option<&Datapath>,
+) -> bool {
+    let Some(rotation) = keys.rotation().cloned() else {
+        return false;
+    };
+    let peers = mesh.keys().cloned().collect();
+    let progress = rotation_progress(datapath);
+    let decision =
+        crate::rotation::decide(&rotation, observe(fully_synced, &peers, progress.as_ref()));
+    let Decision::Complete { reason, unmoved } = decision else {
+        return false;
+    };
+    tracing::info!(epoch = rotation.epoch, ?reason, unmoved = ?unmoved, "key rotation completing");
+    keys.complete(reason, unmoved).is_ok()
+}
+
+fn key_status(
+    keys: &NodeKeys,
+    fully_synced: bool,
+    mesh: &BTreeMap<String, Peer>,
+    datapath: Option<&Datapath>,
+) -> KeyStatus {
+    let peers = mesh.keys().cloned().collect();
+    let progress = rotation_progress(datapath);
+    keys.status(observe(fully_synced, &peers, progress.as_ref()))
+}
+
+fn publish_key_status(
+    shared: &SharedStatus,
+    keys: &NodeKeys,
+    fully_synced: bool,
+    mesh: &BTreeMap<String, Peer>,
+    datapath: Option<&Datapath>,
+) {
+    let status = key_status(keys, fully_synced, mesh, datapath);
+    if let Ok(mut slot) = shared.keys.write() {
+        *slot = Some(status);
+    }
 }
 
 async fn datapath_stopped(datapath: Option<&Datapath>) {

@@ -10,18 +10,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, TunnResult};
+use boringtun::noise::TunnResult;
+use boringtun::x25519;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tun_rs::AsyncDevice;
-use weft_keys::PublicKey;
 
 use super::packet::{Transport, addresses, transport};
-use super::peers::PeerTable;
+use super::peers::{Incoming, PeerTable};
 use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::prefix_table::PrefixTable;
-use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
+use super::stats::{DatapathStatus, DropCounters, DropReason, KeyRotationProgress, PeerTraffic};
 use crate::mesh::Peer;
 use crate::policy::conntrack::{Conntrack, FlowKey, Tracked};
 use crate::policy::{Direction, Flow, PolicySet, Protocol, Verdict};
@@ -39,14 +38,19 @@ const STATUS_TICK: Duration = Duration::from_secs(1);
 /// Drops are summarised in the log at most this often.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What the agent tells the datapath.
-#[derive(Debug)]
+/// What the agent tells the datapath. (No `Debug`: it can carry private keys.)
 pub enum Command {
     /// The desired peers, as the mesh computation produced them.
-    SetPeers(BTreeMap<String, Peer>),
+    Peers(BTreeMap<String, Peer>),
     /// A new NetworkPolicy rule set: in force for new flows at once, and for tracked flows at
     /// their next packet.
-    SetPolicy(Arc<PolicySet>),
+    Policy(Arc<PolicySet>),
+    /// This node's static keys: the current one, and the next one while rotating (handshakes
+    /// to either are accepted; peers are reached on the newest).
+    Keys {
+        current: x25519::StaticSecret,
+        next: Option<x25519::StaticSecret>,
+    },
 }
 
 pub struct Engine {
@@ -110,16 +114,22 @@ impl Engine {
                 },
                 _ = timers.tick() => self.run_timers(&mut out).await,
                 _ = status.tick() => {
-                    self.peers.rate_limiter().reset_count();
+                    self.peers.reset_rate_limiters();
                     self.publish_status();
                     self.log_drops();
                 }
                 command = commands.recv() => match command {
-                    Some(Command::SetPeers(peers)) => {
-                        self.peers.sync(&peers);
+                    Some(Command::Peers(peers)) => {
+                        let created = self.peers.sync(&peers);
+                        self.initiate(&created, &mut out).await;
                         self.publish_status();
                     }
-                    Some(Command::SetPolicy(policy)) => {
+                    Some(Command::Keys { current, next }) => {
+                        let created = self.peers.set_keys(current, next);
+                        self.initiate(&created, &mut out).await;
+                        self.publish_status();
+                    }
+                    Some(Command::Policy(policy)) => {
                         self.policy = policy;
                         self.policy_version += 1;
                         self.publish_status();
@@ -148,7 +158,11 @@ impl Engine {
             return;
         };
         let endpoint = slot.endpoint;
-        match slot.tunn.encapsulate(packet, out) {
+        let Some(session) = slot.outbound() else {
+            slot.counters.drops.count(DropReason::NoPeer);
+            return;
+        };
+        match session.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(bytes) => match endpoint {
                 Some(to) => {
                     slot.counters.tx_bytes += packet.len() as u64;
@@ -172,58 +186,41 @@ impl Engine {
 
     /// A datagram from the network: find its peer, decrypt, check, deliver.
     async fn receive_datagram(&mut self, src: SocketAddr, datagram: &[u8], out: &mut [u8]) {
-        let packet = match self
-            .peers
-            .rate_limiter()
-            .verify_packet(Some(src.ip()), datagram, out)
-        {
-            Ok(packet) => packet,
-            Err(TunnResult::WriteToNetwork(cookie)) => {
-                let cookie: &[u8] = cookie;
+        let (peer, session) = match self.peers.classify(src, datagram, out) {
+            Incoming::Session { peer, session } => (peer, session),
+            Incoming::Reply(cookie) => {
                 send_on(&self.udp, self.udp_v6, cookie, src).await;
                 return;
             }
-            Err(_) => {
-                self.drops.count(DropReason::Malformed);
+            Incoming::Drop(reason) => {
+                self.drops.count(reason);
                 return;
             }
         };
-        let index = match packet {
-            Packet::HandshakeInit(init) => {
-                match parse_handshake_anon(self.peers.private_key(), self.peers.public_key(), &init)
-                {
-                    Ok(half) => self
-                        .peers
-                        .index_for_key(&PublicKey::from_bytes(half.peer_static_public)),
-                    Err(_) => {
-                        self.drops.count(DropReason::Malformed);
-                        return;
-                    }
-                }
-            }
-            Packet::HandshakeResponse(p) => self.peers.index_for_receiver(p.receiver_idx),
-            Packet::PacketCookieReply(p) => self.peers.index_for_receiver(p.receiver_idx),
-            Packet::PacketData(p) => self.peers.index_for_receiver(p.receiver_idx),
-        };
-        let Some(index) = index else {
-            let reason = if datagram.first() == Some(&1) {
-                DropReason::UnknownPeer
-            } else {
-                DropReason::UnknownReceiver
-            };
-            self.drops.count(reason);
-            return;
-        };
-        self.decapsulate(index, src, datagram, out).await;
+        self.decapsulate(peer, session, src, datagram, out).await;
+        // A handshake may have completed: outbound traffic may move to the new session.
+        if matches!(datagram.first(), Some(1 | 2)) {
+            self.peers.refresh_slot(peer);
+        }
     }
 
-    async fn decapsulate(&mut self, index: u32, src: SocketAddr, datagram: &[u8], out: &mut [u8]) {
+    async fn decapsulate(
+        &mut self,
+        peer: u32,
+        session: u32,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) {
         let mut input = datagram;
         loop {
-            let Some(slot) = self.peers.slot_mut(index) else {
+            let Some(slot) = self.peers.slot_mut(peer) else {
                 return;
             };
-            let result = slot.tunn.decapsulate(Some(src.ip()), input, out);
+            let Some(tunnel) = slot.session_mut(session) else {
+                return;
+            };
+            let result = tunnel.tunn.decapsulate(Some(src.ip()), input, out);
             input = &[];
             match result {
                 TunnResult::WriteToNetwork(bytes) => {
@@ -235,7 +232,7 @@ impl Engine {
                 TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
                     slot.endpoint = Some(src);
                     let packet: &[u8] = packet;
-                    self.deliver(index, packet).await;
+                    self.deliver(peer, packet).await;
                     return;
                 }
                 TunnResult::Done => return,
@@ -244,6 +241,31 @@ impl Engine {
                     slot.counters.drops.count(DropReason::Rejected);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Starts handshakes on new sessions at once (a new peer, or a key one side rotates to),
+    /// so traffic can move to them without waiting for a packet or a keepalive.
+    async fn initiate(&mut self, sessions: &[u32], out: &mut [u8]) {
+        for index in sessions {
+            let Some(peer) = self.peers.index_for_receiver(index << 8) else {
+                continue;
+            };
+            let Some(slot) = self.peers.slot_mut(peer) else {
+                continue;
+            };
+            let Some(to) = slot.endpoint else {
+                continue;
+            };
+            let Some(session) = slot.session_mut(*index) else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(bytes) =
+                session.tunn.format_handshake_initiation(out, false)
+            {
+                let bytes: &[u8] = bytes;
+                send_on(&self.udp, self.udp_v6, bytes, to).await;
             }
         }
     }
@@ -335,19 +357,22 @@ impl Engine {
 
     async fn run_timers(&mut self, out: &mut [u8]) {
         for slot in self.peers.slots_mut() {
-            match slot.tunn.update_timers(out) {
-                TunnResult::WriteToNetwork(bytes) => {
-                    if let Some(to) = slot.endpoint {
-                        let bytes: &[u8] = bytes;
-                        send_on(&self.udp, self.udp_v6, bytes, to).await;
+            for session in &mut slot.sessions {
+                match session.tunn.update_timers(out) {
+                    TunnResult::WriteToNetwork(bytes) => {
+                        if let Some(to) = slot.endpoint {
+                            let bytes: &[u8] = bytes;
+                            send_on(&self.udp, self.udp_v6, bytes, to).await;
+                        }
                     }
+                    TunnResult::Err(error) => {
+                        tracing::trace!(peer = %slot.peer.name, ?error, "timer");
+                    }
+                    _ => {}
                 }
-                TunnResult::Err(error) => {
-                    tracing::trace!(peer = %slot.peer.name, ?error, "timer");
-                }
-                _ => {}
             }
         }
+        self.peers.refresh_preferred();
     }
 
     fn publish_status(&self) {
@@ -364,7 +389,7 @@ impl Engine {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
-                handshake_age_secs: slot.tunn.time_since_last_handshake().map(|d| d.as_secs()),
+                handshake_age_secs: slot.handshake_age().map(|d| d.as_secs()),
                 rx_bytes: slot.counters.rx_bytes,
                 tx_bytes: slot.counters.tx_bytes,
                 drops: slot.counters.drops.to_map(),
@@ -376,7 +401,18 @@ impl Engine {
             .policy_counters
             .status(&self.policy, self.policy_version);
         let capacity = self.conntrack.capacity();
+        let key_rotation = self.peers.key_moves().map(|moves| KeyRotationProgress {
+            next_public_key: self
+                .peers
+                .own_keys()
+                .get(1)
+                .map(|k| weft_keys::PublicKey::from_bytes(k.public.to_bytes()).to_string())
+                .unwrap_or_default(),
+            moved: moves.moved,
+            pending: moves.pending,
+        });
         self.status.send_modify(|status| {
+            status.key_rotation = key_rotation;
             status.peers = peers;
             status.drops = drops;
             status.conntrack_flows = flows;

@@ -8,6 +8,7 @@ pub mod packet;
 pub mod peers;
 pub mod policy_stats;
 pub mod prefix_table;
+pub mod session;
 pub mod stats;
 pub mod uapi;
 
@@ -15,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
@@ -96,6 +96,8 @@ pub struct Datapath {
     kernel: Kernel,
     task: tokio::task::JoinHandle<()>,
     uapi: tokio::task::JoinHandle<()>,
+    /// The own private key `wg show` reports (the current one).
+    uapi_key: uapi::SharedKeyHex,
 }
 
 /// The first host address of each family's first block: the tunnel's own address, so traffic
@@ -140,7 +142,8 @@ impl Datapath {
     /// Creates the TUN and the socket, configures the kernel, and starts the packet loop.
     pub async fn start(
         config: DatapathConfig,
-        private: &weft_keys::PrivateKey,
+        current: &weft_keys::PrivateKey,
+        next: Option<&weft_keys::PrivateKey>,
     ) -> Result<Self, DatapathError> {
         let ipv6_underlay = config.underlay_address.is_some_and(|a| a.is_ipv6());
         let overhead = if ipv6_underlay { 80 } else { 60 };
@@ -174,11 +177,10 @@ impl Datapath {
         })
         .await?;
 
-        let secret = x25519::StaticSecret::from(*private.to_bytes());
-        let limiter = Arc::new(RateLimiter::new(
-            &x25519::PublicKey::from(&secret),
-            HANDSHAKE_RATE_LIMIT,
-        ));
+        let mut peers = PeerTable::new(secret_of(current), HANDSHAKE_RATE_LIMIT);
+        if let Some(next) = next {
+            peers.set_keys(secret_of(current), Some(secret_of(next)));
+        }
         let mut local_blocks = PrefixTable::default();
         for block in &config.local_blocks {
             local_blocks.insert(*block, ());
@@ -194,7 +196,7 @@ impl Datapath {
             tun: Arc::new(tun),
             udp,
             udp_v6,
-            peers: PeerTable::new(secret, limiter),
+            peers,
             local_blocks,
             drops: DropCounters::default(),
             status: status_tx,
@@ -210,13 +212,9 @@ impl Datapath {
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));
-        let hex: String = private
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let uapi_key = uapi::SharedKeyHex::new(current);
         let uapi_source = uapi::UapiSource {
-            private_key_hex: Arc::new(zeroize::Zeroizing::new(hex)),
+            private_key_hex: uapi_key.clone(),
             fwmark: config.fwmark,
             status: status.clone(),
         };
@@ -234,13 +232,32 @@ impl Datapath {
             kernel,
             task,
             uapi,
+            uapi_key,
         })
+    }
+
+    /// Sets this node's keys: `next` while rotating (handshakes to either key are accepted and
+    /// peers are reached on it as they learn it), `None` once `current` is the only key.
+    pub async fn set_keys(
+        &self,
+        current: &weft_keys::PrivateKey,
+        next: Option<&weft_keys::PrivateKey>,
+    ) -> Result<(), DatapathError> {
+        self.commands
+            .send(Command::Keys {
+                current: secret_of(current),
+                next: next.map(secret_of),
+            })
+            .await
+            .map_err(|_| DatapathError::Stopped)?;
+        self.uapi_key.set(current);
+        Ok(())
     }
 
     /// Applies a new mesh: peers to the engine, routes to weft's table.
     pub async fn update(&self, mesh: &Mesh, guarded: &Guarded) -> Result<(), DatapathError> {
         self.commands
-            .send(Command::SetPeers(mesh.peers.clone()))
+            .send(Command::Peers(mesh.peers.clone()))
             .await
             .map_err(|_| DatapathError::Stopped)?;
         let table = desired_table(mesh, guarded, self.config.encryption);
@@ -259,7 +276,7 @@ impl Datapath {
         policy: Arc<crate::policy::PolicySet>,
     ) -> Result<(), DatapathError> {
         self.commands
-            .send(Command::SetPolicy(policy))
+            .send(Command::Policy(policy))
             .await
             .map_err(|_| DatapathError::Stopped)
     }
@@ -278,6 +295,10 @@ impl Datapath {
             tracing::warn!(%error, "removing weft's routes and rules failed");
         }
     }
+}
+
+fn secret_of(key: &weft_keys::PrivateKey) -> x25519::StaticSecret {
+    x25519::StaticSecret::from(*key.to_bytes())
 }
 
 /// Which prefixes are Pod addresses weft must guard (fail closed).
@@ -373,6 +394,7 @@ mod tests {
         let peer = Peer {
             name: "n2".into(),
             public_key: weft_keys::PublicKey::from_bytes([2; 32]),
+            next_public_key: None,
             endpoint: None,
             allowed_ips: vec![net("10.244.2.0/24")],
         };

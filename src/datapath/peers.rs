@@ -1,144 +1,258 @@
-//! The datapath's peer table: one boringtun `Tunn` per peer, found by destination address
-//! (longest-prefix match over allowed IPs), by receiver index, or by static public key.
+//! The datapath's peer table: peers found by destination address (longest-prefix match over
+//! allowed IPs), by receiver index, or by static public key, each with its WireGuard sessions.
 //! It follows the mesh live: adding, removing or changing one peer leaves every other peer's
-//! sessions untouched.
+//! sessions untouched. It also holds this node's static keys: one normally, two (current and
+//! next) while rotating, and it accepts handshakes addressed to either.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use boringtun::noise::Tunn;
-use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
 use ipnetwork::IpNetwork;
 use weft_keys::PublicKey;
 
 use super::prefix_table::PrefixTable;
-use super::stats::PeerCounters;
+use super::session::{OwnKey, Session, preferred};
+use super::stats::{DropReason, PeerCounters};
 use crate::mesh::{Peer, diff_peers};
 
-/// Keepalive interval: keeps NAT mappings open and lets each side notice the other quickly.
-const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
 /// boringtun keeps the low 8 bits of a receiver index for its sessions.
 const MAX_INDEX: u32 = (1 << 24) - 1;
+/// Size of a WireGuard cookie reply message.
+const COOKIE_REPLY_BYTES: usize = 64;
 
 /// One live peer.
 pub struct PeerSlot {
     pub peer: Peer,
     /// Where packets go: the record's endpoint, or where the peer last spoke from.
     pub endpoint: Option<SocketAddr>,
-    pub tunn: Tunn,
+    /// At most one per (our key, the peer's key) pair.
+    pub sessions: Vec<Session>,
+    /// The session outbound packets use (see `session::preferred`).
+    preferred: usize,
     pub counters: PeerCounters,
+}
+
+impl PeerSlot {
+    /// The session outbound packets go through.
+    pub fn outbound(&mut self) -> Option<&mut Session> {
+        self.sessions.get_mut(self.preferred)
+    }
+
+    pub fn session_mut(&mut self, index: u32) -> Option<&mut Session> {
+        self.sessions.iter_mut().find(|s| s.index == index)
+    }
+
+    /// The most recent completed handshake over all sessions.
+    pub fn handshake_age(&self) -> Option<std::time::Duration> {
+        self.sessions.iter().filter_map(Session::established).min()
+    }
+
+    fn peer_newest_key(&self) -> PublicKey {
+        self.peer.next_public_key.unwrap_or(self.peer.public_key)
+    }
+}
+
+/// Where a datagram from the network goes.
+#[derive(Debug)]
+pub enum Incoming<'o> {
+    /// To this session of this peer.
+    Session {
+        peer: u32,
+        session: u32,
+    },
+    /// Answer with this (a cookie reply: we are under handshake load).
+    Reply(&'o [u8]),
+    Drop(DropReason),
+}
+
+/// Rotation progress: which peers have a completed handshake with our next key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyMoves {
+    pub moved: Vec<String>,
+    pub pending: Vec<String>,
 }
 
 /// All peers, with the lookups the datapath needs.
 pub struct PeerTable {
-    private: x25519::StaticSecret,
-    public: x25519::PublicKey,
-    rate_limiter: Arc<RateLimiter>,
+    /// Our current key, then our next key while rotating.
+    keys: Vec<OwnKey>,
+    handshakes_per_second: u64,
     slots: HashMap<u32, PeerSlot>,
+    /// Session index -> peer id.
+    sessions: HashMap<u32, u32>,
+    /// Current and next keys of every peer -> peer id.
     by_key: HashMap<PublicKey, u32>,
     by_name: BTreeMap<String, u32>,
     routes: PrefixTable<u32>,
+    next_peer: u32,
     next_index: u32,
 }
 
 impl PeerTable {
-    pub fn new(private: x25519::StaticSecret, rate_limiter: Arc<RateLimiter>) -> Self {
-        let public = x25519::PublicKey::from(&private);
+    pub fn new(current: x25519::StaticSecret, handshakes_per_second: u64) -> Self {
         Self {
-            private,
-            public,
-            rate_limiter,
+            keys: vec![OwnKey::new(current, handshakes_per_second)],
+            handshakes_per_second,
             slots: HashMap::new(),
+            sessions: HashMap::new(),
             by_key: HashMap::new(),
             by_name: BTreeMap::new(),
             routes: PrefixTable::default(),
+            next_peer: 1,
             next_index: 1,
         }
     }
 
-    pub fn private_key(&self) -> &x25519::StaticSecret {
-        &self.private
+    /// Our static keys: the current one, then the next one while rotating.
+    pub fn own_keys(&self) -> &[OwnKey] {
+        &self.keys
     }
 
-    pub fn public_key(&self) -> &x25519::PublicKey {
-        &self.public
+    fn own_newest(&self) -> x25519::PublicKey {
+        self.keys.last().map_or([0; 32].into(), |k| k.public)
+    }
+
+    /// Replaces our keys. Sessions on a key we no longer hold end; sessions on keys we keep
+    /// stay. Returns the sessions created to reach peers on our newest key (to initiate).
+    pub fn set_keys(
+        &mut self,
+        current: x25519::StaticSecret,
+        next: Option<x25519::StaticSecret>,
+    ) -> Vec<u32> {
+        let mut old: Vec<OwnKey> = std::mem::take(&mut self.keys);
+        let rate = self.handshakes_per_second;
+        let mut keep = |secret: x25519::StaticSecret| {
+            let public = x25519::PublicKey::from(&secret);
+            match old.iter().position(|k| k.public == public) {
+                Some(i) => old.swap_remove(i),
+                None => OwnKey::new(secret, rate),
+            }
+        };
+        let mut keys = vec![keep(current)];
+        if let Some(next) = next {
+            keys.push(keep(next));
+        }
+        self.keys = keys;
+        let held: Vec<x25519::PublicKey> = self.keys.iter().map(|k| k.public).collect();
+        let ids: Vec<u32> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.retain_sessions(id, |s| held.contains(&s.own));
+        }
+        self.ensure_targets()
     }
 
     /// The peers as the mesh last described them.
     pub fn peers(&self) -> BTreeMap<String, Peer> {
         self.by_name
             .iter()
-            .filter_map(|(name, index)| Some((name.clone(), self.slots.get(index)?.peer.clone())))
+            .filter_map(|(name, id)| Some((name.clone(), self.slots.get(id)?.peer.clone())))
             .collect()
     }
 
-    /// Makes the table hold exactly `desired`, touching only peers that changed.
-    pub fn sync(&mut self, desired: &BTreeMap<String, Peer>) {
+    /// Makes the table hold exactly `desired`, touching only peers that changed. Returns the
+    /// sessions created to reach peers on the newest keys (to initiate at once).
+    pub fn sync(&mut self, desired: &BTreeMap<String, Peer>) -> Vec<u32> {
         let diff = diff_peers(&self.peers(), desired);
         for name in &diff.removed {
-            if let Some(index) = self.by_name.remove(name)
-                && let Some(slot) = self.slots.remove(&index)
-            {
-                self.by_key.remove(&slot.peer.public_key);
+            if let Some(id) = self.by_name.remove(name) {
+                self.retain_sessions(id, |_| false);
+                self.slots.remove(&id);
             }
         }
         for peer in &diff.changed {
-            let Some(index) = self.by_name.get(&peer.name).copied() else {
+            let Some(id) = self.by_name.get(&peer.name).copied() else {
                 continue;
             };
-            let Some(slot) = self.slots.get_mut(&index) else {
+            let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
-            if slot.peer.public_key != peer.public_key {
-                // A new key is a new peer as far as WireGuard is concerned.
-                self.by_key.remove(&slot.peer.public_key);
-                self.by_name.remove(&peer.name);
-                self.slots.remove(&index);
-                self.add(peer.clone());
-            } else {
-                if slot.peer.endpoint != peer.endpoint {
-                    slot.endpoint = peer.endpoint;
-                }
-                slot.peer = peer.clone();
+            if slot.peer.endpoint != peer.endpoint {
+                slot.endpoint = peer.endpoint;
             }
+            slot.peer = peer.clone();
+            // Sessions on a key the peer no longer has end (a new key is a new WireGuard
+            // peer); sessions on its current or next key carry on.
+            let keys = [Some(peer.public_key), peer.next_public_key];
+            self.retain_sessions(id, |s| keys.contains(&Some(s.peer_key)));
         }
         for peer in &diff.added {
-            self.add(peer.clone());
+            let id = self.next_peer;
+            self.next_peer = self.next_peer.wrapping_add(1).max(1);
+            self.by_name.insert(peer.name.clone(), id);
+            self.slots.insert(
+                id,
+                PeerSlot {
+                    endpoint: peer.endpoint,
+                    peer: peer.clone(),
+                    sessions: Vec::new(),
+                    preferred: 0,
+                    counters: PeerCounters::default(),
+                },
+            );
         }
+        self.by_key.clear();
         self.routes.clear();
-        for (index, slot) in &self.slots {
+        for (id, slot) in &self.slots {
+            self.by_key.insert(slot.peer.public_key, *id);
+            if let Some(next) = slot.peer.next_public_key {
+                self.by_key.insert(next, *id);
+            }
             for prefix in &slot.peer.allowed_ips {
-                self.routes.insert(*prefix, *index);
+                self.routes.insert(*prefix, *id);
             }
         }
+        self.ensure_targets()
     }
 
-    fn add(&mut self, peer: Peer) {
-        let Some(index) = self.free_index() else {
-            tracing::error!(peer = %peer.name, "no free peer index; peer not added");
+    /// Drops the sessions of peer `id` for which `keep` is false.
+    fn retain_sessions(&mut self, id: u32, keep: impl Fn(&Session) -> bool) {
+        let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        let tunn = Tunn::new(
-            self.private.clone(),
-            x25519::PublicKey::from(*peer.public_key.as_bytes()),
-            None,
-            Some(PERSISTENT_KEEPALIVE_SECS),
-            index,
-            Some(self.rate_limiter.clone()),
-        );
-        self.by_key.insert(peer.public_key, index);
-        self.by_name.insert(peer.name.clone(), index);
-        self.slots.insert(
-            index,
-            PeerSlot {
-                endpoint: peer.endpoint,
-                peer,
-                tunn,
-                counters: PeerCounters::default(),
-            },
-        );
+        for session in slot.sessions.iter().filter(|s| !keep(s)) {
+            self.sessions.remove(&session.index);
+        }
+        slot.sessions.retain(keep);
+    }
+
+    /// Gives every peer a session between our newest key and its newest key.
+    fn ensure_targets(&mut self) -> Vec<u32> {
+        let own = self.own_newest();
+        let targets: Vec<(u32, PublicKey)> = self
+            .slots
+            .iter()
+            .map(|(id, slot)| (*id, slot.peer_newest_key()))
+            .filter(|(id, key)| {
+                self.slots.get(id).is_some_and(|slot| {
+                    !slot
+                        .sessions
+                        .iter()
+                        .any(|s| s.own == own && s.peer_key == *key)
+                })
+            })
+            .collect();
+        let created = targets
+            .into_iter()
+            .filter_map(|(id, key)| self.add_session(id, own, key))
+            .collect();
+        self.refresh_preferred();
+        created
+    }
+
+    fn add_session(&mut self, id: u32, own: x25519::PublicKey, peer_key: PublicKey) -> Option<u32> {
+        let Some(index) = self.free_index() else {
+            tracing::error!(peer = id, "no free session index; session not added");
+            return None;
+        };
+        let own_key = self.keys.iter().find(|k| k.public == own)?;
+        let session = Session::new(index, own_key, peer_key);
+        let slot = self.slots.get_mut(&id)?;
+        slot.sessions.push(session);
+        self.sessions.insert(index, id);
+        Some(index)
     }
 
     fn free_index(&mut self) -> Option<u32> {
@@ -149,11 +263,100 @@ impl PeerTable {
             } else {
                 candidate + 1
             };
-            if !self.slots.contains_key(&candidate) {
+            if !self.sessions.contains_key(&candidate) {
                 return Some(candidate);
             }
         }
         None
+    }
+
+    /// Re-picks peer `id`'s outbound session.
+    pub fn refresh_slot(&mut self, id: u32) {
+        let own = self.own_newest();
+        if let Some(slot) = self.slots.get_mut(&id) {
+            let newest = slot.peer_newest_key();
+            slot.preferred = preferred(&slot.sessions, &own, &newest).unwrap_or(0);
+        }
+    }
+
+    /// Re-picks every peer's outbound session (after handshakes complete or keys change).
+    pub fn refresh_preferred(&mut self) {
+        let own = self.own_newest();
+        for slot in self.slots.values_mut() {
+            let newest = slot.peer_newest_key();
+            slot.preferred = preferred(&slot.sessions, &own, &newest).unwrap_or(0);
+        }
+    }
+
+    /// Where a datagram goes. Handshake messages are matched to one of our keys by their MAC1;
+    /// initiations then to a peer by the initiator's static key (creating the session for that
+    /// pair of keys if it is new), everything else by receiver index.
+    pub fn classify<'o>(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &'o mut [u8],
+    ) -> Incoming<'o> {
+        let mut addressed = None;
+        for (position, key) in self.keys.iter().enumerate() {
+            match key.limiter.verify_packet(Some(src.ip()), datagram, out) {
+                Ok(packet) => {
+                    addressed = Some((position, packet));
+                    break;
+                }
+                Err(TunnResult::WriteToNetwork(_)) => {
+                    // Under load: the cookie reply is in `out` (the borrow cannot leave the
+                    // loop, so it is taken again here).
+                    return Incoming::Reply(&out[..COOKIE_REPLY_BYTES]);
+                }
+                Err(_) => {}
+            }
+        }
+        let Some((position, packet)) = addressed else {
+            return Incoming::Drop(DropReason::Malformed);
+        };
+        let session = match packet {
+            Packet::HandshakeInit(init) => {
+                let Some(own) = self.keys.get(position) else {
+                    return Incoming::Drop(DropReason::Malformed);
+                };
+                let Ok(half) = parse_handshake_anon(&own.secret, &own.public, &init) else {
+                    return Incoming::Drop(DropReason::Malformed);
+                };
+                let initiator = PublicKey::from_bytes(half.peer_static_public);
+                match self.session_for_init(own.public, initiator) {
+                    Some(session) => session,
+                    None => return Incoming::Drop(DropReason::UnknownPeer),
+                }
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx >> 8,
+            Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
+            Packet::PacketData(p) => p.receiver_idx >> 8,
+        };
+        match self.sessions.get(&session) {
+            Some(peer) => Incoming::Session {
+                peer: *peer,
+                session,
+            },
+            None => Incoming::Drop(DropReason::UnknownReceiver),
+        }
+    }
+
+    /// The session between our key `own` and the peer holding `initiator` as its current or
+    /// next key, created if this pair has none yet.
+    fn session_for_init(&mut self, own: x25519::PublicKey, initiator: PublicKey) -> Option<u32> {
+        let id = *self.by_key.get(&initiator)?;
+        let slot = self.slots.get(&id)?;
+        if let Some(found) = slot
+            .sessions
+            .iter()
+            .find(|s| s.own == own && s.peer_key == initiator)
+        {
+            return Some(found.index);
+        }
+        let index = self.add_session(id, own, initiator)?;
+        self.refresh_preferred();
+        Some(index)
     }
 
     /// The peer whose allowed IPs hold `destination` (longest prefix).
@@ -161,37 +364,52 @@ impl PeerTable {
         self.routes.lookup(destination).copied()
     }
 
-    /// The peer a receiver index of ours belongs to.
+    /// The peer that receiver index `receiver` of ours belongs to.
     pub fn index_for_receiver(&self, receiver: u32) -> Option<u32> {
-        let index = receiver >> 8;
-        self.slots.contains_key(&index).then_some(index)
+        self.sessions.get(&(receiver >> 8)).copied()
     }
 
-    pub fn index_for_key(&self, key: &PublicKey) -> Option<u32> {
-        self.by_key.get(key).copied()
+    /// Whether `source` lies in the allowed IPs of peer `id` (and of no more specific peer).
+    pub fn source_allowed(&self, id: u32, source: IpAddr) -> bool {
+        self.routes.lookup(source) == Some(&id)
     }
 
-    /// Whether `source` lies in the allowed IPs of peer `index` (and of no more specific peer).
-    pub fn source_allowed(&self, index: u32, source: IpAddr) -> bool {
-        self.routes.lookup(source) == Some(&index)
-    }
-
-    pub fn slot_mut(&mut self, index: u32) -> Option<&mut PeerSlot> {
-        self.slots.get_mut(&index)
+    pub fn slot_mut(&mut self, id: u32) -> Option<&mut PeerSlot> {
+        self.slots.get_mut(&id)
     }
 
     pub fn slots(&self) -> impl Iterator<Item = &PeerSlot> {
-        self.by_name
-            .values()
-            .filter_map(|index| self.slots.get(index))
+        self.by_name.values().filter_map(|id| self.slots.get(id))
     }
 
     pub fn slots_mut(&mut self) -> impl Iterator<Item = &mut PeerSlot> {
         self.slots.values_mut()
     }
 
-    pub fn rate_limiter(&self) -> &RateLimiter {
-        &self.rate_limiter
+    /// Resets every key's handshake counter (once a second).
+    pub fn reset_rate_limiters(&self) {
+        for key in &self.keys {
+            key.limiter.reset_count();
+        }
+    }
+
+    /// While rotating: which peers have completed a handshake with our next key.
+    pub fn key_moves(&self) -> Option<KeyMoves> {
+        let next = self.keys.get(1)?.public;
+        let mut moves = KeyMoves::default();
+        for (name, id) in &self.by_name {
+            let moved = self.slots.get(id).is_some_and(|slot| {
+                slot.sessions
+                    .iter()
+                    .any(|s| s.own == next && s.established().is_some())
+            });
+            if moved {
+                moves.moved.push(name.clone());
+            } else {
+                moves.pending.push(name.clone());
+            }
+        }
+        Some(moves)
     }
 
     /// Allowed IPs of every peer (for tests and status).
@@ -203,94 +421,5 @@ impl PeerTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(name: &str, key: u8, ips: &[&str]) -> Peer {
-        let secret = x25519::StaticSecret::from([key; 32]);
-        Peer {
-            name: name.into(),
-            public_key: PublicKey::from_bytes(x25519::PublicKey::from(&secret).to_bytes()),
-            endpoint: Some(format!("198.18.0.{key}:51820").parse().unwrap()),
-            allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-        }
-    }
-
-    fn table() -> PeerTable {
-        let private = x25519::StaticSecret::from([1u8; 32]);
-        let limiter = Arc::new(RateLimiter::new(&x25519::PublicKey::from(&private), 100));
-        PeerTable::new(private, limiter)
-    }
-
-    fn mesh(peers: &[Peer]) -> BTreeMap<String, Peer> {
-        peers.iter().map(|p| (p.name.clone(), p.clone())).collect()
-    }
-
-    #[test]
-    fn lookups_follow_the_mesh() {
-        let mut table = table();
-        table.sync(&mesh(&[
-            peer("n2", 2, &["10.244.2.0/24"]),
-            peer("n3", 3, &["10.244.3.0/24"]),
-        ]));
-        let n2 = table
-            .index_for_destination("10.244.2.7".parse().unwrap())
-            .unwrap();
-        let n3 = table
-            .index_for_destination("10.244.3.7".parse().unwrap())
-            .unwrap();
-        assert_ne!(n2, n3);
-        assert_eq!(table.index_for_receiver(n2 << 8 | 5), Some(n2));
-        assert!(table.source_allowed(n2, "10.244.2.9".parse().unwrap()));
-        assert!(!table.source_allowed(n2, "10.244.3.9".parse().unwrap()));
-        assert_eq!(
-            table.index_for_destination("10.244.4.1".parse().unwrap()),
-            None
-        );
-    }
-
-    #[test]
-    fn changing_one_peer_keeps_the_others_state() {
-        let mut table = table();
-        table.sync(&mesh(&[
-            peer("n2", 2, &["10.244.2.0/24"]),
-            peer("n3", 3, &["10.244.3.0/24"]),
-        ]));
-        let n3 = table
-            .index_for_destination("10.244.3.1".parse().unwrap())
-            .unwrap();
-        table.slot_mut(n3).unwrap().counters.rx_bytes = 77;
-        let n2_before = table
-            .index_for_destination("10.244.2.1".parse().unwrap())
-            .unwrap();
-
-        // n2 gets a new key, n4 arrives: n3's slot (and its counters/sessions) stays.
-        table.sync(&mesh(&[
-            peer("n2", 12, &["10.244.2.0/24"]),
-            peer("n3", 3, &["10.244.3.0/24", "10.244.33.0/24"]),
-            peer("n4", 4, &["10.244.4.0/24"]),
-        ]));
-        assert_eq!(
-            table.index_for_destination("10.244.3.1".parse().unwrap()),
-            Some(n3)
-        );
-        assert_eq!(
-            table.index_for_destination("10.244.33.1".parse().unwrap()),
-            Some(n3)
-        );
-        assert_eq!(table.slot_mut(n3).unwrap().counters.rx_bytes, 77);
-        let n2_after = table
-            .index_for_destination("10.244.2.1".parse().unwrap())
-            .unwrap();
-        assert_ne!(n2_before, n2_after, "a new key must get a fresh tunnel");
-        assert_eq!(table.peers().len(), 3);
-
-        table.sync(&mesh(&[peer("n3", 3, &["10.244.3.0/24"])]));
-        assert_eq!(table.peers().len(), 1);
-        assert_eq!(
-            table.index_for_destination("10.244.2.1".parse().unwrap()),
-            None
-        );
-        assert_eq!(table.index_for_receiver(n2_after << 8), None);
-    }
-}
+#[path = "peers_tests.rs"]
+mod tests;

@@ -117,6 +117,18 @@ pub struct DatapathStatus {
     /// NetworkPolicy on decrypted packets: the rule set in force, verdicts, denials.
     #[serde(default)]
     pub policy: super::policy_stats::PolicyStatus,
+    /// While this node rotates its key: which peers have moved to the next key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotationProgress>,
+}
+
+/// Which peers have completed a handshake with this node's next key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotationProgress {
+    pub next_public_key: String,
+    pub moved: Vec<String>,
+    pub pending: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

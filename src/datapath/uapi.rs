@@ -5,11 +5,13 @@
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use super::stats::DatapathStatus;
 
@@ -22,10 +24,42 @@ pub fn default_socket_path(interface: &str) -> PathBuf {
     Path::new(DEFAULT_UAPI_DIR).join(format!("{interface}.sock"))
 }
 
+/// The device's own private key in hex, as `get` reports it; replaced when a key rotation
+/// completes.
+#[derive(Clone)]
+pub struct SharedKeyHex(Arc<RwLock<Zeroizing<String>>>);
+
+impl SharedKeyHex {
+    pub fn new(key: &weft_keys::PrivateKey) -> Self {
+        Self(Arc::new(RwLock::new(hex_of(key))))
+    }
+
+    pub fn set(&self, key: &weft_keys::PrivateKey) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = hex_of(key);
+        }
+    }
+
+    fn get(&self) -> Zeroizing<String> {
+        self.0
+            .read()
+            .map(|hex| hex.clone())
+            .unwrap_or_else(|_| Zeroizing::new(String::new()))
+    }
+}
+
+fn hex_of(key: &weft_keys::PrivateKey) -> Zeroizing<String> {
+    let mut hex = Zeroizing::new(String::with_capacity(64));
+    for byte in key.to_bytes().iter() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
 /// What the `get` answer is built from: the datapath's live status plus the device's own key.
 #[derive(Clone)]
 pub struct UapiSource {
-    pub private_key_hex: std::sync::Arc<zeroize::Zeroizing<String>>,
+    pub private_key_hex: SharedKeyHex,
     pub fwmark: u32,
     pub status: watch::Receiver<DatapathStatus>,
 }
@@ -45,7 +79,7 @@ fn hex_of_base64(key: &str) -> Option<String> {
 pub fn render_get(source: &UapiSource, now: SystemTime) -> String {
     let status = source.status.borrow().clone();
     let mut out = String::new();
-    let _ = writeln!(out, "private_key={}", source.private_key_hex.as_str());
+    let _ = writeln!(out, "private_key={}", source.private_key_hex.get().as_str());
     let _ = writeln!(out, "listen_port={}", status.listen_port);
     if source.fwmark != 0 {
         let _ = writeln!(out, "fwmark={}", source.fwmark);
@@ -162,7 +196,7 @@ mod tests {
             ..DatapathStatus::default()
         });
         let source = UapiSource {
-            private_key_hex: std::sync::Arc::new(zeroize::Zeroizing::new("00".repeat(32))),
+            private_key_hex: SharedKeyHex::new(&weft_keys::PrivateKey::from_bytes([0; 32])),
             fwmark: 0x5746,
             status,
         };

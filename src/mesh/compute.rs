@@ -104,6 +104,7 @@ pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
             let peer = Peer {
                 name: name.to_string(),
                 public_key: record.public_key,
+                next_public_key: record.next_public_key,
                 endpoint,
                 allowed_ips: normalize(prefixes),
             };

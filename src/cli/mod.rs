@@ -1,5 +1,7 @@
 //! The `weft` command line: argument types and the thin commands behind them.
 
+mod key;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -105,6 +107,30 @@ pub enum KeyCommand {
         #[arg(long, value_name = "DIR", default_value = weft_keys::DEFAULT_KEY_DIR)]
         key_dir: PathBuf,
     },
+    /// Rotate the node's key without dropping traffic (asks the running agent): the next key
+    /// is announced, peers move to it, then it replaces the old one, which is deleted.
+    Rotate {
+        /// The agent's run directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// How long peers get to move to the next key before it becomes the only one anyway
+        /// (peers that have not moved by then re-handshake once they read the record).
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Wait until the rotation completes; exit non-zero if it cannot.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the node's key, the next key while rotating, how many peers have moved to it,
+    /// and the key epoch.
+    Status {
+        /// The agent's run directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +179,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(KeyCommand::Show { key_dir }) => {
             let key = weft_keys::KeyStore::new(&key_dir).load()?;
             println!("{}", key.public_key());
+        }
+        Command::Key(KeyCommand::Rotate {
+            run_dir,
+            grace,
+            wait,
+        }) => key::rotate(&run_dir, grace, wait).await?,
+        Command::Key(KeyCommand::Status { run_dir, output }) => {
+            key::status(&run_dir, output).await?;
         }
         Command::Policy(PolicyCommand::Check {
             from,

@@ -1,0 +1,172 @@
+//! The agent's keys and their rotation. The order of every step is what keeps a crash
+//! harmless: the key directory first (it is what a restart resumes from), then the
+//! datapath (so handshakes to the next key are accepted before anyone learns it), then the
+//! published record.
+
+use std::time::{Duration, SystemTime};
+
+use weft_keys::{KeyError, KeyStore, PrivateKey, PublicKey};
+
+use crate::rotation::{
+    CompletedView, CompletionReason, KeyStatus, Observed, Rotation, RotationView,
+};
+
+/// Shortest and longest grace period a rotation accepts.
+pub const MIN_GRACE: Duration = Duration::from_secs(1);
+pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(crate) struct NodeKeys {
+    store: KeyStore,
+    current: PrivateKey,
+    next: Option<PrivateKey>,
+    epoch: u64,
+    rotation: Option<Rotation>,
+    last: Option<CompletedView>,
+    last_error: Option<String>,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl NodeKeys {
+    /// Loads (or creates) the node key and resumes a rotation the key directory shows pending.
+    pub fn load(store: KeyStore) -> Result<(Self, bool), KeyError> {
+        let (current, created) = store.load_or_generate()?;
+        let state = store.load_rotation(&current)?;
+        let (next, rotation) = match state.pending {
+            Some(pending) => {
+                let rotation = Rotation {
+                    epoch: state.epoch,
+                    next_public_key: pending.next.public_key().to_string(),
+                    started_at: pending.started_at,
+                    grace_secs: pending.grace_secs,
+                };
+                (Some(pending.next), Some(rotation))
+            }
+            None => (None, None),
+        };
+        let keys = Self {
+            store,
+            current,
+            next,
+            epoch: state.epoch,
+            rotation,
+            last: None,
+            last_error: None,
+        };
+        Ok((keys, created))
+    }
+
+    pub fn current(&self) -> &PrivateKey {
+        &self.current
+    }
+
+    pub fn next(&self) -> Option<&PrivateKey> {
+        self.next.as_ref()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.current.public_key()
+    }
+
+    pub fn next_public_key(&self) -> Option<PublicKey> {
+        self.next.as_ref().map(PrivateKey::public_key)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn rotation(&self) -> Option<&Rotation> {
+        self.rotation.as_ref()
+    }
+
+    /// Generates and stores the next key. The caller then hands both keys to the datapath and
+    /// publishes the record.
+    pub fn begin(&mut self, grace: Duration) -> Result<&Rotation, String> {
+        if let Some(rotation) = &self.rotation {
+            return Err(format!(
+                "a key rotation is already in progress (epoch {}); `weft key status` shows its progress",
+                rotation.epoch
+            ));
+        }
+        if !(MIN_GRACE..=MAX_GRACE).contains(&grace) {
+            return Err(format!(
+                "grace period {} is out of range ({} to {})",
+                humantime::format_duration(grace),
+                humantime::format_duration(MIN_GRACE),
+                humantime::format_duration(MAX_GRACE)
+            ));
+        }
+        let now = unix_now();
+        let state = self
+            .store
+            .begin_rotation(now, grace.as_secs())
+            .map_err(|e| self.failed(format!("cannot store the next key: {e}")))?;
+        let Some(pending) = state.pending else {
+            return Err(self.failed("the key store did not return the next key".into()));
+        };
+        self.epoch = state.epoch;
+        let rotation = self.rotation.insert(Rotation {
+            epoch: state.epoch,
+            next_public_key: pending.next.public_key().to_string(),
+            started_at: pending.started_at,
+            grace_secs: pending.grace_secs,
+        });
+        self.next = Some(pending.next);
+        self.last_error = None;
+        Ok(rotation)
+    }
+
+    /// Makes the next key current on disk (the old private key leaves the directory). The
+    /// caller then gives the datapath the new key alone and publishes the record.
+    pub fn complete(
+        &mut self,
+        reason: CompletionReason,
+        unmoved: Vec<String>,
+    ) -> Result<(), String> {
+        let Some(rotation) = self.rotation.clone() else {
+            return Ok(());
+        };
+        let new = self
+            .store
+            .complete_rotation()
+            .map_err(|e| self.failed(format!("cannot make the next key current: {e}")))?;
+        self.current = new;
+        self.next = None;
+        self.rotation = None;
+        self.last_error = None;
+        self.last = Some(CompletedView {
+            epoch: rotation.epoch,
+            completed_at: unix_now(),
+            reason,
+            unmoved_peers: unmoved,
+        });
+        Ok(())
+    }
+
+    /// Records a failure for `weft key status` and returns it.
+    pub fn failed(&mut self, error: String) -> String {
+        tracing::error!(%error, "key rotation");
+        self.last_error = Some(error.clone());
+        error
+    }
+
+    pub fn status(&self, observed: Observed<'_>) -> KeyStatus {
+        KeyStatus {
+            public_key: self.public_key().to_string(),
+            next_public_key: self.next_public_key().map(|k| k.to_string()),
+            key_epoch: self.epoch,
+            rotation: self
+                .rotation
+                .as_ref()
+                .map(|r| RotationView::new(r, observed)),
+            last_rotation: self.last.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+}

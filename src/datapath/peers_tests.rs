@@ -1,0 +1,397 @@
+//! Peer table tests, including key rotations between two in-memory peer tables that exchange
+//! real WireGuard messages (no sockets): every data packet sent at every step must arrive.
+
+use std::collections::VecDeque;
+
+use super::*;
+
+fn secret(seed: u8) -> x25519::StaticSecret {
+    x25519::StaticSecret::from([seed; 32])
+}
+
+fn public(seed: u8) -> PublicKey {
+    PublicKey::from_bytes(x25519::PublicKey::from(&secret(seed)).to_bytes())
+}
+
+fn peer(name: &str, key: u8, ips: &[&str]) -> Peer {
+    Peer {
+        name: name.into(),
+        public_key: public(key),
+        next_public_key: None,
+        endpoint: Some(format!("198.18.0.{key}:51820").parse().unwrap()),
+        allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+    }
+}
+
+fn table() -> PeerTable {
+    PeerTable::new(secret(1), 100)
+}
+
+fn mesh(peers: &[Peer]) -> BTreeMap<String, Peer> {
+    peers.iter().map(|p| (p.name.clone(), p.clone())).collect()
+}
+
+#[test]
+fn lookups_follow_the_mesh() {
+    let mut table = table();
+    let created = table.sync(&mesh(&[
+        peer("n2", 2, &["10.244.2.0/24"]),
+        peer("n3", 3, &["10.244.3.0/24"]),
+    ]));
+    assert_eq!(created.len(), 2, "each new peer gets a session to initiate");
+    let n2 = table
+        .index_for_destination("10.244.2.7".parse().unwrap())
+        .unwrap();
+    let n3 = table
+        .index_for_destination("10.244.3.7".parse().unwrap())
+        .unwrap();
+    assert_ne!(n2, n3);
+    let session = table.slot_mut(n2).unwrap().outbound().unwrap().index;
+    assert_eq!(table.index_for_receiver(session << 8 | 5), Some(n2));
+    assert!(table.source_allowed(n2, "10.244.2.9".parse().unwrap()));
+    assert!(!table.source_allowed(n2, "10.244.3.9".parse().unwrap()));
+    assert_eq!(
+        table.index_for_destination("10.244.4.1".parse().unwrap()),
+        None
+    );
+}
+
+#[test]
+fn changing_one_peer_keeps_the_others_state() {
+    let mut table = table();
+    table.sync(&mesh(&[
+        peer("n2", 2, &["10.244.2.0/24"]),
+        peer("n3", 3, &["10.244.3.0/24"]),
+    ]));
+    let n3 = table
+        .index_for_destination("10.244.3.1".parse().unwrap())
+        .unwrap();
+    table.slot_mut(n3).unwrap().counters.rx_bytes = 77;
+    let n3_session = table.slot_mut(n3).unwrap().outbound().unwrap().index;
+    let n2 = table
+        .index_for_destination("10.244.2.1".parse().unwrap())
+        .unwrap();
+    let n2_old_session = table.slot_mut(n2).unwrap().outbound().unwrap().index;
+
+    // n2 gets a new key, n4 arrives: n3's slot (and its counters/sessions) stays.
+    let created = table.sync(&mesh(&[
+        peer("n2", 12, &["10.244.2.0/24"]),
+        peer("n3", 3, &["10.244.3.0/24", "10.244.33.0/24"]),
+        peer("n4", 4, &["10.244.4.0/24"]),
+    ]));
+    assert_eq!(
+        created.len(),
+        2,
+        "a session for n2's new key and one for n4"
+    );
+    assert_eq!(
+        table.index_for_destination("10.244.33.1".parse().unwrap()),
+        Some(n3)
+    );
+    assert_eq!(table.slot_mut(n3).unwrap().counters.rx_bytes, 77);
+    assert_eq!(
+        table.slot_mut(n3).unwrap().outbound().unwrap().index,
+        n3_session
+    );
+    assert_eq!(
+        table.index_for_receiver(n2_old_session << 8),
+        None,
+        "a new key must not reuse the old key's session"
+    );
+    let n2_slot = table.slot_mut(n2).unwrap();
+    assert_eq!(n2_slot.sessions.len(), 1);
+    assert_eq!(n2_slot.sessions[0].peer_key, public(12));
+    assert_eq!(table.peers().len(), 3);
+
+    table.sync(&mesh(&[peer("n3", 3, &["10.244.3.0/24"])]));
+    assert_eq!(table.peers().len(), 1);
+    assert_eq!(
+        table.index_for_destination("10.244.2.1".parse().unwrap()),
+        None
+    );
+}
+
+/// A node of the in-memory network: its peer table and what it delivered.
+struct Node {
+    table: PeerTable,
+    addr: SocketAddr,
+    /// Inner packets that passed decryption and the allowed-source check.
+    delivered: Vec<Vec<u8>>,
+}
+
+fn node(key: u8) -> Node {
+    Node {
+        table: PeerTable::new(secret(key), 100),
+        addr: format!("198.18.0.{key}:51820").parse().unwrap(),
+        delivered: Vec::new(),
+    }
+}
+
+/// Datagrams in flight: (to node, from address, bytes).
+type Wire = VecDeque<(usize, SocketAddr, Vec<u8>)>;
+
+fn node_at(nodes: &[Node], addr: SocketAddr) -> usize {
+    nodes.iter().position(|n| n.addr == addr).unwrap()
+}
+
+/// What the engine does with a datagram: classify, decapsulate and flush, check the source.
+fn receive(nodes: &mut [Node], to: usize, from: SocketAddr, datagram: &[u8], wire: &mut Wire) {
+    let sender = node_at(nodes, from);
+    let node = &mut nodes[to];
+    let mut out = vec![0u8; 2048];
+    let (peer, session) = match node.table.classify(from, datagram, &mut out) {
+        Incoming::Session { peer, session } => (peer, session),
+        Incoming::Reply(bytes) => {
+            wire.push_back((sender, node.addr, bytes.to_vec()));
+            return;
+        }
+        Incoming::Drop(_) => return,
+    };
+    let mut input = datagram;
+    loop {
+        let slot = node.table.slot_mut(peer).unwrap();
+        let tunnel = slot.session_mut(session).unwrap();
+        match tunnel.tunn.decapsulate(Some(from.ip()), input, &mut out) {
+            TunnResult::WriteToNetwork(bytes) => {
+                wire.push_back((sender, node.addr, bytes.to_vec()))
+            }
+            TunnResult::WriteToTunnelV4(packet, source) => {
+                if node.table.source_allowed(peer, source.into()) {
+                    node.delivered.push(packet.to_vec());
+                }
+                break;
+            }
+            _ => break,
+        }
+        input = &[];
+    }
+    if matches!(datagram.first(), Some(1 | 2)) {
+        node.table.refresh_slot(peer);
+    }
+}
+
+fn pump(nodes: &mut [Node], wire: &mut Wire) {
+    while let Some((to, from, bytes)) = wire.pop_front() {
+        receive(nodes, to, from, &bytes, wire);
+    }
+}
+
+/// Sends handshake initiations for new sessions, as the engine does.
+fn initiate(nodes: &mut [Node], from: usize, sessions: &[u32], wire: &mut Wire) {
+    let mut out = vec![0u8; 2048];
+    for index in sessions {
+        let node = &mut nodes[from];
+        let addr = node.addr;
+        let peer = node.table.index_for_receiver(index << 8).unwrap();
+        let slot = node.table.slot_mut(peer).unwrap();
+        let to = slot.endpoint.unwrap();
+        let session = slot.session_mut(*index).unwrap();
+        if let TunnResult::WriteToNetwork(bytes) =
+            session.tunn.format_handshake_initiation(&mut out, false)
+        {
+            wire.push_back((node_at(nodes, to), addr, bytes.to_vec()));
+        }
+    }
+}
+
+/// A minimal IPv4/UDP packet from `src` to `dst` carrying `seq`.
+fn packet(src: [u8; 4], dst: [u8; 4], seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 32];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&32u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[28..32].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// Sends one data packet from node `from` to the Pod address `dst` and delivers everything
+/// that follows from it; the packet must arrive.
+fn send(nodes: &mut [Node], from: usize, src: [u8; 4], dst: [u8; 4], seq: u32, wire: &mut Wire) {
+    let mut out = vec![0u8; 2048];
+    let node = &mut nodes[from];
+    let addr = node.addr;
+    let peer = node.table.index_for_destination(IpAddr::from(dst)).unwrap();
+    let slot = node.table.slot_mut(peer).unwrap();
+    let to = slot.endpoint.unwrap();
+    let data = packet(src, dst, seq);
+    if let TunnResult::WriteToNetwork(bytes) =
+        slot.outbound().unwrap().tunn.encapsulate(&data, &mut out)
+    {
+        wire.push_back((node_at(nodes, to), addr, bytes.to_vec()));
+    }
+    pump(nodes, wire);
+    let receiver = nodes.iter().position(|n| n.addr != addr).unwrap();
+    assert_eq!(
+        nodes[receiver].delivered.last(),
+        Some(&data),
+        "packet {seq} from node {from} was lost"
+    );
+}
+
+/// Traffic both ways, several packets each: every one must arrive.
+fn traffic(nodes: &mut [Node], seq: &mut u32, wire: &mut Wire) {
+    for _ in 0..3 {
+        *seq += 1;
+        send(nodes, 0, [10, 244, 1, 5], [10, 244, 2, 5], *seq, wire);
+        *seq += 1;
+        send(nodes, 1, [10, 244, 2, 5], [10, 244, 1, 5], *seq, wire);
+    }
+}
+
+fn peer_a(key: u8, next: Option<u8>) -> BTreeMap<String, Peer> {
+    let mut a = peer("a", key, &["10.244.1.0/24"]);
+    a.endpoint = Some("198.18.0.1:51820".parse().unwrap());
+    a.next_public_key = next.map(public);
+    mesh(&[a])
+}
+
+fn peer_b(key: u8, next: Option<u8>) -> BTreeMap<String, Peer> {
+    let mut b = peer("b", key, &["10.244.2.0/24"]);
+    b.endpoint = Some("198.18.0.2:51820".parse().unwrap());
+    b.next_public_key = next.map(public);
+    mesh(&[b])
+}
+
+/// Two connected nodes: a (key 1, Pods 10.244.1.0/24) and b (key 2, Pods 10.244.2.0/24).
+fn connected() -> (Vec<Node>, Wire, u32) {
+    let mut nodes = vec![node(1), node(2)];
+    let mut wire = Wire::new();
+    let created = nodes[0].table.sync(&peer_b(2, None));
+    nodes[1].table.sync(&peer_a(1, None));
+    initiate(&mut nodes, 0, &created, &mut wire);
+    pump(&mut nodes, &mut wire);
+    let mut seq = 0;
+    traffic(&mut nodes, &mut seq, &mut wire);
+    (nodes, wire, seq)
+}
+
+fn outbound_keys(node: &mut Node, peer: &str) -> (x25519::PublicKey, PublicKey) {
+    let id = *node.table.by_name.get(peer).unwrap();
+    let session = node.table.slot_mut(id).unwrap().outbound().unwrap();
+    (session.own, session.peer_key)
+}
+
+#[test]
+fn one_side_rotating_loses_no_packet_at_any_step() {
+    let (mut nodes, mut wire, mut seq) = connected();
+    let a_next = x25519::PublicKey::from(&secret(11));
+
+    // a announces: it accepts both keys and tries to reach b on the next one. b does not know
+    // the next key yet, so that handshake goes nowhere; the old session carries on.
+    let created = nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    assert_eq!(created.len(), 1);
+    initiate(&mut nodes, 0, &created, &mut wire);
+    pump(&mut nodes, &mut wire);
+    traffic(&mut nodes, &mut seq, &mut wire);
+    assert_eq!(
+        nodes[0].table.key_moves().unwrap().pending,
+        vec!["b".to_string()]
+    );
+
+    // b reads a's record with the next key: it handshakes to it at once.
+    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    initiate(&mut nodes, 1, &created, &mut wire);
+    pump(&mut nodes, &mut wire);
+    nodes[0].table.refresh_preferred();
+    nodes[1].table.refresh_preferred();
+    traffic(&mut nodes, &mut seq, &mut wire);
+    let moves = nodes[0].table.key_moves().unwrap();
+    assert_eq!(moves.moved, vec!["b".to_string()]);
+    assert_eq!(outbound_keys(&mut nodes[0], "b").0, a_next);
+    assert_eq!(outbound_keys(&mut nodes[1], "a").1, public(11));
+
+    // a completes: the next key is its only key; then b reads the record without it.
+    nodes[0].table.set_keys(secret(11), None);
+    traffic(&mut nodes, &mut seq, &mut wire);
+    nodes[1].table.sync(&peer_a(11, None));
+    traffic(&mut nodes, &mut seq, &mut wire);
+    assert!(nodes[0].table.key_moves().is_none());
+    for node in &mut nodes {
+        for slot in node.table.slots_mut() {
+            for session in &slot.sessions {
+                assert!(
+                    session.own != x25519::PublicKey::from(&secret(1))
+                        && session.peer_key != public(1),
+                    "a session on a's old key survived"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn both_sides_rotating_at_once_lose_no_packet() {
+    let (mut nodes, mut wire, mut seq) = connected();
+    let created = nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    initiate(&mut nodes, 0, &created, &mut wire);
+    let created = nodes[1].table.set_keys(secret(2), Some(secret(12)));
+    initiate(&mut nodes, 1, &created, &mut wire);
+    pump(&mut nodes, &mut wire);
+    traffic(&mut nodes, &mut seq, &mut wire);
+
+    // Each reads the other's announcement.
+    let created = nodes[0].table.sync(&peer_b(2, Some(12)));
+    initiate(&mut nodes, 0, &created, &mut wire);
+    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    initiate(&mut nodes, 1, &created, &mut wire);
+    pump(&mut nodes, &mut wire);
+    nodes[0].table.refresh_preferred();
+    nodes[1].table.refresh_preferred();
+    traffic(&mut nodes, &mut seq, &mut wire);
+    assert_eq!(
+        nodes[0].table.key_moves().unwrap().moved,
+        vec!["b".to_string()]
+    );
+    assert_eq!(
+        nodes[1].table.key_moves().unwrap().moved,
+        vec!["a".to_string()]
+    );
+
+    // a completes first, b a little later; the records follow.
+    nodes[0].table.set_keys(secret(11), None);
+    traffic(&mut nodes, &mut seq, &mut wire);
+    nodes[1].table.sync(&peer_a(11, None));
+    traffic(&mut nodes, &mut seq, &mut wire);
+    nodes[1].table.set_keys(secret(12), None);
+    traffic(&mut nodes, &mut seq, &mut wire);
+    nodes[0].table.sync(&peer_b(12, None));
+    traffic(&mut nodes, &mut seq, &mut wire);
+    assert_eq!(
+        outbound_keys(&mut nodes[0], "b"),
+        (x25519::PublicKey::from(&secret(11)), public(12))
+    );
+    assert_eq!(
+        outbound_keys(&mut nodes[1], "a"),
+        (x25519::PublicKey::from(&secret(12)), public(11))
+    );
+}
+
+#[test]
+fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
+    let (mut nodes, mut wire, _) = connected();
+    // b thinks a rotates to key 11, but a never announced it: a must refuse the handshake
+    // (its MAC1 is keyed to a key a does not hold).
+    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    let mut out = vec![0u8; 2048];
+    let id = nodes[1].table.index_for_receiver(created[0] << 8).unwrap();
+    let slot = nodes[1].table.slot_mut(id).unwrap();
+    let TunnResult::WriteToNetwork(init) = slot
+        .session_mut(created[0])
+        .unwrap()
+        .tunn
+        .format_handshake_initiation(&mut out, false)
+    else {
+        panic!("no initiation");
+    };
+    let init = init.to_vec();
+    let mut reply = vec![0u8; 2048];
+    let from = nodes[1].addr;
+    assert!(matches!(
+        nodes[0].table.classify(from, &init, &mut reply),
+        Incoming::Drop(DropReason::Malformed)
+    ));
+    wire.clear();
+}

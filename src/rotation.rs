@@ -1,0 +1,331 @@
+//! Key rotation, the pure part: when an announced rotation completes, and the shape
+//! `weft key status` shows. Time comes in as Unix seconds; nothing here does IO.
+//!
+//! A rotation completes when every peer of the current mesh has completed a handshake with
+//! the next key, or when its grace period ends, whichever comes first.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::stats::KeyRotationProgress;
+
+/// An announced rotation that has not completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub epoch: u64,
+    /// The announced next public key (base64).
+    pub next_public_key: String,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub grace_secs: u64,
+}
+
+impl Rotation {
+    pub fn deadline(&self) -> u64 {
+        self.started_at.saturating_add(self.grace_secs)
+    }
+}
+
+/// Why a rotation completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionReason {
+    /// Every peer completed a handshake with the next key.
+    AllPeersMoved,
+    /// The grace period ended first; the unmoved peers re-handshake once they read the record.
+    GraceEnded,
+}
+
+/// What to do with a pending rotation now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Wait,
+    Complete {
+        reason: CompletionReason,
+        unmoved: Vec<String>,
+    },
+}
+
+/// What the agent knows when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// Whether registry and routes have been read since the agent started: before that the
+    /// mesh is not known, and an empty peer list would prove nothing.
+    pub synced: bool,
+    /// The peers of the mesh the datapath holds.
+    pub peers: &'a BTreeSet<String>,
+    /// The datapath's rotation progress (`None` without a datapath).
+    pub progress: Option<&'a KeyRotationProgress>,
+    pub now: u64,
+}
+
+/// The peers of the mesh that have not completed a handshake with the next key.
+fn unmoved(rotation: &Rotation, observed: &Observed<'_>) -> Vec<String> {
+    let moved: BTreeSet<&str> = observed
+        .progress
+        .filter(|p| p.next_public_key == rotation.next_public_key)
+        .map(|p| p.moved.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    observed
+        .peers
+        .iter()
+        .filter(|peer| !moved.contains(peer.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Decides whether `rotation` completes now.
+pub fn decide(rotation: &Rotation, observed: Observed<'_>) -> Decision {
+    let unmoved = unmoved(rotation, &observed);
+    // The datapath's progress must be about this mesh: same peers, this next key.
+    let progress_current = observed.progress.is_some_and(|p| {
+        p.next_public_key == rotation.next_public_key
+            && p.moved
+                .iter()
+                .chain(&p.pending)
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                == *observed.peers
+    });
+    if observed.synced && progress_current && unmoved.is_empty() {
+        return Decision::Complete {
+            reason: CompletionReason::AllPeersMoved,
+            unmoved,
+        };
+    }
+    if observed.now >= rotation.deadline() {
+        return Decision::Complete {
+            reason: CompletionReason::GraceEnded,
+            unmoved,
+        };
+    }
+    Decision::Wait
+}
+
+/// `weft key status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub public_key: String,
+    pub next_public_key: Option<String>,
+    pub key_epoch: u64,
+    pub rotation: Option<RotationView>,
+    pub last_rotation: Option<CompletedView>,
+    /// The last thing that went wrong while rotating (cleared when a rotation completes).
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationView {
+    pub epoch: u64,
+    pub started_at: u64,
+    pub grace_secs: u64,
+    pub peers_moved: usize,
+    pub peers_total: usize,
+    pub pending_peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedView {
+    pub epoch: u64,
+    pub completed_at: u64,
+    pub reason: CompletionReason,
+    pub unmoved_peers: Vec<String>,
+}
+
+impl RotationView {
+    pub fn new(rotation: &Rotation, observed: Observed<'_>) -> Self {
+        let unmoved = unmoved(rotation, &observed);
+        Self {
+            epoch: rotation.epoch,
+            started_at: rotation.started_at,
+            grace_secs: rotation.grace_secs,
+            peers_moved: observed.peers.len() - unmoved.len(),
+            peers_total: observed.peers.len(),
+            pending_peers: unmoved,
+        }
+    }
+}
+
+impl KeyStatus {
+    /// The human form of `weft key status`.
+    pub fn to_table(&self, now: u64) -> String {
+        let mut out = format!(
+            "public key:  {}\nkey epoch:   {}\n",
+            self.public_key, self.key_epoch
+        );
+        match (&self.next_public_key, &self.rotation) {
+            (Some(next), Some(rotation)) => {
+                let left = rotation
+                    .started_at
+                    .saturating_add(rotation.grace_secs)
+                    .saturating_sub(now);
+                out.push_str(&format!(
+                    "next key:    {next}\nrotating:    epoch {}, {}/{} peers moved, grace ends in {left}s\n",
+                    rotation.epoch, rotation.peers_moved, rotation.peers_total
+                ));
+                if !rotation.pending_peers.is_empty() {
+                    out.push_str(&format!(
+                        "waiting for: {}\n",
+                        rotation.pending_peers.join(", ")
+                    ));
+                }
+            }
+            _ => out.push_str("rotating:    no\n"),
+        }
+        if let Some(last) = &self.last_rotation {
+            let reason = match last.reason {
+                CompletionReason::AllPeersMoved => "all peers moved".to_string(),
+                CompletionReason::GraceEnded => format!(
+                    "grace ended; not moved: {}",
+                    if last.unmoved_peers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        last.unmoved_peers.join(", ")
+                    }
+                ),
+            };
+            out.push_str(&format!(
+                "last:        epoch {} completed {}s ago ({reason})\n",
+                last.epoch,
+                now.saturating_sub(last.completed_at)
+            ));
+        }
+        if let Some(error) = &self.last_error {
+            out.push_str(&format!("last error:  {error}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation() -> Rotation {
+        Rotation {
+            epoch: 3,
+            next_public_key: "NEXT".into(),
+            started_at: 1000,
+            grace_secs: 60,
+        }
+    }
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn progress(key: &str, moved: &[&str], pending: &[&str]) -> KeyRotationProgress {
+        KeyRotationProgress {
+            next_public_key: key.into(),
+            moved: moved.iter().map(|s| s.to_string()).collect(),
+            pending: pending.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn observe<'a>(
+        peers: &'a BTreeSet<String>,
+        progress: Option<&'a KeyRotationProgress>,
+        now: u64,
+    ) -> Observed<'a> {
+        Observed {
+            synced: true,
+            peers,
+            progress,
+            now,
+        }
+    }
+
+    #[test]
+    fn completes_when_every_peer_moved() {
+        let peers = names(&["n2", "n3"]);
+        let partly = progress("NEXT", &["n2"], &["n3"]);
+        assert_eq!(
+            decide(&rotation(), observe(&peers, Some(&partly), 1010)),
+            Decision::Wait
+        );
+        let all = progress("NEXT", &["n2", "n3"], &[]);
+        assert_eq!(
+            decide(&rotation(), observe(&peers, Some(&all), 1010)),
+            Decision::Complete {
+                reason: CompletionReason::AllPeersMoved,
+                unmoved: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn the_grace_period_ends_it_and_names_the_peers_left_behind() {
+        let peers = names(&["n2", "n3"]);
+        let partly = progress("NEXT", &["n2"], &["n3"]);
+        assert_eq!(
+            decide(&rotation(), observe(&peers, Some(&partly), 1060)),
+            Decision::Complete {
+                reason: CompletionReason::GraceEnded,
+                unmoved: vec!["n3".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn progress_about_another_key_or_another_mesh_proves_nothing() {
+        let peers = names(&["n2", "n3"]);
+        let stale_key = progress("OLD", &["n2", "n3"], &[]);
+        assert_eq!(
+            decide(&rotation(), observe(&peers, Some(&stale_key), 1001)),
+            Decision::Wait
+        );
+        // The datapath has not applied the mesh yet (it knows no peers).
+        let empty = progress("NEXT", &[], &[]);
+        assert_eq!(
+            decide(&rotation(), observe(&peers, Some(&empty), 1001)),
+            Decision::Wait
+        );
+    }
+
+    #[test]
+    fn nothing_completes_early_before_the_agent_has_synced() {
+        let none = BTreeSet::new();
+        let empty = progress("NEXT", &[], &[]);
+        let mut observed = observe(&none, Some(&empty), 1001);
+        observed.synced = false;
+        assert_eq!(decide(&rotation(), observed), Decision::Wait);
+        observed.synced = true;
+        // A node with no peers at all has nobody to wait for.
+        assert!(matches!(
+            decide(&rotation(), observed),
+            Decision::Complete {
+                reason: CompletionReason::AllPeersMoved,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn without_a_datapath_only_the_grace_period_completes() {
+        let peers = names(&["n2"]);
+        assert_eq!(
+            decide(&rotation(), observe(&peers, None, 1059)),
+            Decision::Wait
+        );
+        assert!(matches!(
+            decide(&rotation(), observe(&peers, None, 1060)),
+            Decision::Complete {
+                reason: CompletionReason::GraceEnded,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_view_counts_moved_peers() {
+        let peers = names(&["n2", "n3", "n4"]);
+        let partly = progress("NEXT", &["n2"], &["n3", "n4"]);
+        let view = RotationView::new(&rotation(), observe(&peers, Some(&partly), 1010));
+        assert_eq!((view.peers_moved, view.peers_total), (1, 3));
+        assert_eq!(view.pending_peers, vec!["n3".to_string(), "n4".to_string()]);
+    }
+}
