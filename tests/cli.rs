@@ -165,3 +165,62 @@ fn lab_refuses_bad_input_with_clear_messages() {
         stderr(&bad_count)
     );
 }
+
+#[test]
+fn key_rotate_without_an_agent_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().to_str().unwrap();
+    for extra in [&[][..], &["--wait"][..]] {
+        let mut args = vec!["key", "rotate", "--run-dir", run_dir];
+        args.extend_from_slice(extra);
+        let out = weft(&args);
+        assert!(!out.status.success(), "{args:?} succeeded without an agent");
+        assert!(
+            stderr(&out).contains("no weft agent is running"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).trim().is_empty(), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn key_rotate_rejects_a_bad_grace_naming_the_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().to_str().unwrap();
+    let out = weft(&["key", "rotate", "--run-dir", run_dir, "--grace", "nonsense"]);
+    assert!(!out.status.success(), "--grace nonsense was accepted");
+    let message = stderr(&out);
+    assert!(message.contains("--grace"), "{message}");
+    assert!(message.contains("nonsense"), "{message}");
+    // Rejected by the argument parser (usage error, exit 2) before any agent is asked.
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(!message.contains("no weft agent"), "{message}");
+    // A well-formed duration gets past the parser to the (missing) agent.
+    let out = weft(&["key", "rotate", "--run-dir", run_dir, "--grace", "2m"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no weft agent is running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn key_status_without_an_agent_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().to_str().unwrap();
+    for output in ["table", "json"] {
+        let out = weft(&["key", "status", "--run-dir", run_dir, "--output", output]);
+        assert!(
+            !out.status.success(),
+            "key status --output {output} succeeded"
+        );
+        assert!(
+            stderr(&out).contains("no weft agent is running"),
+            "--output {output}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).trim().is_empty(), "{}", stdout(&out));
+    }
+}

@@ -369,3 +369,406 @@ impl Drop for Servers {
         }
     }
 }
+
+// Key rotation: `weft key` against a lab node, the registry files, `wg show`, and traffic that
+// runs in the background while a test acts (a fast ping and a steady TCP stream).
+
+/// `weft key status --output json` of the agent with run directory `run_dir` in `ns`, or
+/// `None` if it does not answer.
+pub fn weft_key_status(ns: &str, run_dir: &str) -> Option<Value> {
+    let output = weft_in(
+        ns,
+        &["key", "status", "--run-dir", run_dir, "--output", "json"],
+    );
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )
+}
+
+impl Lab {
+    /// Node `k`'s key directory (the `--key-dir` the lab passes).
+    pub fn key_dir(&self, k: usize) -> PathBuf {
+        PathBuf::from(format!("/run/{}/n{k}/keys", self.name))
+    }
+
+    /// Node `k`'s TUN and WireGuard API name (`wg show <interface>`).
+    pub fn interface(&self, k: usize) -> String {
+        format!("{}n{k}", self.name)
+    }
+
+    /// `weft key status --output json` against node `k`'s agent.
+    pub fn key_status(&self, k: usize) -> Option<Value> {
+        weft_key_status(&self.node_ns(k), &self.run_dir(k))
+    }
+
+    /// `weft key rotate --run-dir <node k's> EXTRA...`, run to completion.
+    pub fn key_rotate(&self, k: usize, extra: &[&str]) -> Output {
+        let run_dir = self.run_dir(k);
+        let mut args = vec!["key", "rotate", "--run-dir", &run_dir];
+        args.extend_from_slice(extra);
+        weft_in(&self.node_ns(k), &args)
+    }
+
+    /// Like `key_rotate`, started in the background (for rotations that run concurrently).
+    pub fn spawn_key_rotate(&self, k: usize, extra: &[&str]) -> std::process::Child {
+        let ns = self.node_ns(k);
+        let run_dir = self.run_dir(k);
+        Command::new("ip")
+            .args(["netns", "exec", &ns, weft_bin(), "key", "rotate"])
+            .args(["--run-dir", &run_dir])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The `record` of node `k`'s file in the registry directory, as the file holds it now.
+    pub fn registry_record(&self, k: usize) -> Option<Value> {
+        let text = std::fs::read_to_string(self.registry_dir().join(format!("n{k}.json"))).ok()?;
+        let file: Value = serde_json::from_str(&text).ok()?;
+        Some(file["record"].clone())
+    }
+
+    /// `wg show <node k's interface> FIELD` inside node `k`, as lines.
+    pub fn wg_show(&self, k: usize, field: &str) -> Vec<String> {
+        let out = run_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.node_ns(k),
+                "wg",
+                "show",
+                &self.interface(k),
+                field,
+            ],
+        );
+        out.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The public key node `j` holds for its peer `name` (from `weft status`), if it has one.
+    pub fn peer_key(&self, j: usize, name: &str) -> Option<String> {
+        let status = self.status(j)?;
+        status["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?["publicKey"]
+            .as_str()
+            .map(String::from)
+    }
+
+    /// Pod `p` (1-based) of node `k`: (netns, IP).
+    pub fn pod(&self, k: usize, p: usize) -> (String, String) {
+        self.pods(k)[p - 1].clone()
+    }
+
+    /// The pid in node `k`'s agent pid file.
+    pub fn agent_pid(&self, k: usize) -> String {
+        std::fs::read_to_string(format!("{}/agent.pid", self.run_dir(k)))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+/// Files under `dir` (recursively) whose bytes contain `secret_b64`, its decoded bytes or their
+/// hex form.
+pub fn files_containing_secret(dir: &std::path::Path, secret_b64: &str) -> Vec<PathBuf> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(secret_b64)
+        .unwrap_or_else(|e| panic!("not a base64 key: {e}"));
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let needles: [&[u8]; 3] = [secret_b64.as_bytes(), &raw, hex.as_bytes()];
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && needles
+                .iter()
+                .any(|n| bytes.windows(n.len()).any(|w| w == *n))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// `(transmitted, received)` from ping's summary line
+/// ("N packets transmitted, M received, ...").
+pub fn ping_counts(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut parts = line.split(',');
+    let transmitted = parts.next()?.split_whitespace().next()?.parse().ok()?;
+    let received = parts.next()?.split_whitespace().next()?.parse().ok()?;
+    Some((transmitted, received))
+}
+
+/// The sequence numbers in 1..=`transmitted` that ping printed no reply for.
+pub fn ping_missing_replies(text: &str, transmitted: u64) -> Vec<u64> {
+    let replied: BTreeSet<u64> = text
+        .lines()
+        .filter(|l| l.contains(" bytes from "))
+        .filter_map(|l| {
+            let seq = l.split("icmp_seq=").nth(1)?;
+            seq.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    (1..=transmitted).filter(|s| !replied.contains(s)).collect()
+}
+
+/// What a finished background ping saw.
+#[derive(Debug)]
+pub struct PingReport {
+    pub transmitted: u64,
+    pub received: u64,
+    /// Sequence numbers without a reply.
+    pub missing: Vec<u64>,
+    pub output: String,
+}
+
+impl PingReport {
+    pub fn lossless(&self) -> bool {
+        self.transmitted > 0 && self.transmitted == self.received
+    }
+
+    /// Echo requests per second over the whole run, from ping's summary ("time 9996ms").
+    pub fn rate_per_second(&self) -> f64 {
+        let millis: Option<f64> = self
+            .output
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| l.split("time ").nth(1))
+            .and_then(|t| t.trim().trim_end_matches("ms").parse().ok());
+        match millis {
+            Some(ms) if ms > 0.0 => self.transmitted.saturating_sub(1) as f64 * 1000.0 / ms,
+            _ => 0.0,
+        }
+    }
+
+    /// The summary and the first missing replies, for assertion messages.
+    pub fn summary(&self) -> String {
+        let tail: Vec<&str> = self.output.lines().rev().take(3).collect();
+        let shown: Vec<u64> = self.missing.iter().copied().take(40).collect();
+        format!(
+            "{} transmitted, {} received; no reply for icmp_seq {:?}{}\n{}",
+            self.transmitted,
+            self.received,
+            shown,
+            if self.missing.len() > shown.len() {
+                " ..."
+            } else {
+                ""
+            },
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+/// `ping -c COUNT -i INTERVAL` from netns `from` to `to`, running in the background (output to
+/// a file, so a long run never blocks on a pipe); killed on drop.
+pub struct BackgroundPing {
+    child: Option<std::process::Child>,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BackgroundPing {
+    /// Starts the ping (as root, so intervals below 0.2 s are allowed).
+    pub fn start(from: &str, to: &str, count: u32, interval: &str) -> BackgroundPing {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ping.txt");
+        let out = std::fs::File::create(&file).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", from, "ping", "-n", "-i", interval])
+            .args(["-c", &count.to_string(), "-W", "2", to])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        BackgroundPing {
+            child: Some(child),
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Whether ping is still sending (it has not exited yet).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for ping to finish its count and returns what it saw.
+    pub fn finish(mut self) -> PingReport {
+        if let Some(mut child) = self.child.take() {
+            child.wait().unwrap();
+        }
+        let output = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let (transmitted, received) =
+            ping_counts(&output).unwrap_or_else(|| panic!("ping printed no summary:\n{output}"));
+        let missing = ping_missing_replies(&output, transmitted);
+        PingReport {
+            transmitted,
+            received,
+            missing,
+            output,
+        }
+    }
+}
+
+impl Drop for BackgroundPing {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a finished stream saw (`tests/support/stream.py`).
+#[derive(Debug)]
+pub struct StreamReport {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// The longest time between two successive reads with data at the server.
+    pub max_gap: Duration,
+    /// How long the client sent.
+    pub sent_for: Duration,
+    pub server: Value,
+    pub client: Value,
+}
+
+/// A TCP stream from a client Pod to a server Pod (`tests/support/stream.py`): a small chunk
+/// every 10 ms until `finish`; both ends killed on drop.
+pub struct Stream {
+    server: Option<std::process::Child>,
+    client: Option<std::process::Child>,
+    client_out: Option<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Stream {
+    /// Starts the server on `server_ip:port` in netns `server_ns` and the client in netns
+    /// `client_ns`; returns once the client is connected. The client stops by itself after
+    /// `max_secs` at the latest.
+    pub fn start(
+        server_ns: &str,
+        server_ip: &str,
+        port: u16,
+        client_ns: &str,
+        max_secs: u32,
+    ) -> Stream {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let script = repo().join("tests/support/stream.py");
+        let script = script.to_str().unwrap();
+        let port = port.to_string();
+        let server = Command::new("ip")
+            .args(["netns", "exec", server_ns, "python3", script, "server"])
+            .args([server_ip, &port])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stream = Stream {
+            server: Some(server),
+            client: None,
+            client_out: None,
+        };
+        let mut client = Command::new("ip")
+            .args(["netns", "exec", client_ns, "python3", script, "client"])
+            .args([server_ip, &port, &max_secs.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+        stream.client = Some(client);
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if line.trim() != "connected" {
+            let client = stream.client.take().unwrap().wait_with_output().unwrap();
+            panic!(
+                "the stream client did not connect to {server_ip}:{port}: {line}\n{}",
+                String::from_utf8_lossy(&client.stderr)
+            );
+        }
+        stream.client_out = Some(out);
+        stream
+    }
+
+    /// Stops the client, waits for both ends and returns what they saw.
+    pub fn finish(mut self) -> StreamReport {
+        use std::io::Read as _;
+        let mut client = self.client.take().unwrap();
+        // Closing the client's stdin stops it.
+        drop(client.stdin.take());
+        let mut client_text = String::new();
+        self.client_out
+            .take()
+            .unwrap()
+            .read_to_string(&mut client_text)
+            .unwrap();
+        let client_output = client.wait_with_output().unwrap();
+        let server_output = self.server.take().unwrap().wait_with_output().unwrap();
+        assert!(
+            client_output.status.success(),
+            "the stream client failed: {client_text}\n{}",
+            String::from_utf8_lossy(&client_output.stderr)
+        );
+        assert!(
+            server_output.status.success(),
+            "the stream server failed: {}",
+            output_text(&server_output)
+        );
+        let client: Value = serde_json::from_str(client_text.trim())
+            .unwrap_or_else(|e| panic!("stream client printed {client_text:?}: {e}"));
+        let server: Value = serde_json::from_slice(&server_output.stdout).unwrap_or_else(|e| {
+            panic!("stream server printed {}: {e}", output_text(&server_output))
+        });
+        StreamReport {
+            bytes_sent: client["bytes"].as_u64().unwrap(),
+            bytes_received: server["bytes"].as_u64().unwrap(),
+            max_gap: Duration::from_secs_f64(server["maxGapSecs"].as_f64().unwrap()),
+            sent_for: Duration::from_secs_f64(client["secs"].as_f64().unwrap()),
+            server,
+            client,
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        for mut child in [self.client.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
