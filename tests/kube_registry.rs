@@ -497,6 +497,75 @@ fn network_policy_comes_from_the_api() {
     });
 }
 
+#[test]
+fn a_key_rotation_goes_through_the_annotation_and_leaves_other_annotations_alone() {
+    let mut n1 = Node1::new("wk-rotate");
+    cluster(&mut n1);
+    n1.start_agent();
+    n1.wait_for_peers("n2 from the API", &[("n2", &public_key(2))]);
+    let annotation = |n1: &Node1| -> Option<Value> {
+        let node = n1.api().object("Node", "n1")?;
+        serde_json::from_str(node["metadata"]["annotations"]["weft.dev/node"].as_str()?).ok()
+    };
+    let old = own_public_key(&n1);
+
+    // Without a datapath nobody can be seen moving: the grace period completes it.
+    let rotate = Command::new(weft_bin())
+        .args(["key", "rotate", "--grace", "3s", "--run-dir", &n1.run_dir()])
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{rotate:?}");
+    let announced = wait_for(Duration::from_secs(10), "nextPublicKey", || {
+        let record = annotation(&n1)?;
+        Some((record["nextPublicKey"].as_str()?.to_string(), record))
+    });
+    assert_eq!(announced.1["publicKey"].as_str(), Some(old.as_str()));
+    assert_eq!(announced.1["keyEpoch"], 1);
+    let completed = wait_for(Duration::from_secs(20), "the rotated key", || {
+        let record = annotation(&n1)?;
+        (record["publicKey"].as_str()? == announced.0).then_some(record)
+    });
+    assert!(completed.get("nextPublicKey").is_none(), "{completed}");
+    assert_eq!(completed["keyEpoch"], 1);
+    assert_eq!(own_public_key(&n1), announced.0);
+    let node = n1.api().object("Node", "n1").unwrap();
+    let annotations = node["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(annotations.len(), 3, "{annotations:?}");
+    assert_eq!(annotations["keep.example/me"], "yes");
+    let (_, metrics) = n1.get("/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "weft_key_epoch 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "weft_key_rotation_in_progress 0"),
+        "{metrics}"
+    );
+
+    // A peer announcing its own next key shows up with it.
+    let rotating = json!({"v": 1, "publicKey": public_key(2), "nextPublicKey": public_key(12),
+        "blocks": ["10.244.2.0/24"], "keyEpoch": 3});
+    n1.api().upsert(
+        "Node",
+        node_with("n2", "198.18.0.2", "10.244.2.0/24", &rotating.to_string()),
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "n2's next key in the status",
+        || {
+            let status = n1.status()?;
+            let peer = status["peers"].as_array()?.first()?.clone();
+            (peer["nextPublicKey"].as_str()? == public_key(12)).then_some(())
+        },
+    );
+}
+
+fn node_with(name: &str, ip: &str, pod_cidr: &str, record: &str) -> Value {
+    node(name, ip, pod_cidr, json!({"weft.dev/node": record}))
+}
+
 fn node_lists(api: &ApiServer) -> usize {
     api.requests()
         .iter()

@@ -460,7 +460,9 @@ async fn serve_node(
         if let Ok(mut slot) = shared.status.write() {
             *slot = Some(status);
         }
-        if synced.registry && !snapshot.holds(&own) {
+        // After our own record changed (a key rotation step) the snapshot predates the
+        // publish; the registry's next change event checks it again.
+        if debounce && synced.registry && !snapshot.holds(&own) {
             tracing::warn!(node = %own.name, "own record missing or changed in the registry; publishing it again");
             if let Err(error) = registry.publish(&own).await {
                 tracing::error!(%error, "re-publishing own record failed");

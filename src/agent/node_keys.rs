@@ -170,3 +170,83 @@ impl NodeKeys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys() -> (tempfile::TempDir, NodeKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, created) = NodeKeys::load(KeyStore::new(dir.path().join("keys"))).unwrap();
+        assert!(created);
+        (dir, keys)
+    }
+
+    fn observed(peers: &BTreeSet<String>) -> Observed<'_> {
+        Observed {
+            synced: true,
+            peers,
+            progress: None,
+            now: unix_now(),
+        }
+    }
+
+    #[test]
+    fn a_rotation_announces_then_replaces_the_key() {
+        let (dir, mut keys) = keys();
+        let old = keys.public_key();
+        let rotation = keys.begin(Duration::from_secs(60)).unwrap().clone();
+        assert_eq!(rotation.epoch, 1);
+        let next = keys.next_public_key().unwrap();
+        assert_eq!(rotation.next_public_key, next.to_string());
+        assert_eq!(keys.public_key(), old);
+
+        let peers: BTreeSet<String> = ["n2".to_string()].into();
+        let status = keys.status(observed(&peers));
+        assert_eq!(status.next_public_key, Some(next.to_string()));
+        assert_eq!(status.rotation.as_ref().unwrap().pending_peers, vec!["n2"]);
+
+        // A restart in between resumes the same rotation from disk.
+        let (resumed, created) = NodeKeys::load(KeyStore::new(dir.path().join("keys"))).unwrap();
+        assert!(!created);
+        assert_eq!(resumed.rotation(), Some(&rotation));
+        assert_eq!(resumed.next_public_key(), Some(next));
+
+        keys.complete(CompletionReason::GraceEnded, vec!["n2".into()])
+            .unwrap();
+        assert_eq!(keys.public_key(), next);
+        assert!(keys.next().is_none() && keys.rotation().is_none());
+        let status = keys.status(observed(&peers));
+        let last = status.last_rotation.unwrap();
+        assert_eq!((last.epoch, last.reason), (1, CompletionReason::GraceEnded));
+        assert_eq!(last.unmoved_peers, vec!["n2"]);
+        assert_eq!(status.key_epoch, 1);
+    }
+
+    #[test]
+    fn a_second_rotation_or_a_bad_grace_is_refused_with_the_reason() {
+        let (_dir, mut keys) = keys();
+        let error = keys.begin(Duration::from_millis(10)).unwrap_err();
+        assert!(error.contains("out of range"), "{error}");
+        let error = keys.begin(MAX_GRACE + Duration::from_secs(1)).unwrap_err();
+        assert!(error.contains("out of range"), "{error}");
+        assert!(keys.rotation().is_none());
+        keys.begin(Duration::from_secs(60)).unwrap();
+        let error = keys.begin(Duration::from_secs(60)).unwrap_err();
+        assert!(error.contains("already in progress"), "{error}");
+    }
+
+    #[test]
+    fn a_key_directory_that_cannot_take_the_state_fails_the_rotation_and_says_so() {
+        let (dir, mut keys) = keys();
+        // Something that is not weft's state file where rotation.json belongs.
+        std::fs::create_dir(dir.path().join("keys/rotation.json")).unwrap();
+        let error = keys.begin(Duration::from_secs(60)).unwrap_err();
+        assert!(error.contains("cannot store the next key"), "{error}");
+        assert!(error.contains("rotation.json"), "{error}");
+        assert!(keys.rotation().is_none() && keys.next().is_none());
+        let peers = BTreeSet::new();
+        assert_eq!(keys.status(observed(&peers)).last_error, Some(error));
+    }
+}

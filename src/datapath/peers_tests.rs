@@ -395,3 +395,52 @@ fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
     ));
     wire.clear();
 }
+
+#[test]
+fn after_a_rotation_the_old_key_is_refused_both_ways() {
+    let (mut nodes, mut wire, mut seq) = connected();
+    let created = nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    initiate(&mut nodes, 0, &created, &mut wire);
+    nodes[1].table.sync(&peer_a(1, Some(11)));
+    pump(&mut nodes, &mut wire);
+    nodes[0].table.set_keys(secret(11), None);
+    nodes[1].table.sync(&peer_a(11, None));
+    traffic(&mut nodes, &mut seq, &mut wire);
+
+    // Someone holding a's old key initiates to b as a: b knows no peer with that key.
+    let mut thief = PeerTable::new(secret(1), 100);
+    let created = thief.sync(&peer_b(2, None));
+    let mut out = vec![0u8; 2048];
+    let id = thief.index_for_receiver(created[0] << 8).unwrap();
+    let session = thief.slot_mut(id).unwrap().session_mut(created[0]).unwrap();
+    let TunnResult::WriteToNetwork(init) =
+        session.tunn.format_handshake_initiation(&mut out, false)
+    else {
+        panic!("no initiation");
+    };
+    let init = init.to_vec();
+    let mut reply = vec![0u8; 2048];
+    let from = nodes[0].addr;
+    assert!(matches!(
+        nodes[1].table.classify(from, &init, &mut reply),
+        Incoming::Drop(DropReason::UnknownPeer)
+    ));
+
+    // And b, still configured with a's old key somewhere, cannot reach a on it: a handshake
+    // addressed to the old key fails a's MAC1 check.
+    let mut stale = PeerTable::new(secret(2), 100);
+    let created = stale.sync(&peer_a(1, None));
+    let id = stale.index_for_receiver(created[0] << 8).unwrap();
+    let session = stale.slot_mut(id).unwrap().session_mut(created[0]).unwrap();
+    let TunnResult::WriteToNetwork(init) =
+        session.tunn.format_handshake_initiation(&mut out, false)
+    else {
+        panic!("no initiation");
+    };
+    let init = init.to_vec();
+    let from = nodes[1].addr;
+    assert!(matches!(
+        nodes[0].table.classify(from, &init, &mut reply),
+        Incoming::Drop(DropReason::Malformed)
+    ));
+}
