@@ -148,8 +148,13 @@ impl KeyStore {
         let path = self.next_key_path();
         let mut text = Zeroizing::new(next.to_base64().as_str().to_owned());
         text.push('\n');
-        atomic::write_atomic(&path, text.as_bytes(), 0o600)
-            .map_err(|source| KeyError::Io { path, source })?;
+        if let Err(source) = atomic::write_atomic(&path, text.as_bytes(), 0o600) {
+            // Withdraw the pending entry (the raised epoch stays: epochs never go down), so a
+            // later rotation is not refused for one that never started.
+            state.pending = None;
+            let _ = self.write_state(&state);
+            return Err(KeyError::Io { path, source });
+        }
         Ok(RotationState {
             epoch: state.epoch,
             pending: Some(PendingRotation {
@@ -165,8 +170,25 @@ impl KeyStore {
     pub fn complete_rotation(&self) -> Result<PrivateKey, KeyError> {
         let mut state = self.read_state()?;
         let next_path = self.next_key_path();
-        let next = self.load_file(&next_path)?;
-        let announced = state.pending.as_ref().map(|p| p.next_public_key.as_str());
+        let announced = state.pending.as_ref().map(|p| p.next_public_key.clone());
+        let next = match self.load_file(&next_path) {
+            Ok(key) => key,
+            Err(KeyError::NotFound { .. }) => {
+                // An earlier attempt renamed it and failed after: finish that one.
+                let current = self.load()?;
+                if announced != Some(current.public_key().to_string()) {
+                    return Err(KeyError::RotationState {
+                        path: next_path,
+                        reason: "next.key is missing and private.key is not the announced key",
+                    });
+                }
+                state.pending = None;
+                self.write_state(&state)?;
+                return Ok(current);
+            }
+            Err(error) => return Err(error),
+        };
+        let announced = announced.as_deref();
         if announced != Some(next.public_key().to_string().as_str()) {
             return Err(KeyError::RotationState {
                 path: next_path,
@@ -376,5 +398,37 @@ mod tests {
         ));
         assert!(store.complete_rotation().is_err());
         assert_eq!(store.load().unwrap().public_key(), current.public_key());
+    }
+
+    #[test]
+    fn completing_again_after_a_failure_past_the_rename_finishes_the_rotation() {
+        let (_dir, store, _old) = store();
+        let next = store.begin_rotation(1, 1).unwrap().pending.unwrap().next;
+        // The rename happened, the state write did not (say the disk filled up).
+        std::fs::rename(store.next_key_path(), store.private_key_path()).unwrap();
+        let current = store.complete_rotation().unwrap();
+        assert_eq!(current.public_key(), next.public_key());
+        assert_eq!(store.announced_next_key().unwrap(), None);
+        assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn a_failed_next_key_write_withdraws_the_rotation() {
+        let (_dir, store, current) = store();
+        // A directory where the temp file for next.key goes makes that write fail (after
+        // rotation.json was written), even for root.
+        let blocker = store
+            .dir()
+            .join(format!(".next.key.{}.tmp", std::process::id()));
+        std::fs::create_dir(&blocker).unwrap();
+        let error = store.begin_rotation(1, 1).unwrap_err();
+        assert!(error.to_string().contains("next.key"), "{error}");
+        assert_eq!(store.announced_next_key().unwrap(), None);
+        assert!(!store.next_key_path().exists());
+        std::fs::remove_dir(&blocker).unwrap();
+        let state = store.load_rotation(&current).unwrap();
+        assert!(state.pending.is_none());
+        // Not refused as "already in progress", and the epoch never goes down.
+        assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
     }
 }

@@ -6,6 +6,7 @@ mod backend;
 pub mod config;
 pub mod health;
 mod node_keys;
+mod rotation_driver;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,7 +21,7 @@ use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::policy::PolicySet;
 use crate::record::{NodeRecord, RecordError};
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
-use crate::rotation::{Decision, KeyStatus, Observed};
+use crate::rotation::KeyStatus;
 use crate::route_source::{RouteSourceConfig, watch_routes};
 use crate::routes::LearnedRoute;
 use crate::status::{RejectionView, Status, Synced};
@@ -28,6 +29,7 @@ use admin::{AdminError, AdminHandler, AdminRequest};
 use backend::Backend;
 use config::AgentConfig;
 use node_keys::NodeKeys;
+use rotation_driver::{RotationDriver, RotationEnv};
 
 /// How often a pending key rotation is checked for completion.
 const ROTATION_TICK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -257,7 +259,7 @@ async fn serve_node(
         () = &mut shutdown => return Ok(()),
         connected = Backend::connect(&mut config) => connected?,
     };
-    let (mut keys, created) = NodeKeys::load(weft_keys::KeyStore::new(&config.key_dir))?;
+    let (keys, created) = NodeKeys::load(weft_keys::KeyStore::new(&config.key_dir))?;
     let public_key = keys.public_key();
     tracing::info!(%public_key, created, key_dir = %config.key_dir.display(), "node key ready");
     if let Some(rotation) = keys.rotation() {
@@ -361,7 +363,16 @@ async fn serve_node(
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
     let mut fully_synced = false;
-    publish_key_status(&shared, &keys, fully_synced, &current, datapath.as_ref());
+    let mut rotation = RotationDriver::new(keys);
+    let env = RotationEnv {
+        config: &config,
+        registry: &registry,
+        datapath: datapath.as_ref(),
+        shared: &shared,
+        fully_synced,
+        mesh: &current,
+    };
+    rotation.publish_status(&env);
     loop {
         // Inputs changed: debounce; the own record changed: recompute at once.
         let debounce = tokio::select! {
@@ -369,30 +380,15 @@ async fn serve_node(
             changed = nodes.changed() => if changed.is_err() { break } else { true },
             changed = routes.changed() => if changed.is_err() { break } else { true },
             Some(request) = rotate_rx.recv() => {
-                let result = match keys.begin(request.grace) {
-                    Ok(rotation) => {
-                        tracing::info!(epoch = rotation.epoch, next_public_key = %rotation.next_public_key, grace_secs = rotation.grace_secs, "key rotation announced");
-                        apply_keys(&keys, &config, &mut own, &registry, datapath.as_ref()).await
-                    }
-                    Err(error) => Err(error),
-                };
-                publish_key_status(&shared, &keys, fully_synced, &current, datapath.as_ref());
-                let failed = result.is_err();
-                let _ = request.reply.send(result.map(|()| key_status(&keys, fully_synced, &current, datapath.as_ref())));
-                if failed {
+                let env = RotationEnv { config: &config, registry: &registry, datapath: datapath.as_ref(), shared: &shared, fully_synced, mesh: &current };
+                if !rotation.start(request, &env, &mut own).await {
                     continue;
                 }
                 false
             }
             _ = rotation_tick.tick() => {
-                let completed = complete_rotation_if_due(&mut keys, fully_synced, &current, datapath.as_ref());
-                if completed
-                    && let Err(error) = apply_keys(&keys, &config, &mut own, &registry, datapath.as_ref()).await
-                {
-                    keys.failed(error);
-                }
-                publish_key_status(&shared, &keys, fully_synced, &current, datapath.as_ref());
-                if !completed {
+                let env = RotationEnv { config: &config, registry: &registry, datapath: datapath.as_ref(), shared: &shared, fully_synced, mesh: &current };
+                if !rotation.tick(&env, &mut own).await {
                     continue;
                 }
                 false
@@ -484,100 +480,6 @@ async fn serve_node(
         datapath.shutdown().await;
     }
     failure.map_or(Ok(()), Err)
-}
-
-/// Hands the keys to the datapath, then publishes the record that announces them (in that
-/// order: a peer that learns a key finds it accepted already).
-async fn apply_keys(
-    keys: &NodeKeys,
-    config: &AgentConfig,
-    own: &mut OwnNode,
-    registry: &Backend,
-    datapath: Option<&Datapath>,
-) -> Result<(), String> {
-    if let Some(datapath) = datapath {
-        datapath
-            .set_keys(keys.current(), keys.next())
-            .await
-            .map_err(|e| format!("the datapath did not take the keys: {e}"))?;
-    }
-    own.record = own_record(
-        config,
-        keys.public_key(),
-        keys.next_public_key(),
-        keys.epoch(),
-    )
-    .map_err(|e| format!("the own record is invalid: {e}"))?;
-    if let Err(error) = registry.publish(own).await {
-        // The registry watch re-publishes the own record once the registry is back.
-        tracing::warn!(%error, "publishing the own record failed; will retry");
-    }
-    Ok(())
-}
-
-/// What decides a rotation: the mesh the datapath holds and its handshake progress.
-fn observe<'a>(
-    fully_synced: bool,
-    peers: &'a std::collections::BTreeSet<String>,
-    progress: Option<&'a crate::datapath::stats::KeyRotationProgress>,
-) -> Observed<'a> {
-    Observed {
-        synced: fully_synced,
-        peers,
-        progress,
-        now: node_keys::unix_now(),
-    }
-}
-
-fn rotation_progress(
-    datapath: Option<&Datapath>,
-) -> Option<crate::datapath::stats::KeyRotationProgress> {
-    datapath.and_then(|d| d.status_receiver().borrow().key_rotation.clone())
-}
-
-/// Completes the pending rotation on disk if every peer moved or the grace period ended.
-fn complete_rotation_if_due(
-    keys: &mut NodeKeys,
-    fully_synced: bool,
-    mesh: &BTreeMap<String, Peer>,
-    datapath: Option<&Datapath>,
-) -> bool {
-    let Some(rotation) = keys.rotation().cloned() else {
-        return false;
-    };
-    let peers = mesh.keys().cloned().collect();
-    let progress = rotation_progress(datapath);
-    let decision =
-        crate::rotation::decide(&rotation, observe(fully_synced, &peers, progress.as_ref()));
-    let Decision::Complete { reason, unmoved } = decision else {
-        return false;
-    };
-    tracing::info!(epoch = rotation.epoch, ?reason, unmoved = ?unmoved, "key rotation completing");
-    keys.complete(reason, unmoved).is_ok()
-}
-
-fn key_status(
-    keys: &NodeKeys,
-    fully_synced: bool,
-    mesh: &BTreeMap<String, Peer>,
-    datapath: Option<&Datapath>,
-) -> KeyStatus {
-    let peers = mesh.keys().cloned().collect();
-    let progress = rotation_progress(datapath);
-    keys.status(observe(fully_synced, &peers, progress.as_ref()))
-}
-
-fn publish_key_status(
-    shared: &SharedStatus,
-    keys: &NodeKeys,
-    fully_synced: bool,
-    mesh: &BTreeMap<String, Peer>,
-    datapath: Option<&Datapath>,
-) {
-    let status = key_status(keys, fully_synced, mesh, datapath);
-    if let Ok(mut slot) = shared.keys.write() {
-        *slot = Some(status);
-    }
 }
 
 async fn datapath_stopped(datapath: Option<&Datapath>) {

@@ -50,6 +50,8 @@ pub enum Command {
     Keys {
         current: x25519::StaticSecret,
         next: Option<x25519::StaticSecret>,
+        /// Answered once the keys are in force.
+        applied: tokio::sync::oneshot::Sender<()>,
     },
 }
 
@@ -124,10 +126,12 @@ impl Engine {
                         self.initiate(&created, &mut out).await;
                         self.publish_status();
                     }
-                    Some(Command::Keys { current, next }) => {
-                        let created = self.peers.set_keys(current, next);
-                        self.initiate(&created, &mut out).await;
+                    Some(Command::Keys { current, next, applied }) => {
+                        // No handshake is started here: peers start them to a next key as
+                        // soon as they read it, and the sessions' timers do otherwise.
+                        self.peers.set_keys(current, next);
                         self.publish_status();
+                        let _ = applied.send(());
                     }
                     Some(Command::Policy(policy)) => {
                         self.policy = policy;
@@ -224,8 +228,12 @@ impl Engine {
             input = &[];
             match result {
                 TunnResult::WriteToNetwork(bytes) => {
-                    // A handshake answer or a queued packet: keep flushing until Done.
-                    slot.endpoint = Some(src);
+                    // A handshake answer or a queued packet: keep flushing until Done. Both
+                    // follow an authenticated message, so the peer is where it spoke from
+                    // (a cookie reply, type 3, would not be; sessions never send one).
+                    if bytes.first() != Some(&3) {
+                        slot.endpoint = Some(src);
+                    }
                     let bytes: &[u8] = bytes;
                     send_on(&self.udp, self.udp_v6, bytes, src).await;
                 }

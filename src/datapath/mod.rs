@@ -243,13 +243,16 @@ impl Datapath {
         current: &weft_keys::PrivateKey,
         next: Option<&weft_keys::PrivateKey>,
     ) -> Result<(), DatapathError> {
+        let (applied, in_force) = tokio::sync::oneshot::channel();
         self.commands
             .send(Command::Keys {
                 current: secret_of(current),
                 next: next.map(secret_of),
+                applied,
             })
             .await
             .map_err(|_| DatapathError::Stopped)?;
+        in_force.await.map_err(|_| DatapathError::Stopped)?;
         self.uapi_key.set(current);
         Ok(())
     }

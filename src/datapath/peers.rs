@@ -116,12 +116,9 @@ impl PeerTable {
     }
 
     /// Replaces our keys. Sessions on a key we no longer hold end; sessions on keys we keep
-    /// stay. Returns the sessions created to reach peers on our newest key (to initiate).
-    pub fn set_keys(
-        &mut self,
-        current: x25519::StaticSecret,
-        next: Option<x25519::StaticSecret>,
-    ) -> Vec<u32> {
+    /// stay; every peer gets a session on our newest key (its timers start the handshake if
+    /// the peer does not start it first).
+    pub fn set_keys(&mut self, current: x25519::StaticSecret, next: Option<x25519::StaticSecret>) {
         let mut old: Vec<OwnKey> = std::mem::take(&mut self.keys);
         let rate = self.handshakes_per_second;
         let mut keep = |secret: x25519::StaticSecret| {
@@ -141,7 +138,7 @@ impl PeerTable {
         for id in ids {
             self.retain_sessions(id, |s| held.contains(&s.own));
         }
-        self.ensure_targets()
+        self.ensure_targets();
     }
 
     /// The peers as the mesh last described them.

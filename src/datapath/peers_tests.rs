@@ -268,6 +268,16 @@ fn connected() -> (Vec<Node>, Wire, u32) {
     (nodes, wire, seq)
 }
 
+/// The sessions of a node's table on one of its own keys.
+fn sessions_on(node: &Node, own: x25519::PublicKey) -> Vec<u32> {
+    node.table
+        .slots()
+        .flat_map(|slot| slot.sessions.iter())
+        .filter(|s| s.own == own)
+        .map(|s| s.index)
+        .collect()
+}
+
 fn outbound_keys(node: &mut Node, peer: &str) -> (x25519::PublicKey, PublicKey) {
     let id = *node.table.by_name.get(peer).unwrap();
     let session = node.table.slot_mut(id).unwrap().outbound().unwrap();
@@ -279,11 +289,13 @@ fn one_side_rotating_loses_no_packet_at_any_step() {
     let (mut nodes, mut wire, mut seq) = connected();
     let a_next = x25519::PublicKey::from(&secret(11));
 
-    // a announces: it accepts both keys and tries to reach b on the next one. b does not know
-    // the next key yet, so that handshake goes nowhere; the old session carries on.
-    let created = nodes[0].table.set_keys(secret(1), Some(secret(11)));
-    assert_eq!(created.len(), 1);
-    initiate(&mut nodes, 0, &created, &mut wire);
+    // a announces: it accepts both keys and has a session on the next one. If its timers
+    // start that handshake before b knows the next key, it goes nowhere; the old session
+    // carries on.
+    nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    let early = sessions_on(&nodes[0], a_next);
+    assert_eq!(early.len(), 1);
+    initiate(&mut nodes, 0, &early, &mut wire);
     pump(&mut nodes, &mut wire);
     traffic(&mut nodes, &mut seq, &mut wire);
     assert_eq!(
@@ -325,11 +337,8 @@ fn one_side_rotating_loses_no_packet_at_any_step() {
 #[test]
 fn both_sides_rotating_at_once_lose_no_packet() {
     let (mut nodes, mut wire, mut seq) = connected();
-    let created = nodes[0].table.set_keys(secret(1), Some(secret(11)));
-    initiate(&mut nodes, 0, &created, &mut wire);
-    let created = nodes[1].table.set_keys(secret(2), Some(secret(12)));
-    initiate(&mut nodes, 1, &created, &mut wire);
-    pump(&mut nodes, &mut wire);
+    nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    nodes[1].table.set_keys(secret(2), Some(secret(12)));
     traffic(&mut nodes, &mut seq, &mut wire);
 
     // Each reads the other's announcement.
@@ -399,9 +408,9 @@ fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
 #[test]
 fn after_a_rotation_the_old_key_is_refused_both_ways() {
     let (mut nodes, mut wire, mut seq) = connected();
-    let created = nodes[0].table.set_keys(secret(1), Some(secret(11)));
-    initiate(&mut nodes, 0, &created, &mut wire);
-    nodes[1].table.sync(&peer_a(1, Some(11)));
+    nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    initiate(&mut nodes, 1, &created, &mut wire);
     pump(&mut nodes, &mut wire);
     nodes[0].table.set_keys(secret(11), None);
     nodes[1].table.sync(&peer_a(11, None));
@@ -443,4 +452,41 @@ fn after_a_rotation_the_old_key_is_refused_both_ways() {
         nodes[0].table.classify(from, &init, &mut reply),
         Incoming::Drop(DropReason::Malformed)
     ));
+}
+
+#[test]
+fn a_handshake_is_counted_once_by_the_rate_limiter() {
+    // With a limit of one handshake per second, one handshake must still complete: counting
+    // it twice (once on arrival, once inside the session) would answer it with a cookie.
+    let mut nodes = vec![node(1), node(2)];
+    nodes[1].table = PeerTable::new(secret(2), 1);
+    let mut wire = Wire::new();
+    let created = nodes[0].table.sync(&peer_b(2, None));
+    nodes[1].table.sync(&peer_a(1, None));
+    initiate(&mut nodes, 0, &created, &mut wire);
+    pump(&mut nodes, &mut wire);
+    let mut seq = 0;
+    traffic(&mut nodes, &mut seq, &mut wire);
+
+    // The next one within the second is over the limit: answered with a cookie reply, before
+    // anything about it is trusted.
+    let mut out = vec![0u8; 2048];
+    let id = nodes[0].table.index_for_receiver(created[0] << 8).unwrap();
+    let session = nodes[0]
+        .table
+        .slot_mut(id)
+        .unwrap()
+        .session_mut(created[0])
+        .unwrap();
+    let TunnResult::WriteToNetwork(init) = session.tunn.format_handshake_initiation(&mut out, true)
+    else {
+        panic!("no initiation");
+    };
+    let init = init.to_vec();
+    let mut reply = vec![0u8; 2048];
+    let from = nodes[0].addr;
+    match nodes[1].table.classify(from, &init, &mut reply) {
+        Incoming::Reply(cookie) => assert_eq!(cookie.first(), Some(&3)),
+        other => panic!("expected a cookie reply, got {other:?}"),
+    }
 }

@@ -19,17 +19,23 @@ const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
 pub struct OwnKey {
     pub secret: x25519::StaticSecret,
     pub public: x25519::PublicKey,
+    /// Rate-limits handshakes addressed to this key (checked once, when a datagram arrives).
     pub limiter: Arc<RateLimiter>,
+    /// Checks MAC1 only: what the sessions' `Tunn`s get, so a handshake is counted once and a
+    /// `Tunn` never answers with a cookie before authenticating anything.
+    mac_only: Arc<RateLimiter>,
 }
 
 impl OwnKey {
     pub fn new(secret: x25519::StaticSecret, handshakes_per_second: u64) -> Self {
         let public = x25519::PublicKey::from(&secret);
         let limiter = Arc::new(RateLimiter::new(&public, handshakes_per_second));
+        let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
         Self {
             secret,
             public,
             limiter,
+            mac_only,
         }
     }
 }
@@ -51,7 +57,7 @@ impl Session {
             None,
             Some(PERSISTENT_KEEPALIVE_SECS),
             index,
-            Some(own.limiter.clone()),
+            Some(own.mac_only.clone()),
         );
         Self {
             index,

@@ -26,6 +26,13 @@ pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
                 subject: subject(),
                 reason: RejectReason::bad_record(error),
             });
+        } else if let Some(nodes) = world.key_conflicts.get(entry.name.as_str()) {
+            rejections.insert(Rejection {
+                subject: subject(),
+                reason: RejectReason::SharedKey {
+                    nodes: nodes.iter().cloned().collect(),
+                },
+            });
         }
     }
 
@@ -136,6 +143,42 @@ fn with(mut nodes: BTreeSet<String>, node: &str) -> Vec<String> {
     nodes.into_iter().collect()
 }
 
+/// Remote nodes whose keys collide with another node's, and with whom. A key names one node:
+/// two nodes with the same `publicKey` are both distrusted; a `nextPublicKey` that is any
+/// other node's key (current or next) distrusts the node announcing it, not the key's holder,
+/// so nobody can take over another node's key by announcing it as their next one. Our own
+/// node is never distrusted here.
+fn key_conflicts<'a>(nodes: &'a [NodeEntry], local: &str) -> BTreeMap<&'a str, BTreeSet<String>> {
+    let mut holders: BTreeMap<weft_keys::PublicKey, Vec<(&'a str, bool)>> = BTreeMap::new();
+    for entry in nodes {
+        if let Ok(record) = &entry.record {
+            holders
+                .entry(record.public_key)
+                .or_default()
+                .push((&entry.name, false));
+            if let Some(next) = record.next_public_key {
+                holders.entry(next).or_default().push((&entry.name, true));
+            }
+        }
+    }
+    let mut conflicts: BTreeMap<&'a str, BTreeSet<String>> = BTreeMap::new();
+    for sharing in holders.values().filter(|h| h.len() > 1) {
+        for (node, as_next) in sharing {
+            let others: BTreeSet<String> = sharing
+                .iter()
+                .filter(|(other, _)| other != node)
+                .map(|(other, _)| other.to_string())
+                .collect();
+            // A current key shared only with others' next keys stays trusted.
+            let distrusted = *as_next || sharing.iter().any(|(o, next)| o != node && !next);
+            if distrusted && *node != local && !others.is_empty() {
+                conflicts.entry(node).or_default().extend(others);
+            }
+        }
+    }
+    conflicts
+}
+
 /// Indexes over the input.
 struct World<'a> {
     local: &'a str,
@@ -144,6 +187,8 @@ struct World<'a> {
     by_address: BTreeMap<IpAddr, BTreeSet<&'a str>>,
     /// (node, block) for every block of every valid record, ours included.
     claims: Vec<(&'a str, IpNetwork)>,
+    /// Remote nodes whose record is distrusted for a key another node also holds.
+    key_conflicts: BTreeMap<&'a str, BTreeSet<String>>,
 }
 
 impl<'a> World<'a> {
@@ -154,6 +199,7 @@ impl<'a> World<'a> {
             entries: BTreeMap::new(),
             by_address: BTreeMap::new(),
             claims: Vec::new(),
+            key_conflicts: key_conflicts(input.nodes, input.local_node),
         };
         for entry in input.nodes {
             world.entries.insert(&entry.name, entry);
@@ -180,7 +226,11 @@ impl<'a> World<'a> {
         world
     }
 
+    /// A node's record, if it is valid and trusted.
     fn record(&self, node: &str) -> Option<&'a NodeRecord> {
+        if self.key_conflicts.contains_key(node) {
+            return None;
+        }
         self.entries.get(node)?.record.as_ref().ok()
     }
 

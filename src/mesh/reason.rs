@@ -41,6 +41,9 @@ pub enum RejectReason {
     OverlappingClaims { nodes: Vec<String> },
     /// The record failed validation.
     BadRecord { error: String, code: &'static str },
+    /// The record's key (or the next key it announces) is also a key of these other nodes:
+    /// a key identifies one node, so the record is not trusted.
+    SharedKey { nodes: Vec<String> },
 }
 
 impl RejectReason {
@@ -62,6 +65,7 @@ impl RejectReason {
             Self::ClaimedNotRouted => "claimed_not_routed",
             Self::OverlappingClaims { .. } => "overlapping_claims",
             Self::BadRecord { .. } => "bad_record",
+            Self::SharedKey { .. } => "shared_key",
         }
     }
 
@@ -104,6 +108,11 @@ impl fmt::Display for RejectReason {
                 )
             }
             Self::BadRecord { error, .. } => write!(f, "invalid record: {error}"),
+            Self::SharedKey { nodes } => write!(
+                f,
+                "its public or next key is also a key of {}; a key identifies one node",
+                nodes.join(", ")
+            ),
         }
     }
 }

@@ -369,3 +369,78 @@ proptest! {
         prop_assert!(diff.removed.iter().all(|n| !names.contains_key(n)));
     }
 }
+
+fn with_keys(mut entry: NodeEntry, public: u8, next: Option<u8>) -> NodeEntry {
+    if let Ok(record) = &mut entry.record {
+        record.public_key = key(public);
+        record.next_public_key = next.map(key);
+    }
+    entry
+}
+
+fn lab_routes() -> Vec<LearnedRoute> {
+    vec![
+        route("10.244.2.0/24", &["198.18.0.2"]),
+        route("10.244.3.0/24", &["198.18.0.3"]),
+    ]
+}
+
+#[test]
+fn announcing_another_nodes_key_as_next_distrusts_the_announcer_not_the_holder() {
+    let [n1, n2, n3] = <[NodeEntry; 3]>::try_from(lab()).unwrap();
+    let nodes = [
+        with_keys(n1, 1, None),
+        with_keys(n2, 2, None),
+        with_keys(n3, 3, Some(2)),
+    ];
+    let mesh = mesh(&nodes, &lab_routes());
+    assert_eq!(mesh.peers.keys().collect::<Vec<_>>(), ["n2"]);
+    assert_eq!(mesh.peers["n2"].public_key, key(2));
+    assert!(reasons(&mesh).contains(&("record n3".into(), "shared_key")));
+    assert!(reasons(&mesh).contains(&(
+        "route 10.244.3.0/24 via Some(198.18.0.3)".into(),
+        "next_hop_record_rejected"
+    )));
+}
+
+#[test]
+fn two_nodes_with_one_key_are_both_distrusted_and_our_key_stays_ours() {
+    let [n1, n2, n3] = <[NodeEntry; 3]>::try_from(lab()).unwrap();
+    let shared = [
+        with_keys(n1.clone(), 1, None),
+        with_keys(n2.clone(), 7, None),
+        with_keys(n3.clone(), 7, None),
+    ];
+    let mesh_shared = mesh(&shared, &lab_routes());
+    assert!(mesh_shared.peers.is_empty(), "{:?}", mesh_shared.peers);
+    assert!(reasons(&mesh_shared).contains(&("record n2".into(), "shared_key")));
+    assert!(reasons(&mesh_shared).contains(&("record n3".into(), "shared_key")));
+
+    // A remote record announcing our key (current or next) is distrusted; we are not.
+    let copying = [
+        with_keys(n1, 1, Some(11)),
+        with_keys(n2, 2, Some(11)),
+        with_keys(n3, 1, None),
+    ];
+    let mesh_copying = mesh(&copying, &lab_routes());
+    assert!(mesh_copying.peers.is_empty(), "{:?}", mesh_copying.peers);
+    assert!(
+        !reasons(&mesh_copying)
+            .iter()
+            .any(|(what, code)| what == "record n1" && *code == "shared_key")
+    );
+}
+
+#[test]
+fn a_node_rotating_normally_keeps_its_peer_with_both_keys() {
+    let [n1, n2, n3] = <[NodeEntry; 3]>::try_from(lab()).unwrap();
+    let nodes = [
+        with_keys(n1, 1, Some(11)),
+        with_keys(n2, 2, Some(12)),
+        with_keys(n3, 3, None),
+    ];
+    let mesh = mesh(&nodes, &lab_routes());
+    assert_eq!(mesh.peers.len(), 2);
+    assert_eq!(mesh.peers["n2"].next_public_key, Some(key(12)));
+    assert!(!reasons(&mesh).iter().any(|(_, code)| *code == "shared_key"));
+}

@@ -1,0 +1,155 @@
+//! Drives a key rotation from the agent's loop: starts it on `weft key rotate`, checks it
+//! every tick, completes it, and keeps the published record in step with the keys (retrying
+//! a publish that failed; a rotation whose announcement is not published yet never completes).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::node_keys::{self, NodeKeys};
+use super::{RotateRequest, SharedStatus, own_record};
+use crate::agent::backend::Backend;
+use crate::agent::config::AgentConfig;
+use crate::datapath::Datapath;
+use crate::datapath::stats::KeyRotationProgress;
+use crate::mesh::Peer;
+use crate::registry::{OwnNode, Registry};
+use crate::rotation::{Decision, KeyStatus, Observed};
+
+/// What the driver reads from the agent at each step.
+pub(super) struct RotationEnv<'a> {
+    pub config: &'a AgentConfig,
+    pub registry: &'a Backend,
+    pub datapath: Option<&'a Datapath>,
+    pub shared: &'a SharedStatus,
+    /// Whether registry and routes have been read since the agent started.
+    pub fully_synced: bool,
+    /// The mesh the datapath holds.
+    pub mesh: &'a BTreeMap<String, Peer>,
+}
+
+pub(super) struct RotationDriver {
+    keys: NodeKeys,
+    /// Whether the registry holds the own record as the keys are now.
+    published: bool,
+}
+
+impl RotationDriver {
+    pub fn new(keys: NodeKeys) -> Self {
+        Self {
+            keys,
+            published: true,
+        }
+    }
+
+    /// `weft key rotate`. Returns whether the own record changed.
+    pub async fn start(
+        &mut self,
+        request: RotateRequest,
+        env: &RotationEnv<'_>,
+        own: &mut OwnNode,
+    ) -> bool {
+        let result = match self.keys.begin(request.grace) {
+            Ok(rotation) => {
+                tracing::info!(epoch = rotation.epoch, next_public_key = %rotation.next_public_key, grace_secs = rotation.grace_secs, "key rotation announced");
+                self.apply(env, own).await
+            }
+            Err(error) => Err(error),
+        };
+        self.publish_status(env);
+        let changed = result.is_ok();
+        let _ = request.reply.send(result.map(|()| self.status(env)));
+        changed
+    }
+
+    /// Once a second: retry an unpublished record, complete a rotation that is due. Returns
+    /// whether the own record changed.
+    pub async fn tick(&mut self, env: &RotationEnv<'_>, own: &mut OwnNode) -> bool {
+        if !self.published {
+            self.published = publish(env.registry, own).await;
+        }
+        let mut changed = false;
+        if self.published && self.complete_if_due(env) {
+            if let Err(error) = self.apply(env, own).await {
+                self.keys.failed(error);
+            }
+            changed = true;
+        }
+        self.publish_status(env);
+        changed
+    }
+
+    /// Hands the keys to the datapath (waiting until they are in force), then publishes the
+    /// record that announces them: a peer that learns a key finds it accepted already.
+    async fn apply(&mut self, env: &RotationEnv<'_>, own: &mut OwnNode) -> Result<(), String> {
+        if let Some(datapath) = env.datapath {
+            datapath
+                .set_keys(self.keys.current(), self.keys.next())
+                .await
+                .map_err(|e| format!("the datapath did not take the keys: {e}"))?;
+        }
+        own.record = own_record(
+            env.config,
+            self.keys.public_key(),
+            self.keys.next_public_key(),
+            self.keys.epoch(),
+        )
+        .map_err(|e| format!("the own record is invalid: {e}"))?;
+        self.published = publish(env.registry, own).await;
+        Ok(())
+    }
+
+    /// Completes the pending rotation on disk if every peer moved or the grace period ended.
+    fn complete_if_due(&mut self, env: &RotationEnv<'_>) -> bool {
+        let Some(rotation) = self.keys.rotation().cloned() else {
+            return false;
+        };
+        let peers = env.mesh.keys().cloned().collect();
+        let progress = progress(env.datapath);
+        let decision = crate::rotation::decide(&rotation, observe(env, &peers, progress.as_ref()));
+        let Decision::Complete { reason, unmoved } = decision else {
+            return false;
+        };
+        tracing::info!(epoch = rotation.epoch, ?reason, unmoved = ?unmoved, "key rotation completing");
+        self.keys.complete(reason, unmoved).is_ok()
+    }
+
+    fn status(&self, env: &RotationEnv<'_>) -> KeyStatus {
+        let peers = env.mesh.keys().cloned().collect();
+        let progress = progress(env.datapath);
+        self.keys.status(observe(env, &peers, progress.as_ref()))
+    }
+
+    /// Refreshes what `weft key status` and the metrics show.
+    pub fn publish_status(&self, env: &RotationEnv<'_>) {
+        let status = self.status(env);
+        if let Ok(mut slot) = env.shared.keys.write() {
+            *slot = Some(status);
+        }
+    }
+}
+
+async fn publish(registry: &Backend, own: &OwnNode) -> bool {
+    match registry.publish(own).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "publishing the own record failed; retrying every second");
+            false
+        }
+    }
+}
+
+fn observe<'a>(
+    env: &RotationEnv<'_>,
+    peers: &'a BTreeSet<String>,
+    progress: Option<&'a KeyRotationProgress>,
+) -> Observed<'a> {
+    Observed {
+        synced: env.fully_synced,
+        peers,
+        progress,
+        now: node_keys::unix_now(),
+    }
+}
+
+fn progress(datapath: Option<&Datapath>) -> Option<KeyRotationProgress> {
+    datapath.and_then(|d| d.status_receiver().borrow().key_rotation.clone())
+}
