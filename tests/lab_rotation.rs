@@ -17,10 +17,11 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(60);
 /// How long a control-plane change (a record, a peer key) gets to reach the other agents.
 const PROPAGATE: Duration = Duration::from_secs(20);
-/// The background ping: 3000 packets 5 ms apart (ping's timer granularity makes that about
-/// 200 per second; at least 100 per second is asserted), started 2 s before the rotation, so
-/// it covers the rotation and the time after the old key is retired.
-const PING_COUNT: u32 = 3000;
+/// The background ping: 6000 packets 5 ms apart (ping's timer granularity makes that about
+/// 200 per second, 30 s in all; at least 100 per second is asserted), started 2 s before the
+/// rotation, so it covers the rotation (a few seconds, even with a node restarted in the
+/// middle) and the time after the old key is retired.
+const PING_COUNT: u32 = 6000;
 const PING_INTERVAL: &str = "0.005";
 const MIN_PING_RATE: f64 = 100.0;
 const LEAD_IN: Duration = Duration::from_secs(2);
