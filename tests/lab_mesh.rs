@@ -203,7 +203,12 @@ fn bad_records_are_rejected_with_visible_reasons_and_change_nothing_else() {
 
     // A record that claims part of n2's block: n2's block becomes contested and is given to no
     // one (fail closed); the claim is reported on every node; n3 is untouched.
-    let rogue_key = lab.status(3).unwrap()["node"]["record"]["publicKey"].clone();
+    // (With a key of its own: a record sharing another node's key is distrusted outright.)
+    let rogue_key = serde_json::Value::from(
+        weft_keys::PrivateKey::from_bytes([99; 32])
+            .public_key()
+            .to_string(),
+    );
     write_registry_file(
         &lab,
         "rogue.json",
