@@ -116,3 +116,132 @@ fn bad_input_fails_with_a_clear_message() {
         "nothing is written on failure"
     );
 }
+
+/// `weft bird-config --watch` running in the background; killed on drop.
+struct Watcher(std::process::Child);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn node(k: u8, address: Option<&str>) -> serde_json::Value {
+    let addresses: Vec<serde_json::Value> = address
+        .map(|a| json!({"type": "InternalIP", "address": a}))
+        .into_iter()
+        .collect();
+    json!({"metadata": {"name": format!("n{k}")},
+           "spec": {"podCIDRs": [format!("10.244.{k}.0/24")]},
+           "status": {"addresses": addresses}})
+}
+
+#[test]
+fn watch_mode_rewrites_the_config_and_reloads_bird_only_when_the_nodes_change_it() {
+    let (api, dir) = cluster();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let output = dir.path().join("bird.conf");
+    let reloads = dir.path().join("reloads");
+    let reload = format!("echo reload >> {}", reloads.display());
+    let child = std::process::Command::new(weft_bin())
+        .args(["bird-config", "--watch", "--node-name", "n1"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--output")
+        .arg(&output)
+        .args(["--reload-command", &reload])
+        .env("RUST_LOG", "weft=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let _watcher = Watcher(child);
+    let reload_count = || {
+        std::fs::read_to_string(&reloads)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let config = || std::fs::read_to_string(&output).unwrap_or_default();
+    let timeout = std::time::Duration::from_secs(20);
+
+    common::wait_for(timeout, "the first configuration", || {
+        (reload_count() == 1).then_some(())
+    });
+    assert!(
+        config().contains("neighbor 198.18.0.3 as 64512;"),
+        "{}",
+        config()
+    );
+    bird_parses(&output).unwrap();
+
+    // A node joins: n1 peers with it too.
+    api.upsert("Node", node(4, Some("198.18.0.4")));
+    common::wait_for(timeout, "n4 in the configuration", || {
+        (config().contains("neighbor 198.18.0.4 as 64512;") && reload_count() == 2).then_some(())
+    });
+    bird_parses(&output).unwrap();
+
+    // A node without an address yet cannot be rendered: the last good configuration stays.
+    api.upsert("Node", node(5, None));
+    common::wait_for(timeout, "the render failure in the log", || {
+        log()
+            .contains("cannot render the BIRD configuration")
+            .then_some(())
+    });
+    assert!(
+        config().contains("neighbor 198.18.0.4 as 64512;"),
+        "{}",
+        config()
+    );
+    assert_eq!(reload_count(), 2);
+    api.delete("Node", "n5");
+    common::wait_for(timeout, "the render after n5 left", || {
+        log().contains("Node change without effect").then_some(())
+    });
+    // A change to nothing BIRD reads (a label) rewrites nothing either.
+    let unchanged_before = log().matches("Node change without effect").count();
+    let mut labelled = node(4, Some("198.18.0.4"));
+    labelled["metadata"]["labels"] = json!({"team": "edge"});
+    api.upsert("Node", labelled);
+    common::wait_for(timeout, "the label change to be seen", || {
+        (log().matches("Node change without effect").count() > unchanged_before).then_some(())
+    });
+    assert_eq!(reload_count(), 2);
+    // n3 leaving changes the configuration again.
+    api.delete("Node", "n3");
+    common::wait_for(timeout, "n3 gone from the configuration", || {
+        (!config().contains("198.18.0.3")).then_some(())
+    });
+    assert_eq!(
+        reload_count(),
+        3,
+        "one rewrite and reload per effective change"
+    );
+    assert!(config().contains("neighbor 198.18.0.4 as 64512;"));
+    bird_parses(&output).unwrap();
+}
+
+#[test]
+fn watch_mode_needs_an_output_file() {
+    let (_api, dir) = cluster();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let out = run(
+        weft_bin(),
+        &[
+            "bird-config",
+            "--watch",
+            "--node-name",
+            "n1",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--output"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -754,3 +754,115 @@ fn the_admission_policy_binds_the_agent_to_its_own_node() {
         "the binding applies wherever the policy matches"
     );
 }
+
+/// The optional BIRD sidecar overlay (deploy/with-bird/): a well-formed patch of the weft
+/// DaemonSet whose `weft bird-config --watch` arguments weft accepts, with BIRD reading the
+/// file bird-config writes and reloaded on the socket it listens on.
+#[test]
+fn the_bird_sidecar_overlay_patches_the_daemonset_with_arguments_weft_accepts() {
+    let dir = deploy_dir().join("with-bird");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let kustomization: serde_yaml_ng::Value = serde_yaml_ng::from_str(&kustomization).unwrap();
+    assert_eq!(kustomization["resources"][0].as_str(), Some("../"));
+    assert_eq!(
+        kustomization["patches"][0]["path"].as_str(),
+        Some("bird-sidecar.yaml")
+    );
+    let text = std::fs::read_to_string(dir.join("bird-sidecar.yaml")).unwrap();
+    let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let patch: DaemonSet = typed("with-bird/bird-sidecar.yaml", &document);
+    let m = manifests();
+    assert_eq!(patch.metadata.name, m.daemon_set().metadata.name);
+    assert_eq!(patch.metadata.namespace, m.daemon_set().metadata.namespace);
+    assert_eq!(patch.spec.selector, m.daemon_set().spec.selector);
+    let pod = patch.spec.template.spec.unwrap();
+    let container = |name: &str| {
+        pod.containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} container"))
+            .clone()
+    };
+
+    let renderer = container("bird-config");
+    let env = renderer.env.clone().unwrap();
+    let node_name = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
+    assert_eq!(
+        node_name
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "spec.nodeName"
+    );
+    // NODE_NAME comes from the environment in the cluster; the parser gets it as a flag here.
+    let argv: Vec<String> = renderer
+        .command
+        .clone()
+        .unwrap()
+        .into_iter()
+        .chain(renderer.args.clone().unwrap())
+        .chain(["--node-name".to_string(), "n1".to_string()])
+        .collect();
+    let cli = <weft::cli::Cli as clap::Parser>::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("weft refuses the sidecar's arguments {argv:?}: {e}"));
+    let weft::cli::Command::BirdConfig(args) = cli.command else {
+        panic!("the sidecar does not run `weft bird-config`: {argv:?}");
+    };
+    assert!(args.watch, "the sidecar must follow the Nodes");
+    let output = args.output.unwrap();
+    let reload = args.reload_command.unwrap();
+
+    let bird = container("bird");
+    let script = bird.args.clone().unwrap().join(" ");
+    let config_flag = format!("-c {}", output.display());
+    assert!(script.contains(&config_flag), "{script}");
+    let socket = reload
+        .split_whitespace()
+        .skip_while(|w| *w != "-s")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the reload command names no socket: {reload}"));
+    assert!(
+        script.contains(&format!("-s {socket}")),
+        "BIRD listens where birdc talks: {script}"
+    );
+
+    // Both share the directory of the file and the socket, and it is not a host path.
+    let shared = output.parent().unwrap().to_str().unwrap();
+    assert!(socket.starts_with(shared));
+    for c in [&renderer, &bird] {
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == shared)
+            .unwrap_or_else(|| panic!("{} does not mount {shared}", c.name));
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert!(volume.empty_dir.is_some() && volume.host_path.is_none());
+    }
+
+    // Least privilege: the renderer needs no capability; BIRD only routes and port 179.
+    let caps = |c: &Container| {
+        let security = c.security_context.clone().unwrap();
+        assert_eq!(security.privileged, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        let caps = security.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        caps.add.unwrap_or_default()
+    };
+    assert!(caps(&renderer).is_empty());
+    assert_eq!(caps(&bird), vec!["NET_ADMIN", "NET_BIND_SERVICE"]);
+
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(" bird2"), "the image must carry BIRD");
+}

@@ -54,8 +54,15 @@ pub struct BirdConfigArgs {
     #[arg(long = "route-reflector", value_name = "NODE")]
     pub route_reflectors: Vec<String>,
     /// Write the configuration to FILE (atomically) instead of standard output.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", required_if_eq("watch", "true"))]
     pub output: Option<PathBuf>,
+    /// Keep running: follow the Nodes and rewrite --output whenever the configuration they
+    /// give changes (the BIRD sidecar).
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: a shell command run after each rewrite, e.g. "birdc configure".
+    #[arg(long, value_name = "COMMAND", requires = "watch")]
+    pub reload_command: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +175,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 asn: args.asn,
                 route_reflectors: args.route_reflectors.into_iter().collect(),
             };
+            if let (true, Some(output)) = (args.watch, &args.output) {
+                crate::kube::bird_config::watch_bird_config(
+                    client,
+                    &args.node_name,
+                    &settings,
+                    output,
+                    args.reload_command.as_deref(),
+                    shutdown_signal(),
+                )
+                .await?;
+                return Ok(());
+            }
             let config =
                 crate::kube::bird_config::bird_config(client, &args.node_name, &settings).await?;
             match args.output {
