@@ -266,6 +266,8 @@ mod tests {
             public_key: "cur".into(),
             next_public_key: Some("next".into()),
             key_epoch: 4,
+            current_since: 0,
+            next_scheduled_rotation: None,
             rotation: Some(crate::rotation::RotationView {
                 epoch: 4,
                 started_at: 1,

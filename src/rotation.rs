@@ -103,6 +103,11 @@ pub fn decide(rotation: &Rotation, observed: Observed<'_>) -> Decision {
     Decision::Wait
 }
 
+/// When a key current since `current_since` is due for a scheduled rotation.
+pub fn scheduled_at(current_since: u64, interval_secs: u64) -> u64 {
+    current_since.saturating_add(interval_secs)
+}
+
 /// `weft key status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -110,6 +115,12 @@ pub struct KeyStatus {
     pub public_key: String,
     pub next_public_key: Option<String>,
     pub key_epoch: u64,
+    /// Unix seconds since the current key is current.
+    #[serde(default)]
+    pub current_since: u64,
+    /// When the agent rotates on its own next (`--key-rotation-interval`), Unix seconds.
+    #[serde(default)]
+    pub next_scheduled_rotation: Option<u64>,
     pub rotation: Option<RotationView>,
     pub last_rotation: Option<CompletedView>,
     /// The last thing that went wrong while rotating (cleared when a rotation completes).
@@ -175,6 +186,12 @@ impl KeyStatus {
                 }
             }
             _ => out.push_str("rotating:    no\n"),
+        }
+        if let Some(at) = self.next_scheduled_rotation {
+            out.push_str(&format!(
+                "scheduled:   next rotation in {}s\n",
+                at.saturating_sub(now)
+            ));
         }
         if let Some(last) = &self.last_rotation {
             let reason = match last.reason {
@@ -318,6 +335,12 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_scheduled_rotation_is_due_once_the_key_is_as_old_as_the_interval() {
+        assert_eq!(scheduled_at(1000, 60), 1060);
+        assert_eq!(scheduled_at(u64::MAX, 60), u64::MAX);
     }
 
     #[test]

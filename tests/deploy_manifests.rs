@@ -491,6 +491,11 @@ fn the_daemonset_arguments_are_accepted_by_the_agent_parser() {
         "in-cluster kube registry expected, got {:?}",
         config.registry
     );
+    assert_eq!(
+        config.key_rotation_interval,
+        Some(std::time::Duration::from_secs(30 * 86_400)),
+        "keys rotate every 30 days"
+    );
     let datapath = config.datapath.as_ref().expect("the datapath is on");
     assert_eq!(datapath.encryption, weft::datapath::Encryption::Required);
     assert_eq!(datapath.interface, "weft0");

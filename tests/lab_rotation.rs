@@ -470,3 +470,51 @@ fn a_peer_stopped_during_rotation_reaches_the_rotated_node_when_back() {
     assert!(lab.ping(&n1_pod, &n3_ip, 5), "n1 cannot reach n3's Pod");
     assert_eq!(lab.peer_key(3, "n1").as_deref(), Some(new.as_str()));
 }
+
+#[test]
+fn scheduled_rotations_run_on_their_own_without_losing_traffic() {
+    // Every key rotates once it is 10 s old: both nodes, on their own, often at once.
+    let lab = Lab::up_with("wtrsched", 2, "--key-rotation-interval 10s");
+    converge(&lab);
+    let epoch = |k: usize| {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("n{k}'s key status"),
+            || lab.key_status(k)?["keyEpoch"].as_u64(),
+        )
+    };
+    let start = [epoch(1), epoch(2)];
+
+    let traffic = start_traffic(&lab);
+    for k in 1..=2 {
+        wait_for(
+            Duration::from_secs(25),
+            &format!("n{k} to complete a scheduled rotation"),
+            || {
+                let status = lab.key_status(k)?;
+                let completed = status["lastRotation"]["epoch"].as_u64()?;
+                (completed > start[k - 1]).then_some(())
+            },
+        );
+    }
+    traffic.finish();
+
+    for k in 1..=2 {
+        let status = lab.key_status(k).unwrap();
+        assert!(
+            status["nextScheduledRotation"].as_u64().is_some(),
+            "n{k} schedules its next rotation: {status}"
+        );
+        assert!(status["lastError"].is_null(), "{status}");
+        let other = 3 - k;
+        // The peer holds the node's current key (or is moving to its next one).
+        wait_for(PROPAGATE, &format!("n{other} to hold n{k}'s key"), || {
+            let public = lab.key_status(k)?["publicKey"].as_str()?.to_string();
+            let record = lab.registry_record(k)?;
+            let peers = lab.status(other)?["peers"].as_array()?.clone();
+            let peer = peers.iter().find(|p| p["name"] == format!("n{k}"))?;
+            (record["publicKey"] == public.as_str() && peer["publicKey"] == public.as_str())
+                .then_some(())
+        });
+    }
+}

@@ -1,7 +1,8 @@
 //! Key rotation on disk: the next key beside the current one, and the key epoch.
 //!
 //! Files in the key directory: `private.key` (current), `next.key` (only while rotating) and
-//! `rotation.json` (`{"epoch":N,"pending":null|{"nextPublicKey":..,"startedAt":..,"graceSecs":..}}`).
+//! `rotation.json` (`{"epoch":N,"currentSince":T,"pending":null|{"nextPublicKey":..,
+//! "startedAt":..,"graceSecs":..}}`; `currentSince`: when the current key became current).
 //! Every write is atomic and each step has one commit point, so a crash anywhere leaves a
 //! state `load_rotation` resolves without losing a key that peers may already know:
 //!
@@ -41,6 +42,9 @@ pub struct PendingRotation {
 pub struct RotationState {
     /// Raised by one at every announced rotation; never goes down.
     pub epoch: u64,
+    /// Unix seconds since the current key is the current one (`private.key`'s modification
+    /// time for a key no rotation made).
+    pub current_since: u64,
     pub pending: Option<PendingRotation>,
 }
 
@@ -48,6 +52,8 @@ pub struct RotationState {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StateFile {
     epoch: u64,
+    #[serde(default)]
+    current_since: Option<u64>,
     pending: Option<PendingFile>,
 }
 
@@ -89,6 +95,7 @@ impl KeyStore {
                 }
                 return Ok(RotationState {
                     epoch: state.epoch,
+                    current_since: self.current_since(&state),
                     pending: Some(PendingRotation {
                         next,
                         started_at: pending.started_at,
@@ -105,6 +112,7 @@ impl KeyStore {
                 if !completed {
                     return Ok(RotationState {
                         epoch: state.epoch,
+                        current_since: self.current_since(&state),
                         pending: None,
                     });
                 }
@@ -119,6 +127,7 @@ impl KeyStore {
         }
         Ok(RotationState {
             epoch: state.epoch,
+            current_since: self.current_since(&state),
             pending: None,
         })
     }
@@ -157,6 +166,7 @@ impl KeyStore {
         }
         Ok(RotationState {
             epoch: state.epoch,
+            current_since: self.current_since(&state),
             pending: Some(PendingRotation {
                 next,
                 started_at,
@@ -167,7 +177,7 @@ impl KeyStore {
 
     /// Makes the next key the current one: `next.key` replaces `private.key` (one rename, so
     /// the old private key leaves the directory at once), then the pending entry goes.
-    pub fn complete_rotation(&self) -> Result<PrivateKey, KeyError> {
+    pub fn complete_rotation(&self, now: u64) -> Result<PrivateKey, KeyError> {
         let mut state = self.read_state()?;
         let next_path = self.next_key_path();
         let announced = state.pending.as_ref().map(|p| p.next_public_key.clone());
@@ -183,6 +193,7 @@ impl KeyStore {
                     });
                 }
                 state.pending = None;
+                state.current_since = Some(now);
                 self.write_state(&state)?;
                 return Ok(current);
             }
@@ -205,6 +216,7 @@ impl KeyStore {
             .and_then(|dir| dir.sync_all())
             .map_err(io(&self.dir().to_path_buf()))?;
         state.pending = None;
+        state.current_since = Some(now);
         self.write_state(&state)?;
         Ok(next)
     }
@@ -222,6 +234,18 @@ impl KeyStore {
                 })
             })
             .transpose()
+    }
+
+    /// When the current key became current: recorded at a rotation's completion, else the
+    /// key file's modification time (0 if even that is unknown).
+    fn current_since(&self, state: &StateFile) -> u64 {
+        state.current_since.unwrap_or_else(|| {
+            std::fs::metadata(self.private_key_path())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        })
     }
 
     fn read_state(&self) -> Result<StateFile, KeyError> {
@@ -280,6 +304,15 @@ mod tests {
         let state = store.load_rotation(&current).unwrap();
         assert_eq!(state.epoch, 0);
         assert!(state.pending.is_none());
+        // A key no rotation made is as old as its file.
+        let mtime = std::fs::metadata(store.private_key_path())
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(state.current_since, mtime);
     }
 
     #[test]
@@ -305,7 +338,7 @@ mod tests {
         assert_eq!(pending.next.public_key(), next_public);
         assert_eq!((pending.started_at, pending.grace_secs), (1000, 300));
 
-        let now_current = store.complete_rotation().unwrap();
+        let now_current = store.complete_rotation(5000).unwrap();
         assert_eq!(now_current.public_key(), next_public);
         assert_eq!(store.load().unwrap().public_key(), next_public);
         assert_eq!(files(&store), ["private.key", "rotation.json"]);
@@ -318,6 +351,7 @@ mod tests {
         }
         let after = store.load_rotation(&now_current).unwrap();
         assert_eq!(after.epoch, 1);
+        assert_eq!(after.current_since, 5000);
         assert!(after.pending.is_none());
         assert_eq!(store.begin_rotation(2000, 300).unwrap().epoch, 2);
     }
@@ -396,7 +430,7 @@ mod tests {
             store.load_rotation(&current),
             Err(KeyError::RotationState { .. })
         ));
-        assert!(store.complete_rotation().is_err());
+        assert!(store.complete_rotation(5000).is_err());
         assert_eq!(store.load().unwrap().public_key(), current.public_key());
     }
 
@@ -406,7 +440,7 @@ mod tests {
         let next = store.begin_rotation(1, 1).unwrap().pending.unwrap().next;
         // The rename happened, the state write did not (say the disk filled up).
         std::fs::rename(store.next_key_path(), store.private_key_path()).unwrap();
-        let current = store.complete_rotation().unwrap();
+        let current = store.complete_rotation(5000).unwrap();
         assert_eq!(current.public_key(), next.public_key());
         assert_eq!(store.announced_next_key().unwrap(), None);
         assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);

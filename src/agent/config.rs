@@ -18,6 +18,8 @@ use crate::routes::{PROTO_BGP, PROTO_BIRD};
 pub const DEFAULT_RUN_DIR: &str = "/run/weft";
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Shortest automatic key rotation interval (short ones are for tests; see SECURITY.md).
+const MIN_KEY_ROTATION_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_FWMARK: u32 = 0x5746;
 pub const DEFAULT_ROUTE_TABLE: u32 = 51820;
 pub const DEFAULT_RULE_PRIORITY: u32 = 5210;
@@ -76,6 +78,10 @@ pub struct AgentArgs {
     /// How long to wait for more changes before recomputing the mesh [default: 200ms].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub debounce: Option<Duration>,
+    /// Rotate the node key on its own once the current key is this old (e.g. 30d), as
+    /// `weft key rotate` would [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub key_rotation_interval: Option<Duration>,
     /// TUN interface name [default: weft0].
     #[arg(long, value_name = "NAME")]
     pub interface: Option<String>,
@@ -159,6 +165,8 @@ struct ConfigFile {
     route_protocols: Vec<String>,
     #[serde(default, with = "humantime_serde_opt")]
     debounce: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    key_rotation_interval: Option<Duration>,
     interface: Option<String>,
     encryption: Option<Encryption>,
     underlay_mtu: Option<u32>,
@@ -214,6 +222,8 @@ pub struct AgentConfig {
     pub run_dir: PathBuf,
     pub route_protocols: BTreeSet<u8>,
     pub debounce: Duration,
+    /// Rotate the key on its own once it is this old.
+    pub key_rotation_interval: Option<Duration>,
     pub netlink_receive_buffer: usize,
     /// `None` when running the control plane only.
     pub datapath: Option<DatapathSettings>,
@@ -262,6 +272,13 @@ impl AgentConfig {
         if !is_valid_node_name(&node_name) {
             return Err(invalid(format!(
                 "invalid node name {node_name:?}: use lowercase letters, digits, '-' and '.'"
+            )));
+        }
+        let key_rotation_interval = args.key_rotation_interval.or(file.key_rotation_interval);
+        if key_rotation_interval.is_some_and(|i| i < MIN_KEY_ROTATION_INTERVAL) {
+            return Err(invalid(format!(
+                "key-rotation-interval must be at least {}",
+                humantime::format_duration(MIN_KEY_ROTATION_INTERVAL)
             )));
         }
         let endpoint = args.endpoint.or(file.endpoint);
@@ -395,6 +412,7 @@ impl AgentConfig {
                 .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
             route_protocols,
             debounce: args.debounce.or(file.debounce).unwrap_or(DEFAULT_DEBOUNCE),
+            key_rotation_interval,
             netlink_receive_buffer: args
                 .netlink_receive_buffer
                 .unwrap_or(DEFAULT_RECEIVE_BUFFER_BYTES),
@@ -438,6 +456,28 @@ mod tests {
         assert_eq!(config.route_protocols, [12, 186].into_iter().collect());
         assert_eq!(config.run_dir, PathBuf::from("/run/weft"));
         assert_eq!(config.key_dir, PathBuf::from("/var/lib/weft/keys"));
+    }
+
+    #[test]
+    fn a_key_rotation_interval_comes_from_flag_or_file_and_must_not_be_tiny() {
+        let config = AgentConfig::merge(&args(), ConfigFile::default()).unwrap();
+        assert_eq!(
+            config.key_rotation_interval, None,
+            "no scheduled rotation by default"
+        );
+        let file: ConfigFile = toml::from_str("key-rotation-interval = \"30d\"\n").unwrap();
+        let config = AgentConfig::merge(&args(), file).unwrap();
+        assert_eq!(
+            config.key_rotation_interval,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let mut flags = args();
+        flags.key_rotation_interval = Some(Duration::from_secs(2));
+        let error = AgentConfig::merge(&flags, ConfigFile::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("key-rotation-interval"),
+            "{error}"
+        );
     }
 
     #[test]

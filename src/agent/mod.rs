@@ -259,7 +259,10 @@ async fn serve_node(
         () = &mut shutdown => return Ok(()),
         connected = Backend::connect(&mut config) => connected?,
     };
-    let (keys, created) = NodeKeys::load(weft_keys::KeyStore::new(&config.key_dir))?;
+    let (keys, created) = NodeKeys::load(
+        weft_keys::KeyStore::new(&config.key_dir),
+        config.key_rotation_interval,
+    )?;
     let public_key = keys.public_key();
     tracing::info!(%public_key, created, key_dir = %config.key_dir.display(), "node key ready");
     if let Some(rotation) = keys.rotation() {

@@ -11,6 +11,8 @@ use crate::rotation::{
     CompletedView, CompletionReason, KeyStatus, Observed, Rotation, RotationView,
 };
 
+/// The grace period of scheduled rotations (and the CLI's default).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 /// Shortest and longest grace period a rotation accepts.
 pub const MIN_GRACE: Duration = Duration::from_secs(1);
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -20,6 +22,10 @@ pub(crate) struct NodeKeys {
     current: PrivateKey,
     next: Option<PrivateKey>,
     epoch: u64,
+    /// Unix seconds since the current key is current.
+    current_since: u64,
+    /// Rotate on its own once the current key is this old.
+    interval: Option<Duration>,
     rotation: Option<Rotation>,
     last: Option<CompletedView>,
     last_error: Option<String>,
@@ -34,7 +40,7 @@ pub(crate) fn unix_now() -> u64 {
 
 impl NodeKeys {
     /// Loads (or creates) the node key and resumes a rotation the key directory shows pending.
-    pub fn load(store: KeyStore) -> Result<(Self, bool), KeyError> {
+    pub fn load(store: KeyStore, interval: Option<Duration>) -> Result<(Self, bool), KeyError> {
         let (current, created) = store.load_or_generate()?;
         let state = store.load_rotation(&current)?;
         let (next, rotation) = match state.pending {
@@ -54,6 +60,8 @@ impl NodeKeys {
             current,
             next,
             epoch: state.epoch,
+            current_since: state.current_since,
+            interval,
             rotation,
             last: None,
             last_error: None,
@@ -83,6 +91,12 @@ impl NodeKeys {
 
     pub fn rotation(&self) -> Option<&Rotation> {
         self.rotation.as_ref()
+    }
+
+    /// When the next scheduled rotation is due (Unix seconds), if rotations are scheduled.
+    pub fn next_scheduled(&self) -> Option<u64> {
+        self.interval
+            .map(|i| crate::rotation::scheduled_at(self.current_since, i.as_secs()))
     }
 
     /// Generates and stores the next key. The caller then hands both keys to the datapath and
@@ -132,17 +146,19 @@ impl NodeKeys {
         let Some(rotation) = self.rotation.clone() else {
             return Ok(());
         };
+        let now = unix_now();
         let new = self
             .store
-            .complete_rotation()
+            .complete_rotation(now)
             .map_err(|e| self.failed(format!("cannot make the next key current: {e}")))?;
         self.current = new;
+        self.current_since = now;
         self.next = None;
         self.rotation = None;
         self.last_error = None;
         self.last = Some(CompletedView {
             epoch: rotation.epoch,
-            completed_at: unix_now(),
+            completed_at: now,
             reason,
             unmoved_peers: unmoved,
         });
@@ -161,6 +177,8 @@ impl NodeKeys {
             public_key: self.public_key().to_string(),
             next_public_key: self.next_public_key().map(|k| k.to_string()),
             key_epoch: self.epoch,
+            current_since: self.current_since,
+            next_scheduled_rotation: self.next_scheduled(),
             rotation: self
                 .rotation
                 .as_ref()
@@ -178,7 +196,7 @@ mod tests {
 
     fn keys() -> (tempfile::TempDir, NodeKeys) {
         let dir = tempfile::tempdir().unwrap();
-        let (keys, created) = NodeKeys::load(KeyStore::new(dir.path().join("keys"))).unwrap();
+        let (keys, created) = NodeKeys::load(KeyStore::new(dir.path().join("keys")), None).unwrap();
         assert!(created);
         (dir, keys)
     }
@@ -208,7 +226,8 @@ mod tests {
         assert_eq!(status.rotation.as_ref().unwrap().pending_peers, vec!["n2"]);
 
         // A restart in between resumes the same rotation from disk.
-        let (resumed, created) = NodeKeys::load(KeyStore::new(dir.path().join("keys"))).unwrap();
+        let (resumed, created) =
+            NodeKeys::load(KeyStore::new(dir.path().join("keys")), None).unwrap();
         assert!(!created);
         assert_eq!(resumed.rotation(), Some(&rotation));
         assert_eq!(resumed.next_public_key(), Some(next));

@@ -30,14 +30,32 @@ pub(super) struct RotationDriver {
     keys: NodeKeys,
     /// Whether the registry holds the own record as the keys are now.
     published: bool,
+    /// After a scheduled rotation failed to start, the next try waits until then (Unix s).
+    scheduled_retry_at: u64,
 }
+
+/// How long a scheduled rotation that could not start waits before trying again.
+const SCHEDULED_RETRY_SECS: u64 = 60;
 
 impl RotationDriver {
     pub fn new(keys: NodeKeys) -> Self {
         Self {
             keys,
             published: true,
+            scheduled_retry_at: 0,
         }
+    }
+
+    /// Announces a rotation: the next key on disk, then in the datapath, then published.
+    async fn begin(
+        &mut self,
+        grace: std::time::Duration,
+        env: &RotationEnv<'_>,
+        own: &mut OwnNode,
+    ) -> Result<(), String> {
+        let rotation = self.keys.begin(grace)?;
+        tracing::info!(epoch = rotation.epoch, next_public_key = %rotation.next_public_key, grace_secs = rotation.grace_secs, "key rotation announced");
+        self.apply(env, own).await
     }
 
     /// `weft key rotate`. Returns whether the own record changed.
@@ -47,24 +65,31 @@ impl RotationDriver {
         env: &RotationEnv<'_>,
         own: &mut OwnNode,
     ) -> bool {
-        let result = match self.keys.begin(request.grace) {
-            Ok(rotation) => {
-                tracing::info!(epoch = rotation.epoch, next_public_key = %rotation.next_public_key, grace_secs = rotation.grace_secs, "key rotation announced");
-                self.apply(env, own).await
-            }
-            Err(error) => Err(error),
-        };
+        let result = self.begin(request.grace, env, own).await;
         self.publish_status(env);
         let changed = result.is_ok();
         let _ = request.reply.send(result.map(|()| self.status(env)));
         changed
     }
 
-    /// Once a second: retry an unpublished record, complete a rotation that is due. Returns
-    /// whether the own record changed.
+    /// Once a second: retry an unpublished record, complete a rotation that is due, start a
+    /// scheduled one. Returns whether the own record changed.
     pub async fn tick(&mut self, env: &RotationEnv<'_>, own: &mut OwnNode) -> bool {
         if !self.published {
             self.published = publish(env.registry, own).await;
+        }
+        let now = node_keys::unix_now();
+        let scheduled = self.keys.rotation().is_none()
+            && self.keys.next_scheduled().is_some_and(|at| now >= at)
+            && now >= self.scheduled_retry_at;
+        if scheduled {
+            tracing::info!("the node key reached --key-rotation-interval: rotating");
+            let result = self.begin(node_keys::DEFAULT_GRACE, env, own).await;
+            if result.is_err() {
+                self.scheduled_retry_at = now.saturating_add(SCHEDULED_RETRY_SECS);
+            }
+            self.publish_status(env);
+            return result.is_ok();
         }
         let mut changed = false;
         if self.published && self.complete_if_due(env) {
