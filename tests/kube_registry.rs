@@ -367,6 +367,65 @@ fn a_dropped_watch_resumes_from_its_resource_version_without_a_relist() {
 }
 
 #[test]
+fn bookmarks_keep_a_quiet_node_watch_resumable_after_the_history_is_compacted() {
+    let mut n1 = Node1::new("wk-bookmark");
+    cluster(&mut n1);
+    n1.start_agent();
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    let api = n1.api();
+    let lists_before = node_lists(api);
+    let gone_before = api.gone_sent();
+    assert!(
+        node_watches(api)
+            .iter()
+            .all(|w| w.contains("allowWatchBookmarks=true")),
+        "the agent does not ask for bookmarks: {:?}",
+        node_watches(api)
+    );
+    // Other objects change while the Nodes stay quiet: only bookmarks tell the Node watch
+    // how far the history has moved.
+    for i in 0..5 {
+        api.upsert(
+            "Namespace",
+            json!({"metadata": {"name": format!("churn{i}")}}),
+        );
+    }
+    let churned = api.resource_version();
+    let seen = api.bookmarks_sent("Node");
+    wait_for(
+        Duration::from_secs(10),
+        "bookmarks on the Node watch",
+        || (api.bookmarks_sent("Node") >= seen + 2).then_some(()),
+    );
+    api.compact();
+    api.drop_watches();
+    api.upsert(
+        "Node",
+        node(
+            "n3",
+            "198.18.0.3",
+            "10.244.3.0/24",
+            json!({"weft.dev/node": record(3, "10.244.3.0/24")}),
+        ),
+    );
+    n1.wait_for_peers(
+        "n3 after the compaction",
+        &[("n2", &public_key(2)), ("n3", &public_key(3))],
+    );
+    assert_eq!(
+        api.gone_sent(),
+        gone_before,
+        "a Node watch resumed from before the bookmarks and got 410 Gone"
+    );
+    assert_eq!(node_lists(api), lists_before, "the Node watch re-listed");
+    let last = node_watches(api).pop().unwrap();
+    assert!(
+        resource_version_of(&last).is_some_and(|v| v >= churned),
+        "the watch did not resume from the bookmarked resourceVersion {churned}: {last}"
+    );
+}
+
+#[test]
 fn gone_410_makes_the_watch_relist_and_the_mesh_is_right_afterwards() {
     let mut n1 = Node1::new("wk-gone");
     cluster(&mut n1);

@@ -56,6 +56,8 @@ struct Store {
     requests: Vec<String>,
     /// Watches answered with 410 Gone.
     gone: u32,
+    /// BOOKMARK events sent, by kind.
+    bookmarks: BTreeMap<&'static str, u32>,
 }
 
 #[derive(Clone)]
@@ -243,6 +245,13 @@ impl ApiServer {
         self.shared.store.lock().unwrap().gone
     }
 
+    /// BOOKMARK events sent on watches of `kind`.
+    pub fn bookmarks_sent(&self, kind: &str) -> u32 {
+        let (_, kind, _) = kind_meta(kind);
+        let store = self.shared.store.lock().unwrap();
+        store.bookmarks.get(kind).copied().unwrap_or(0)
+    }
+
     pub fn resource_version(&self) -> u64 {
         self.shared.store.lock().unwrap().rv
     }
@@ -384,7 +393,18 @@ fn watch_collection(
                     _ = drops.changed() => return,
                     _ = tokio::time::sleep_until(deadline) => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)), if bookmarks => {
-                        let rv = shared.store.lock().unwrap().rv;
+                        // A bookmark promises every event of this kind up to its
+                        // resourceVersion was sent: none may be pending.
+                        let rv = {
+                            let mut store = shared.store.lock().unwrap();
+                            let pending = store.events.iter().any(|e| e.kind == kind && e.rv > sent);
+                            if !pending {
+                                *store.bookmarks.entry(kind).or_default() += 1;
+                            }
+                            (!pending).then_some(store.rv)
+                        };
+                        let Some(rv) = rv else { continue };
+                        sent = rv;
                         let bookmark = json!({"type": "BOOKMARK", "object": {
                             "kind": kind, "apiVersion": api_version,
                             "metadata": {"resourceVersion": rv.to_string()}}});
