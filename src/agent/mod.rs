@@ -297,14 +297,15 @@ async fn serve_node(
         ),
         None => None,
     };
-    match (&registry, registry.publish(&own).await) {
-        (_, Ok(())) => {}
-        // The API server may be away: the watch re-publishes once it sees the Node again.
+    let published = match (&registry, registry.publish(&own).await) {
+        (_, Ok(())) => true,
+        // The API server may be away: publishing is retried every second.
         (Backend::Kube { .. }, Err(error)) => {
             tracing::warn!(%error, "publishing the own record failed; will retry");
+            false
         }
         (Backend::File(_), Err(error)) => return Err(error.into()),
-    }
+    };
 
     let (nodes_tx, mut nodes) = watch::channel(None::<RegistrySnapshot>);
     let (routes_tx, mut routes) = watch::channel(None::<Vec<LearnedRoute>>);
@@ -366,7 +367,7 @@ async fn serve_node(
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
     let mut fully_synced = false;
-    let mut rotation = RotationDriver::new(keys);
+    let mut rotation = RotationDriver::new(keys, published);
     let env = RotationEnv {
         config: &config,
         registry: &registry,

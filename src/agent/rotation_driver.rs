@@ -38,10 +38,11 @@ pub(super) struct RotationDriver {
 const SCHEDULED_RETRY_SECS: u64 = 60;
 
 impl RotationDriver {
-    pub fn new(keys: NodeKeys) -> Self {
+    /// `published`: whether the own record as the keys are now is in the registry.
+    pub fn new(keys: NodeKeys, published: bool) -> Self {
         Self {
             keys,
-            published: true,
+            published,
             scheduled_retry_at: 0,
         }
     }
