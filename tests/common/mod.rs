@@ -420,20 +420,6 @@ impl Lab {
         weft_in(&self.node_ns(k), &args)
     }
 
-    /// Like `key_rotate`, started in the background (for rotations that run concurrently).
-    pub fn spawn_key_rotate(&self, k: usize, extra: &[&str]) -> std::process::Child {
-        let ns = self.node_ns(k);
-        let run_dir = self.run_dir(k);
-        Command::new("ip")
-            .args(["netns", "exec", &ns, weft_bin(), "key", "rotate"])
-            .args(["--run-dir", &run_dir])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
     /// The `record` of node `k`'s file in the registry directory, as the file holds it now.
     pub fn registry_record(&self, k: usize) -> Option<Value> {
         let text = std::fs::read_to_string(self.registry_dir().join(format!("n{k}.json"))).ok()?;
