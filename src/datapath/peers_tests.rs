@@ -268,6 +268,17 @@ fn connected() -> (Vec<Node>, Wire, u32) {
     (nodes, wire, seq)
 }
 
+/// A handshake initiation from session `index` of `table`.
+fn initiation(table: &mut PeerTable, index: u32, force: bool) -> Vec<u8> {
+    let mut out = vec![0u8; 2048];
+    let id = table.index_for_receiver(index << 8).unwrap();
+    let session = table.slot_mut(id).unwrap().session_mut(index).unwrap();
+    match session.tunn.format_handshake_initiation(&mut out, force) {
+        TunnResult::WriteToNetwork(init) => init.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
 /// The sessions of a node's table on one of its own keys.
 fn sessions_on(node: &Node, own: x25519::PublicKey) -> Vec<u32> {
     node.table
@@ -384,18 +395,7 @@ fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
     // b thinks a rotates to key 11, but a never announced it: a must refuse the handshake
     // (its MAC1 is keyed to a key a does not hold).
     let created = nodes[1].table.sync(&peer_a(1, Some(11)));
-    let mut out = vec![0u8; 2048];
-    let id = nodes[1].table.index_for_receiver(created[0] << 8).unwrap();
-    let slot = nodes[1].table.slot_mut(id).unwrap();
-    let TunnResult::WriteToNetwork(init) = slot
-        .session_mut(created[0])
-        .unwrap()
-        .tunn
-        .format_handshake_initiation(&mut out, false)
-    else {
-        panic!("no initiation");
-    };
-    let init = init.to_vec();
+    let init = initiation(&mut nodes[1].table, created[0], false);
     let mut reply = vec![0u8; 2048];
     let from = nodes[1].addr;
     assert!(matches!(
@@ -419,15 +419,7 @@ fn after_a_rotation_the_old_key_is_refused_both_ways() {
     // Someone holding a's old key initiates to b as a: b knows no peer with that key.
     let mut thief = PeerTable::new(secret(1), 100);
     let created = thief.sync(&peer_b(2, None));
-    let mut out = vec![0u8; 2048];
-    let id = thief.index_for_receiver(created[0] << 8).unwrap();
-    let session = thief.slot_mut(id).unwrap().session_mut(created[0]).unwrap();
-    let TunnResult::WriteToNetwork(init) =
-        session.tunn.format_handshake_initiation(&mut out, false)
-    else {
-        panic!("no initiation");
-    };
-    let init = init.to_vec();
+    let init = initiation(&mut thief, created[0], false);
     let mut reply = vec![0u8; 2048];
     let from = nodes[0].addr;
     assert!(matches!(
@@ -439,14 +431,7 @@ fn after_a_rotation_the_old_key_is_refused_both_ways() {
     // addressed to the old key fails a's MAC1 check.
     let mut stale = PeerTable::new(secret(2), 100);
     let created = stale.sync(&peer_a(1, None));
-    let id = stale.index_for_receiver(created[0] << 8).unwrap();
-    let session = stale.slot_mut(id).unwrap().session_mut(created[0]).unwrap();
-    let TunnResult::WriteToNetwork(init) =
-        session.tunn.format_handshake_initiation(&mut out, false)
-    else {
-        panic!("no initiation");
-    };
-    let init = init.to_vec();
+    let init = initiation(&mut stale, created[0], false);
     let from = nodes[1].addr;
     assert!(matches!(
         nodes[0].table.classify(from, &init, &mut reply),
@@ -470,19 +455,7 @@ fn a_handshake_is_counted_once_by_the_rate_limiter() {
 
     // The next one within the second is over the limit: answered with a cookie reply, before
     // anything about it is trusted.
-    let mut out = vec![0u8; 2048];
-    let id = nodes[0].table.index_for_receiver(created[0] << 8).unwrap();
-    let session = nodes[0]
-        .table
-        .slot_mut(id)
-        .unwrap()
-        .session_mut(created[0])
-        .unwrap();
-    let TunnResult::WriteToNetwork(init) = session.tunn.format_handshake_initiation(&mut out, true)
-    else {
-        panic!("no initiation");
-    };
-    let init = init.to_vec();
+    let init = initiation(&mut nodes[0].table, created[0], true);
     let mut reply = vec![0u8; 2048];
     let from = nodes[0].addr;
     match nodes[1].table.classify(from, &init, &mut reply) {
