@@ -3,9 +3,10 @@
 //! What it honours, as the real one does: list with the collection's resourceVersion; watch
 //! from a resourceVersion with per-event resourceVersions and bookmarks; a watch from a
 //! compacted resourceVersion gets one ERROR event with a 410 Gone Status; PATCH with JSON merge
-//! patch or strategic merge patch (merged like a JSON merge patch, which is what strategic
-//! merge does on metadata maps) and 409 Conflict when the patch names a stale
-//! resourceVersion. Test controls: drop every open watch, compact the history, go away (503 on
+//! patch, or strategic merge patch with ObjectMeta's strategies (maps merge and take
+//! `$patch: replace|delete`; `finalizers` merge as a set and take
+//! `$deleteFromPrimitiveList/finalizers`; `ownerReferences` merge by `uid`; other fields as a
+//! JSON merge patch), and 409 Conflict when the patch names a stale resourceVersion. Test controls: drop every open watch, compact the history, go away (503 on
 //! every request), force conflicts. Every request is logged for assertions.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -475,6 +476,7 @@ async fn patch_node(
             &format!("the emulation does not take {content_type:?} patches"),
         );
     }
+    let strategic = content_type == "application/strategic-merge-patch+json";
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -505,7 +507,11 @@ async fn patch_node(
                 "Operation cannot be fulfilled on nodes: the object has been modified; please apply your changes to the latest version and try again",
             );
         }
-        merge(node, &patch);
+        if strategic {
+            strategic_merge(node, &patch);
+        } else {
+            merge(node, &patch);
+        }
         node["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
         let updated = node.clone();
         store.rv += 1;
@@ -516,10 +522,122 @@ async fn patch_node(
     axum::Json(updated).into_response()
 }
 
+/// Strategic merge patch of an object: `metadata` with ObjectMeta's patch strategies, the
+/// rest as a JSON merge patch (weft never patches anything but metadata).
+fn strategic_merge(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        return merge(target, patch);
+    };
+    for (key, value) in fields {
+        if key == "metadata" {
+            let meta = target
+                .as_object_mut()
+                .map(|t| t.entry("metadata").or_insert(json!({})));
+            if let Some(meta) = meta {
+                strategic_metadata(meta, value);
+            }
+        } else {
+            merge(target, &json!({ key: value }));
+        }
+    }
+}
+
+fn strategic_metadata(meta: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        return;
+    };
+    if let Some(remove) = fields
+        .get("$deleteFromPrimitiveList/finalizers")
+        .and_then(Value::as_array)
+        && let Some(list) = meta["finalizers"].as_array_mut()
+    {
+        list.retain(|f| !remove.contains(f));
+    }
+    for (key, value) in fields {
+        match key.as_str() {
+            k if k.starts_with("$deleteFromPrimitiveList/") => {}
+            "finalizers" if value.is_array() => {
+                let mut list = meta[key].as_array().cloned().unwrap_or_default();
+                for item in value.as_array().into_iter().flatten() {
+                    if !list.contains(item) {
+                        list.push(item.clone());
+                    }
+                }
+                meta[key] = Value::Array(list);
+            }
+            "ownerReferences" if value.is_array() => {
+                let mut list = meta[key].as_array().cloned().unwrap_or_default();
+                for item in value.as_array().into_iter().flatten() {
+                    let same = |r: &Value| r["uid"] == item["uid"];
+                    if item["$patch"] == "delete" {
+                        list.retain(|r| !same(r));
+                    } else if let Some(existing) = list.iter_mut().find(|r| same(r)) {
+                        merge(existing, item);
+                    } else {
+                        list.push(item.clone());
+                    }
+                }
+                meta[key] = Value::Array(list);
+            }
+            _ if value.is_object() => match value["$patch"].as_str() {
+                Some("delete") => {
+                    if let Some(m) = meta.as_object_mut() {
+                        m.remove(key);
+                    }
+                }
+                Some("replace") => {
+                    let mut replaced = value.clone();
+                    if let Some(r) = replaced.as_object_mut() {
+                        r.remove("$patch");
+                    }
+                    meta[key] = replaced;
+                }
+                _ => merge(&mut meta[key], value),
+            },
+            _ => merge(meta, &json!({ key: value })),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::merge;
+    use super::{merge, strategic_merge};
     use serde_json::json;
+
+    #[test]
+    fn strategic_merge_follows_object_meta_strategies() {
+        let mut node = json!({"metadata": {
+            "annotations": {"a": "1", "b": "2"},
+            "labels": {"x": "1"},
+            "finalizers": ["f1", "f2"],
+            "ownerReferences": [{"uid": "u1", "name": "one"}, {"uid": "u2", "name": "two"}]
+        }, "spec": {"podCIDR": "10.244.1.0/24"}});
+        strategic_merge(
+            &mut node,
+            &json!({"metadata": {
+                "annotations": {"a": null, "c": "3"},
+                "labels": {"$patch": "replace", "y": "2"},
+                "finalizers": ["f3", "f1"],
+                "$deleteFromPrimitiveList/finalizers": ["f2"],
+                "ownerReferences": [{"uid": "u1", "name": "uno"}, {"uid": "u2", "$patch": "delete"},
+                                    {"uid": "u3", "name": "three"}]
+            }}),
+        );
+        assert_eq!(
+            node,
+            json!({"metadata": {
+                "annotations": {"b": "2", "c": "3"},
+                "labels": {"y": "2"},
+                "finalizers": ["f1", "f3"],
+                "ownerReferences": [{"uid": "u1", "name": "uno"}, {"uid": "u3", "name": "three"}]
+            }, "spec": {"podCIDR": "10.244.1.0/24"}})
+        );
+        strategic_merge(
+            &mut node,
+            &json!({"metadata": {"labels": {"$patch": "delete"}}}),
+        );
+        assert!(node["metadata"].get("labels").is_none());
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {
