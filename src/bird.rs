@@ -84,12 +84,14 @@ pub fn render(
         out,
         "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}"
     );
+    // No `next hop self`: own blocks get this node's address as next hop anyway, and
+    // reflected routes must keep their owner's, which weft's cross-check requires.
     let _ = writeln!(out, "template bgp peer {{");
     let _ = writeln!(out, "    local {router_id} as {asn};");
     let _ = writeln!(out, "    direct;");
     let _ = writeln!(
         out,
-        "    ipv4 {{ import all; export where proto = \"pods\" || source = RTS_BGP; next hop self; }};"
+        "    ipv4 {{ import all; export where proto = \"pods\" || source = RTS_BGP; }};"
     );
     let _ = writeln!(out, "}}");
     let own_is_reflector = settings.route_reflectors.contains(&own.name);
