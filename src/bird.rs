@@ -2,11 +2,13 @@
 //! that do not run BGP already. Every node announces its own Pod blocks over iBGP and installs
 //! the blocks it learns into the kernel (protocol `bird`, which weft reads). Topology: a
 //! node-to-node full mesh, or route reflectors (named nodes peer with everyone as reflectors;
-//! every other node peers with the reflectors only). No IO here.
+//! every other node peers with the reflectors only). Dual-stack: IPv6 blocks travel over the
+//! same (IPv4) sessions in an IPv6 channel, with the node's IPv6 address as their next hop.
+//! No IO here.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
@@ -14,7 +16,10 @@ use ipnetwork::IpNetwork;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BirdNode {
     pub name: String,
+    /// The BGP session address (IPv4).
     pub address: IpAddr,
+    /// The next hop of this node's IPv6 blocks (needed only if it has any).
+    pub address_v6: Option<Ipv6Addr>,
     pub blocks: Vec<IpNetwork>,
 }
 
@@ -30,8 +35,10 @@ pub struct BirdSettings {
 pub enum BirdConfigError {
     #[error("node {0} has no IPv4 InternalIP/ExternalIP address for BGP")]
     NoAddress(String),
-    #[error("node {node}: IPv6 Pod block {block} is not supported by bird-config yet")]
-    Ipv6Block { node: String, block: IpNetwork },
+    #[error(
+        "node {node} has IPv6 Pod block {block} but no IPv6 InternalIP/ExternalIP address to route it to"
+    )]
+    NoIpv6Address { node: String, block: IpNetwork },
     #[error("route reflector {0:?} is not a Node of the cluster")]
     UnknownReflector(String),
     #[error("AS number 0 is reserved")]
@@ -55,12 +62,17 @@ pub fn render(
     let IpAddr::V4(router_id) = own.address else {
         return Err(BirdConfigError::NoAddress(own.name.clone()));
     };
-    if let Some(block) = own.blocks.iter().find(|b| b.is_ipv6()) {
-        return Err(BirdConfigError::Ipv6Block {
-            node: own.name.clone(),
-            block: *block,
-        });
-    }
+    let v6_blocks: Vec<&IpNetwork> = own.blocks.iter().filter(|b| b.is_ipv6()).collect();
+    let v6_next_hop = match (v6_blocks.first(), own.address_v6) {
+        (None, _) => None,
+        (Some(_), Some(address)) => Some(address),
+        (Some(block), None) => {
+            return Err(BirdConfigError::NoIpv6Address {
+                node: own.name.clone(),
+                block: **block,
+            });
+        }
+    };
     let asn = settings.asn;
     let mut out = String::new();
     let _ = writeln!(
@@ -72,10 +84,17 @@ pub fn render(
     let _ = writeln!(out, "protocol device {{ scan time 10; }}");
     let _ = writeln!(out, "# This node's Pod blocks, announced to BGP only.");
     let _ = write!(out, "protocol static pods {{ ipv4;");
-    for block in &own.blocks {
+    for block in own.blocks.iter().filter(|b| b.is_ipv4()) {
         let _ = write!(out, " route {block} unreachable;");
     }
     let _ = writeln!(out, " }}");
+    if v6_next_hop.is_some() {
+        let _ = write!(out, "protocol static pods6 {{ ipv6;");
+        for block in &v6_blocks {
+            let _ = write!(out, " route {block} unreachable;");
+        }
+        let _ = writeln!(out, " }}");
+    }
     let _ = writeln!(
         out,
         "# Learned routes go into the kernel's main table with protocol \"bird\" (weft reads them)."
@@ -84,6 +103,12 @@ pub fn render(
         out,
         "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}"
     );
+    if v6_next_hop.is_some() {
+        let _ = writeln!(
+            out,
+            "protocol kernel kernel6 {{ ipv6 {{ import none; export where source = RTS_BGP; }}; }}"
+        );
+    }
     // No `next hop self`: own blocks get this node's address as next hop anyway, and
     // reflected routes must keep their owner's, which weft's cross-check requires.
     let _ = writeln!(out, "template bgp peer {{");
@@ -93,6 +118,14 @@ pub fn render(
         out,
         "    ipv4 {{ import all; export where proto = \"pods\" || source = RTS_BGP; }};"
     );
+    if let Some(next_hop) = v6_next_hop {
+        // Own IPv6 blocks get this node's IPv6 address as next hop (the session is IPv4);
+        // reflected routes keep their owner's.
+        let _ = writeln!(
+            out,
+            "    ipv6 {{ import all; export filter {{ if proto = \"pods6\" then {{ bgp_next_hop = {next_hop}; accept; }} if source = RTS_BGP then accept; reject; }}; }};"
+        );
+    }
     let _ = writeln!(out, "}}");
     let own_is_reflector = settings.route_reflectors.contains(&own.name);
     let full_mesh = settings.route_reflectors.is_empty();
@@ -127,6 +160,7 @@ mod tests {
         BirdNode {
             name: name.into(),
             address: address.parse().unwrap(),
+            address_v6: None,
             blocks: vec![block.parse().unwrap()],
         }
     }
@@ -174,6 +208,23 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_blocks_go_out_in_an_ipv6_channel_with_the_nodes_ipv6_next_hop() {
+        let mut own = node("n1", "198.18.0.1", "10.244.1.0/24");
+        own.blocks.push("fd00:10:244:1::/64".parse().unwrap());
+        own.address_v6 = Some("fd00:198:18::1".parse().unwrap());
+        let conf = render(&own, &nodes()[1..], &settings(&[])).unwrap();
+        assert!(conf.contains("protocol static pods { ipv4; route 10.244.1.0/24 unreachable; }"));
+        assert!(
+            conf.contains("protocol static pods6 { ipv6; route fd00:10:244:1::/64 unreachable; }")
+        );
+        assert!(conf.contains("bgp_next_hop = fd00:198:18::1;"));
+        assert!(conf.contains("protocol kernel kernel6"));
+        // IPv4 only: nothing of the kind.
+        let v4 = render(&nodes()[0], &nodes()[1..], &settings(&[])).unwrap();
+        assert!(!v4.contains("ipv6"));
+    }
+
+    #[test]
     fn bad_input_is_a_clear_error() {
         let all = nodes();
         assert_eq!(
@@ -188,7 +239,7 @@ mod tests {
         let v6_block = node("n1", "198.18.0.1", "fd00:1::/64");
         assert!(matches!(
             render(&v6_block, &all[1..], &settings(&[])),
-            Err(BirdConfigError::Ipv6Block { .. })
+            Err(BirdConfigError::NoIpv6Address { .. })
         ));
         let zero = BirdSettings {
             asn: 0,

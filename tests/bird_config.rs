@@ -288,6 +288,8 @@ impl BgpLab {
                 "dev",
                 "eth0",
             ]);
+            let v6 = format!("fd00:198:18::{k}/64");
+            ip(&["-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             let conf = lab.dir.path().join(format!("n{k}.conf"));
@@ -332,9 +334,10 @@ impl BgpLab {
         lab
     }
 
-    /// `ip route show proto bird` in node `k`, as "prefix via address" lines.
-    fn bird_routes(&self, k: u8) -> Vec<String> {
-        let out = common::run_ok("ip", &["-n", &self.ns(k), "route", "show", "proto", "bird"]);
+    /// `ip [-4|-6] route show proto bird` in node `k`, as "prefix via address" lines.
+    fn bird_routes(&self, k: u8, family: &str) -> Vec<String> {
+        let ns = self.ns(k);
+        let out = common::run_ok("ip", &[family, "-n", &ns, "route", "show", "proto", "bird"]);
         let mut routes: Vec<String> = out
             .lines()
             .filter_map(|l| {
@@ -380,8 +383,40 @@ fn rendered_configs_make_real_bird_learn_every_block_via_its_owner() {
             common::wait_for(
                 std::time::Duration::from_secs(30),
                 &format!("{name}: n{k} to learn the other blocks via their owners"),
-                || (lab.bird_routes(k) == expected_routes(k)).then_some(()),
+                || (lab.bird_routes(k, "-4") == expected_routes(k)).then_some(()),
             );
+        }
+    }
+}
+
+/// Dual-stack Nodes: the IPv6 blocks reach every node over the same sessions, each via its
+/// owner's IPv6 address, through a route reflector too.
+#[test]
+fn dual_stack_blocks_reach_real_bird_via_their_owners_ipv6_address() {
+    for (name, reflectors) in [("wbd6", &[][..]), ("wbr6", &["n1"][..])] {
+        let (api, _dir) = cluster();
+        for k in 1..=3u8 {
+            api.upsert(
+                "Node",
+                json!({"metadata": {"name": format!("n{k}")},
+                       "spec": {"podCIDRs": [format!("10.244.{k}.0/24"), format!("fd00:10:244:{k}::/64")]},
+                       "status": {"addresses": [
+                           {"type": "InternalIP", "address": format!("198.18.0.{k}")},
+                           {"type": "InternalIP", "address": format!("fd00:198:18::{k}")}]}}),
+            );
+        }
+        let lab = BgpLab::up(name, &api, reflectors);
+        for k in 1..=3u8 {
+            let want: Vec<String> = (1..=3u8)
+                .filter(|j| *j != k)
+                .map(|j| format!("fd00:10:244:{j}::/64 via fd00:198:18::{j}"))
+                .collect();
+            common::wait_for(
+                std::time::Duration::from_secs(30),
+                &format!("{name}: n{k} to learn the IPv6 blocks via their owners"),
+                || (lab.bird_routes(k, "-6") == want).then_some(()),
+            );
+            assert_eq!(lab.bird_routes(k, "-4"), expected_routes(k));
         }
     }
 }

@@ -65,9 +65,14 @@ pub fn render_nodes<'a>(
         };
         let blocks =
             node_pod_cidrs(node).map_err(|e| BirdSourceError::BadPodCidr(name.clone(), e))?;
+        let address_v6 = node_addresses(node).into_iter().find_map(|a| match a {
+            std::net::IpAddr::V6(v6) => Some(v6),
+            std::net::IpAddr::V4(_) => None,
+        });
         bird_nodes.push(BirdNode {
             name,
             address,
+            address_v6,
             blocks,
         });
     }
