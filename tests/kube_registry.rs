@@ -502,9 +502,19 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     wait_for(Duration::from_secs(20), "readiness", || {
         n1.ready()?.then_some(())
     });
-    // Away again: the last known mesh stays, and so does readiness (it has synced).
+    // Away again, answering 503, then not answering at all (connections reset): the last
+    // known mesh stays, and so does readiness (it has synced).
     n1.api().set_down(true);
     std::thread::sleep(Duration::from_secs(3));
+    n1.api().set_down(false);
+    n1.api().set_unreachable(true);
+    let requests = n1.api().requests().len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        n1.api().requests().len(),
+        requests,
+        "a request got through while the API server was unreachable"
+    );
     assert_eq!(
         n1.peers(),
         Some(vec![("n2".to_string(), public_key(2))]),
@@ -513,7 +523,7 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     assert_eq!(n1.ready(), Some(true));
     // Back: changes made meanwhile arrive.
     n1.api().delete("Node", "n2");
-    n1.api().set_down(false);
+    n1.api().set_unreachable(false);
     n1.wait_for_peers("n2 gone after the API came back", &[]);
 }
 

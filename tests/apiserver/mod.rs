@@ -6,13 +6,19 @@
 //! patch, or strategic merge patch with ObjectMeta's strategies (maps merge and take
 //! `$patch: replace|delete`; `finalizers` merge as a set and take
 //! `$deleteFromPrimitiveList/finalizers`; `ownerReferences` merge by `uid`; other fields as a
-//! JSON merge patch), and 409 Conflict when the patch names a stale resourceVersion. Test controls: drop every open watch, compact the history, go away (503 on
-//! every request), force conflicts. Every request is logged for assertions.
+//! JSON merge patch), and 409 Conflict when the patch names a stale resourceVersion.
+//!
+//! Test controls: drop every open watch, compact the history, go away (503 on every request),
+//! become unreachable (every connection, open or new, is reset, as when the API server's host
+//! is gone), force conflicts. Every request is logged for assertions.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -63,6 +69,8 @@ struct Store {
 
 #[derive(Clone)]
 struct Shared {
+    /// While set, every connection is reset (see `Gate`).
+    unreachable: Arc<AtomicBool>,
     store: Arc<Mutex<Store>>,
     /// Bumped on every change; watches wake up on it. A bump of `drops` ends every watch.
     changes: watch::Sender<u64>,
@@ -122,6 +130,7 @@ impl ApiServer {
         let address = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let shared = Shared {
+            unreachable: Arc::new(AtomicBool::new(false)),
             store: Arc::new(Mutex::new(Store::default())),
             changes: watch::channel(0).0,
             drops: watch::channel(0).0,
@@ -141,9 +150,10 @@ impl ApiServer {
             )
             .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
             .with_state(shared.clone());
+        let cut = shared.unreachable.clone();
         runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
+            let inner = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(Gate { inner, cut }, app).await.unwrap();
         });
         ApiServer {
             address,
@@ -229,6 +239,12 @@ impl ApiServer {
         if down {
             self.drop_watches();
         }
+    }
+
+    /// While unreachable, new connections are reset at once and open ones fail at their next
+    /// read or write (no HTTP answer at all, unlike `set_down`).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.shared.unreachable.store(unreachable, Ordering::SeqCst);
     }
 
     /// The next `n` patches get 409 Conflict.
@@ -520,6 +536,83 @@ async fn patch_node(
     };
     shared.changes.send_modify(|n| *n += 1);
     axum::Json(updated).into_response()
+}
+
+/// The listener: resets every connection while the server is unreachable.
+struct Gate {
+    inner: tokio::net::TcpListener,
+    cut: Arc<AtomicBool>,
+}
+
+impl axum::serve::Listener for Gate {
+    type Io = GatedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, _)) if self.cut.load(Ordering::SeqCst) => {
+                    // SO_LINGER 0: closing sends a reset, as a vanished host's stack would.
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                }
+                Ok((stream, addr)) => {
+                    let cut = self.cut.clone();
+                    return (GatedStream { stream, cut }, addr);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that fails its next read or write once the server is unreachable.
+struct GatedStream {
+    stream: tokio::net::TcpStream,
+    cut: Arc<AtomicBool>,
+}
+
+fn reset() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::ConnectionReset)
+}
+
+impl tokio::io::AsyncRead for GatedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(reset()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GatedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(reset()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// Strategic merge patch of an object: `metadata` with ObjectMeta's patch strategies, the
