@@ -553,7 +553,7 @@ impl axum::serve::Listener for Gate {
             match self.inner.accept().await {
                 Ok((stream, _)) if self.cut.load(Ordering::SeqCst) => {
                     // SO_LINGER 0: closing sends a reset, as a vanished host's stack would.
-                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    let _ = stream.set_zero_linger();
                 }
                 Ok((stream, addr)) => {
                     let cut = self.cut.clone();
