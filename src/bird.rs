@@ -41,11 +41,14 @@ pub enum BirdConfigError {
     NoIpv6Address { node: String, block: IpNetwork },
     #[error("route reflector {0:?} is not a Node of the cluster")]
     UnknownReflector(String),
+    #[error("node {0} uses the BGP address {1} of another node")]
+    SharedAddress(String, std::net::Ipv4Addr),
     #[error("AS number 0 is reserved")]
     ReservedAsn,
 }
 
-/// Renders the configuration of `own` given the other nodes.
+/// Renders the configuration of `own` given the other nodes (each with an IPv4 address;
+/// callers leave out nodes they cannot route to).
 pub fn render(
     own: &BirdNode,
     others: &[BirdNode],
@@ -62,8 +65,8 @@ pub fn render(
     let IpAddr::V4(router_id) = own.address else {
         return Err(BirdConfigError::NoAddress(own.name.clone()));
     };
-    let v6_blocks: Vec<&IpNetwork> = own.blocks.iter().filter(|b| b.is_ipv6()).collect();
-    let v6_next_hop = match (v6_blocks.first(), own.address_v6) {
+    let own_v6: Vec<&IpNetwork> = own.blocks.iter().filter(|b| b.is_ipv6()).collect();
+    let v6_next_hop = match (own_v6.first(), own.address_v6) {
         (None, _) => None,
         (Some(_), Some(address)) => Some(address),
         (Some(block), None) => {
@@ -73,6 +76,9 @@ pub fn render(
             });
         }
     };
+    // An IPv6 channel as soon as any node has IPv6 blocks: a reflector must carry them even
+    // if it has none of its own.
+    let ipv6 = !own_v6.is_empty() || others.iter().flat_map(|n| &n.blocks).any(|b| b.is_ipv6());
     let asn = settings.asn;
     let mut out = String::new();
     let _ = writeln!(
@@ -83,17 +89,17 @@ pub fn render(
     let _ = writeln!(out, "router id {router_id};");
     let _ = writeln!(out, "protocol device {{ scan time 10; }}");
     let _ = writeln!(out, "# This node's Pod blocks, announced to BGP only.");
-    let _ = write!(out, "protocol static pods {{ ipv4;");
-    for block in own.blocks.iter().filter(|b| b.is_ipv4()) {
-        let _ = write!(out, " route {block} unreachable;");
-    }
-    let _ = writeln!(out, " }}");
-    if v6_next_hop.is_some() {
-        let _ = write!(out, "protocol static pods6 {{ ipv6;");
-        for block in &v6_blocks {
-            let _ = write!(out, " route {block} unreachable;");
-        }
-        let _ = writeln!(out, " }}");
+    let _ = writeln!(
+        out,
+        "protocol static pods {{ ipv4;{} }}",
+        routes(&own.blocks, false)
+    );
+    if ipv6 {
+        let _ = writeln!(
+            out,
+            "protocol static pods6 {{ ipv6;{} }}",
+            routes(&own.blocks, true)
+        );
     }
     let _ = writeln!(
         out,
@@ -103,12 +109,14 @@ pub fn render(
         out,
         "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}"
     );
-    if v6_next_hop.is_some() {
+    if ipv6 {
         let _ = writeln!(
             out,
             "protocol kernel kernel6 {{ ipv6 {{ import none; export where source = RTS_BGP; }}; }}"
         );
     }
+    // Only the other nodes' Pod blocks are accepted, exactly: a peer announcing anything else
+    // (a node address, a default route) could otherwise steer the host's own traffic.
     // No `next hop self`: own blocks get this node's address as next hop anyway, and
     // reflected routes must keep their owner's, which weft's cross-check requires.
     let _ = writeln!(out, "template bgp peer {{");
@@ -116,20 +124,28 @@ pub fn render(
     let _ = writeln!(out, "    direct;");
     let _ = writeln!(
         out,
-        "    ipv4 {{ import all; export where proto = \"pods\" || source = RTS_BGP; }};"
+        "    ipv4 {{ import {}; export where proto = \"pods\" || source = RTS_BGP; }};",
+        import_filter(others, false)
     );
-    if let Some(next_hop) = v6_next_hop {
-        // Own IPv6 blocks get this node's IPv6 address as next hop (the session is IPv4);
-        // reflected routes keep their owner's.
+    if ipv6 {
+        // Own IPv6 blocks get this node's IPv6 address as next hop (the session is IPv4).
+        let own_routes = match v6_next_hop {
+            Some(next_hop) => {
+                format!("if proto = \"pods6\" then {{ bgp_next_hop = {next_hop}; accept; }} ")
+            }
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "    ipv6 {{ import all; export filter {{ if proto = \"pods6\" then {{ bgp_next_hop = {next_hop}; accept; }} if source = RTS_BGP then accept; reject; }}; }};"
+            "    ipv6 {{ import {}; export filter {{ {own_routes}if source = RTS_BGP then accept; reject; }}; }};",
+            import_filter(others, true)
         );
     }
     let _ = writeln!(out, "}}");
     let own_is_reflector = settings.route_reflectors.contains(&own.name);
     let full_mesh = settings.route_reflectors.is_empty();
-    for (index, node) in others.iter().enumerate() {
+    let mut seen = BTreeSet::new();
+    for node in others {
         let peer_is_reflector = settings.route_reflectors.contains(&node.name);
         if !(full_mesh || own_is_reflector || peer_is_reflector) {
             continue;
@@ -137,19 +153,48 @@ pub fn render(
         let IpAddr::V4(address) = node.address else {
             return Err(BirdConfigError::NoAddress(node.name.clone()));
         };
+        if address == router_id || !seen.insert(address) {
+            return Err(BirdConfigError::SharedAddress(node.name.clone(), address));
+        }
         let client = if own_is_reflector && !peer_is_reflector {
             " rr client;"
         } else {
             ""
         };
+        // Named by address, so a node joining or leaving renames no other session (BIRD
+        // restarts a protocol whose neighbour changes on reconfigure).
+        let name = address.to_string().replace('.', "_");
         let _ = writeln!(
             out,
-            "# node {}\nprotocol bgp peer{} from peer {{ neighbor {address} as {asn};{client} }}",
-            node.name,
-            index + 1
+            "# node {}\nprotocol bgp peer_{name} from peer {{ neighbor {address} as {asn};{client} }}",
+            node.name
         );
     }
     Ok(out)
+}
+
+/// ` route B unreachable;` for each own block of one family.
+fn routes(blocks: &[IpNetwork], v6: bool) -> String {
+    blocks
+        .iter()
+        .filter(|b| b.is_ipv6() == v6)
+        .map(|b| format!(" route {b} unreachable;"))
+        .collect()
+}
+
+/// `where net ~ [ ... ]` over the other nodes' blocks of one family (`none` if there are none).
+fn import_filter(others: &[BirdNode], v6: bool) -> String {
+    let blocks: BTreeSet<String> = others
+        .iter()
+        .flat_map(|n| &n.blocks)
+        .filter(|b| b.is_ipv6() == v6)
+        .map(ToString::to_string)
+        .collect();
+    if blocks.is_empty() {
+        return "none".into();
+    }
+    let list: Vec<String> = blocks.into_iter().collect();
+    format!("where net ~ [ {} ]", list.join(", "))
 }
 
 #[cfg(test)]
@@ -186,7 +231,9 @@ mod tests {
         let conf = render(&all[0], &all[1..], &settings(&[])).unwrap();
         assert!(conf.contains("router id 198.18.0.1;"));
         assert!(conf.contains("route 10.244.1.0/24 unreachable;"));
-        assert!(!conf.contains("10.244.2.0/24"));
+        assert!(!conf.contains("route 10.244.2.0/24"));
+        // Only the other nodes' blocks are accepted from peers.
+        assert!(conf.contains("import where net ~ [ 10.244.2.0/24, 10.244.3.0/24 ];"));
         assert!(conf.contains("neighbor 198.18.0.2 as 64512;"));
         assert!(conf.contains("neighbor 198.18.0.3 as 64512;"));
         assert!(!conf.contains("rr client"));
@@ -225,6 +272,25 @@ mod tests {
     }
 
     #[test]
+    fn a_node_joining_renames_no_other_session() {
+        let all = nodes();
+        let before = render(&all[0], &all[1..], &settings(&[])).unwrap();
+        let mut more = all[1..].to_vec();
+        more.insert(0, node("n0", "198.18.0.9", "10.244.9.0/24"));
+        let after = render(&all[0], &more, &settings(&[])).unwrap();
+        let sessions = |conf: &str| -> Vec<String> {
+            conf.lines()
+                .filter(|l| l.starts_with("protocol bgp"))
+                .map(String::from)
+                .collect()
+        };
+        for session in sessions(&before) {
+            assert!(sessions(&after).contains(&session), "{session} changed");
+        }
+        assert!(after.contains("protocol bgp peer_198_18_0_9 from peer"));
+    }
+
+    #[test]
     fn bad_input_is_a_clear_error() {
         let all = nodes();
         assert_eq!(
@@ -240,6 +306,13 @@ mod tests {
         assert!(matches!(
             render(&v6_block, &all[1..], &settings(&[])),
             Err(BirdConfigError::NoIpv6Address { .. })
+        ));
+        let twin = node("n4", "198.18.0.2", "10.244.4.0/24");
+        let mut with_twin = all[1..].to_vec();
+        with_twin.push(twin);
+        assert!(matches!(
+            render(&all[0], &with_twin, &settings(&[])),
+            Err(BirdConfigError::SharedAddress(..))
         ));
         let zero = BirdSettings {
             asn: 0,

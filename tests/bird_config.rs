@@ -183,8 +183,17 @@ fn watch_mode_rewrites_the_config_and_reloads_bird_only_when_the_nodes_change_it
     });
     bird_parses(&output).unwrap();
 
-    // A node without an address yet cannot be rendered: the last good configuration stays.
+    // Another node without an address yet is left out; nothing else changes.
     api.upsert("Node", node(5, None));
+    common::wait_for(timeout, "n5 left out in the log", || {
+        log()
+            .contains("leaving the node out of the BIRD configuration")
+            .then_some(())
+    });
+    assert!(!config().contains("10.244.5.0"), "{}", config());
+    assert_eq!(reload_count(), 2);
+    // Our own node without an address cannot be rendered at all: the last good file stays.
+    api.upsert("Node", node(1, None));
     common::wait_for(timeout, "the render failure in the log", || {
         log()
             .contains("cannot render the BIRD configuration")
@@ -196,6 +205,7 @@ fn watch_mode_rewrites_the_config_and_reloads_bird_only_when_the_nodes_change_it
         config()
     );
     assert_eq!(reload_count(), 2);
+    api.upsert("Node", node(1, Some("198.18.0.1")));
     api.delete("Node", "n5");
     common::wait_for(timeout, "the render after n5 left", || {
         log().contains("Node change without effect").then_some(())
@@ -390,12 +400,17 @@ fn rendered_configs_make_real_bird_learn_every_block_via_its_owner() {
 }
 
 /// Dual-stack Nodes: the IPv6 blocks reach every node over the same sessions, each via its
-/// owner's IPv6 address, through a route reflector too.
+/// owner's IPv6 address, through a route reflector too, even one without IPv6 blocks.
 #[test]
 fn dual_stack_blocks_reach_real_bird_via_their_owners_ipv6_address() {
-    for (name, reflectors) in [("wbd6", &[][..]), ("wbr6", &["n1"][..])] {
+    let cases = [
+        ("wbd6", &[][..], 1),
+        ("wbr6", &["n1"][..], 1),
+        ("wbx6", &["n1"][..], 2),
+    ];
+    for (name, reflectors, first_v6) in cases {
         let (api, _dir) = cluster();
-        for k in 1..=3u8 {
+        for k in first_v6..=3u8 {
             api.upsert(
                 "Node",
                 json!({"metadata": {"name": format!("n{k}")},
@@ -407,7 +422,7 @@ fn dual_stack_blocks_reach_real_bird_via_their_owners_ipv6_address() {
         }
         let lab = BgpLab::up(name, &api, reflectors);
         for k in 1..=3u8 {
-            let want: Vec<String> = (1..=3u8)
+            let want: Vec<String> = (first_v6..=3u8)
                 .filter(|j| *j != k)
                 .map(|j| format!("fd00:10:244:{j}::/64 via fd00:198:18::{j}"))
                 .collect();
@@ -419,4 +434,51 @@ fn dual_stack_blocks_reach_real_bird_via_their_owners_ipv6_address() {
             assert_eq!(lab.bird_routes(k, "-4"), expected_routes(k));
         }
     }
+}
+
+#[test]
+fn watch_mode_retries_a_failed_reload_until_it_succeeds() {
+    let (_api, dir) = cluster();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let output = dir.path().join("bird.conf");
+    let attempts = dir.path().join("attempts");
+    let ready = dir.path().join("bird-is-up");
+    // Fails until `ready` exists, as `birdc configure` does while BIRD is not up.
+    let reload = format!(
+        "echo attempt >> {}; test -e {}",
+        attempts.display(),
+        ready.display()
+    );
+    let child = std::process::Command::new(weft_bin())
+        .args(["bird-config", "--watch", "--node-name", "n1"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--output")
+        .arg(&output)
+        .args(["--reload-command", &reload])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _watcher = Watcher(child);
+    let count = || {
+        std::fs::read_to_string(&attempts)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    common::wait_for(timeout, "a failed reload and its retry", || {
+        (count() >= 2).then_some(())
+    });
+    std::fs::write(&ready, b"").unwrap();
+    common::wait_for(timeout, "a successful reload", || {
+        std::fs::read_to_string(dir.path().join("log"))
+            .unwrap_or_default()
+            .contains("BIRD reloaded")
+            .then_some(())
+    });
+    // Once it succeeded, no more attempts.
+    let settled = count();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(count(), settled, "reloads went on after one succeeded");
 }

@@ -17,6 +17,8 @@ use crate::bird::{BirdConfigError, BirdNode, BirdSettings, render};
 /// A burst of Node changes (a node joining sets addresses, then podCIDRs) settles this long
 /// before the configuration is rendered again.
 const SETTLE: Duration = Duration::from_millis(500);
+/// How often a reload that failed is tried again.
+const RELOAD_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BirdSourceError {
@@ -30,6 +32,8 @@ pub enum BirdSourceError {
     NoOwnNode(String),
     #[error(transparent)]
     Render(#[from] BirdConfigError),
+    #[error("the Node watch stopped")]
+    WatchStopped,
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
@@ -60,11 +64,27 @@ pub fn render_nodes<'a>(
     let mut bird_nodes = Vec::new();
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let Some(address) = node_addresses(node).into_iter().find(|a| a.is_ipv4()) else {
-            return Err(BirdSourceError::NoAddress(name));
+        // Our own node must be right; another node that cannot be routed to yet (no IPv4
+        // address, a bad podCIDR) is left out, so it does not hold up everyone else.
+        let skip = |error: BirdSourceError| {
+            if name == own {
+                Err(error)
+            } else {
+                tracing::warn!(%error, "leaving the node out of the BIRD configuration");
+                Ok(())
+            }
         };
-        let blocks =
-            node_pod_cidrs(node).map_err(|e| BirdSourceError::BadPodCidr(name.clone(), e))?;
+        let Some(address) = node_addresses(node).into_iter().find(|a| a.is_ipv4()) else {
+            skip(BirdSourceError::NoAddress(name.clone()))?;
+            continue;
+        };
+        let blocks = match node_pod_cidrs(node) {
+            Ok(blocks) => blocks,
+            Err(e) => {
+                skip(BirdSourceError::BadPodCidr(name.clone(), e))?;
+                continue;
+            }
+        };
         let address_v6 = node_addresses(node).into_iter().find_map(|a| match a {
             std::net::IpAddr::V6(v6) => Some(v6),
             std::net::IpAddr::V4(_) => None,
@@ -85,9 +105,10 @@ pub fn render_nodes<'a>(
 }
 
 /// Follows the Nodes and keeps `output` (written atomically) at the configuration they give,
-/// running `reload` (a shell command, e.g. `birdc configure`) after every change, until
-/// `shutdown`. A Node set that cannot be rendered (say a new Node without an IPv4 address yet)
-/// is logged and the last good configuration stays.
+/// running `reload` (a shell command, e.g. `birdc configure`) after every change, and again
+/// every few seconds until it succeeds, until `shutdown`. Other Nodes that cannot be routed to
+/// yet are left out; if the configuration cannot be rendered at all (our own Node without an
+/// address, an unknown reflector) that is logged and the last good one stays.
 pub async fn watch_bird_config(
     client: kube::Client,
     own: &str,
@@ -107,10 +128,20 @@ pub async fn watch_bird_config(
     ));
     tokio::pin!(shutdown);
     let mut last = std::fs::read_to_string(output).ok();
+    let mut reload_pending = false;
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
-            changed = changes.changed() => if changed.is_err() { break Ok(()) },
+            changed = changes.changed() => if changed.is_err() {
+                tracing::error!("the Node watch stopped");
+                break Err(BirdSourceError::WatchStopped);
+            },
+            () = tokio::time::sleep(RELOAD_RETRY), if reload_pending => {
+                if let Some(command) = reload {
+                    reload_pending = !run_reload(command).await;
+                }
+                continue;
+            }
         }
         tokio::select! {
             () = &mut shutdown => break Ok(()),
@@ -138,24 +169,34 @@ pub async fn watch_bird_config(
         tracing::info!(path = %output.display(), nodes = state.len(), "BIRD configuration written");
         last = Some(config);
         if let Some(command) = reload {
-            run_reload(command).await;
+            reload_pending = !run_reload(command).await;
         }
     };
     follower.abort();
     result
 }
 
-async fn run_reload(command: &str) {
+/// Runs the reload command; whether it succeeded.
+async fn run_reload(command: &str) -> bool {
     match tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .status()
         .await
     {
-        Ok(status) if status.success() => tracing::info!(command, "BIRD reloaded"),
-        // BIRD may not be up yet: it reads the file when it starts.
-        Ok(status) => tracing::warn!(command, %status, "the reload command failed"),
-        Err(error) => tracing::warn!(command, %error, "cannot run the reload command"),
+        Ok(status) if status.success() => {
+            tracing::info!(command, "BIRD reloaded");
+            true
+        }
+        // BIRD may not be up yet (it reads the file when it starts) or may refuse the file.
+        Ok(status) => {
+            tracing::warn!(command, %status, "the reload command failed; retrying");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(command, %error, "cannot run the reload command; retrying");
+            false
+        }
     }
 }
 
