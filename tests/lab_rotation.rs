@@ -500,10 +500,21 @@ fn scheduled_rotations_run_on_their_own_without_losing_traffic() {
     traffic.finish();
 
     for k in 1..=2 {
-        let status = lab.key_status(k).unwrap();
-        assert!(
-            status["nextScheduledRotation"].as_u64().is_some(),
-            "n{k} schedules its next rotation: {status}"
+        let status = wait_for(PROPAGATE, &format!("n{k} between rotations"), || {
+            let status = lab.key_status(k)?;
+            status["rotation"].is_null().then_some(status)
+        });
+        // The next one is due when the current key is 10 s old, counted from its completion.
+        let since = status["currentSince"].as_u64().unwrap();
+        assert_eq!(
+            status["nextScheduledRotation"].as_u64(),
+            Some(since + 10),
+            "{status}"
+        );
+        assert_eq!(
+            status["lastRotation"]["completedAt"].as_u64(),
+            Some(since),
+            "{status}"
         );
         assert!(status["lastError"].is_null(), "{status}");
         let other = 3 - k;

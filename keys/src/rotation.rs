@@ -48,17 +48,19 @@ pub struct RotationState {
     pub pending: Option<PendingRotation>,
 }
 
+/// Unknown fields are ignored (not refused), so an older weft can still read a state file a
+/// newer one wrote, after a rollback.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct StateFile {
     epoch: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     current_since: Option<u64>,
     pending: Option<PendingFile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct PendingFile {
     next_public_key: String,
     started_at: u64,
@@ -108,6 +110,11 @@ impl KeyStore {
                 // nothing is pending any more.
                 let completed = pending.next_public_key == current_public;
                 state.pending = None;
+                if completed {
+                    // The crash came before the completion time was written: the key file
+                    // (the renamed next.key) tells when the rotation began, near enough.
+                    state.current_since = None;
+                }
                 self.write_state(&state)?;
                 if !completed {
                     return Ok(RotationState {
@@ -368,14 +375,27 @@ mod tests {
     #[test]
     fn a_crash_after_the_rename_reads_as_completed() {
         let (_dir, store, _old) = store();
-        let next = store.begin_rotation(1, 1).unwrap().pending.unwrap().next;
+        // An earlier rotation completed at t=5000 (so the state holds an old key age).
+        store.begin_rotation(1, 1).unwrap();
+        store.complete_rotation(5000).unwrap();
+        let next = store.begin_rotation(6000, 1).unwrap().pending.unwrap().next;
         // The rename of complete_rotation happened, the state write did not.
         std::fs::rename(store.next_key_path(), store.private_key_path()).unwrap();
         let current = store.load().unwrap();
         assert_eq!(current.public_key(), next.public_key());
         let state = store.load_rotation(&current).unwrap();
         assert!(state.pending.is_none());
-        assert_eq!(state.epoch, 1);
+        assert_eq!(state.epoch, 2);
+        // The key's age is the renamed file's, not the old key's (which would make a
+        // scheduled rotation start again at once).
+        let mtime = std::fs::metadata(store.private_key_path())
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(state.current_since, mtime);
         assert_eq!(store.announced_next_key().unwrap(), None);
     }
 

@@ -93,10 +93,15 @@ impl NodeKeys {
         self.rotation.as_ref()
     }
 
-    /// When the next scheduled rotation is due (Unix seconds), if rotations are scheduled.
+    /// When the next scheduled rotation is due (Unix seconds), if rotations are scheduled and
+    /// none is in progress. A key age from the future (a clock that was wrong) counts from now.
     pub fn next_scheduled(&self) -> Option<u64> {
+        if self.rotation.is_some() {
+            return None;
+        }
+        let since = self.current_since.min(unix_now());
         self.interval
-            .map(|i| crate::rotation::scheduled_at(self.current_since, i.as_secs()))
+            .map(|i| crate::rotation::scheduled_at(since, i.as_secs()))
     }
 
     /// Generates and stores the next key. The caller then hands both keys to the datapath and
@@ -267,5 +272,36 @@ mod tests {
         assert!(keys.rotation().is_none() && keys.next().is_none());
         let peers = BTreeSet::new();
         assert_eq!(keys.status(observed(&peers)).last_error, Some(error));
+    }
+
+    #[test]
+    fn scheduled_rotations_count_from_the_key_age_and_pause_while_rotating() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().join("keys"));
+        store.generate(false).unwrap();
+        // A key age written while the clock was years ahead counts from now instead.
+        std::fs::write(
+            store.rotation_state_path(),
+            r#"{"epoch":3,"currentSince":4000000000,"pending":null}"#,
+        )
+        .unwrap();
+        let interval = Duration::from_secs(60);
+        let (mut keys, _) = NodeKeys::load(store, Some(interval)).unwrap();
+        let now = unix_now();
+        let at = keys.next_scheduled().unwrap();
+        assert!(
+            (now + 60..=now + 61).contains(&at),
+            "due at {at}, now {now}"
+        );
+        keys.begin(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            keys.next_scheduled(),
+            None,
+            "nothing is scheduled while rotating"
+        );
+        keys.complete(CompletionReason::AllPeersMoved, vec![])
+            .unwrap();
+        let at = keys.next_scheduled().unwrap();
+        assert!(at >= now + 60, "the new key's age starts at its completion");
     }
 }

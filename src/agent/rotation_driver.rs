@@ -28,7 +28,8 @@ pub(super) struct RotationEnv<'a> {
 
 pub(super) struct RotationDriver {
     keys: NodeKeys,
-    /// Whether the registry holds the own record as the keys are now.
+    /// Whether the datapath and the registry hold the keys as they are now (if not, applying
+    /// them is retried every tick, and no rotation completes).
     published: bool,
     /// After a scheduled rotation failed to start, the next try waits until then (Unix s).
     scheduled_retry_at: u64,
@@ -77,7 +78,11 @@ impl RotationDriver {
     /// scheduled one. Returns whether the own record changed.
     pub async fn tick(&mut self, env: &RotationEnv<'_>, own: &mut OwnNode) -> bool {
         if !self.published {
-            self.published = publish(env.registry, own).await;
+            if let Err(error) = self.apply(env, own).await {
+                self.keys.failed(error);
+            }
+            self.publish_status(env);
+            return true;
         }
         let now = node_keys::unix_now();
         let scheduled = self.keys.rotation().is_none()
@@ -106,6 +111,7 @@ impl RotationDriver {
     /// Hands the keys to the datapath (waiting until they are in force), then publishes the
     /// record that announces them: a peer that learns a key finds it accepted already.
     async fn apply(&mut self, env: &RotationEnv<'_>, own: &mut OwnNode) -> Result<(), String> {
+        self.published = false;
         if let Some(datapath) = env.datapath {
             datapath
                 .set_keys(self.keys.current(), self.keys.next())

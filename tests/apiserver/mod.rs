@@ -500,6 +500,13 @@ async fn patch_node(
             "the patch is not JSON",
         );
     };
+    if strategic && let Some(directive) = unsupported_directive(&patch) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("the emulation does not implement the {directive} directive"),
+        );
+    }
     let updated = {
         let mut store = shared.store.lock().unwrap();
         if store.conflicts > 0 {
@@ -612,6 +619,23 @@ impl tokio::io::AsyncWrite for GatedStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A `$` key of a strategic merge patch that `strategic_merge` does not implement (so it is
+/// refused rather than stored as a field).
+fn unsupported_directive(patch: &Value) -> Option<String> {
+    match patch {
+        Value::Object(map) => map.iter().find_map(|(key, value)| {
+            let known = key == "$patch" || key == "$deleteFromPrimitiveList/finalizers";
+            if key.starts_with('$') && !known {
+                Some(key.clone())
+            } else {
+                unsupported_directive(value)
+            }
+        }),
+        Value::Array(items) => items.iter().find_map(unsupported_directive),
+        _ => None,
     }
 }
 
@@ -730,6 +754,14 @@ mod tests {
             &json!({"metadata": {"labels": {"$patch": "delete"}}}),
         );
         assert!(node["metadata"].get("labels").is_none());
+        assert_eq!(
+            super::unsupported_directive(&json!({"metadata": {"$setElementOrder/finalizers": []}})),
+            Some("$setElementOrder/finalizers".to_string())
+        );
+        assert_eq!(
+            super::unsupported_directive(&json!({"metadata": {"labels": {"$patch": "replace"}}})),
+            None
+        );
     }
 
     #[test]
