@@ -1,5 +1,6 @@
 //! Key rotation, the pure part: when an announced rotation completes, and the shape
-//! `weft key status` shows. Time comes in as Unix seconds; nothing here does IO.
+//! `weft key status` shows. Time comes in as Unix seconds (the shells read it with `unix_now`);
+//! nothing else here touches the outside world.
 //!
 //! A rotation completes when every peer of the current mesh has completed a handshake with
 //! the next key, or when its grace period ends, whichever comes first.
@@ -101,6 +102,13 @@ pub fn decide(rotation: &Rotation, observed: Observed<'_>) -> Decision {
         };
     }
     Decision::Wait
+}
+
+/// The wall clock in Unix seconds, as the IO shells pass it in here (0 before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// When a key current since `current_since` is due for a scheduled rotation.

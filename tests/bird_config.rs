@@ -117,8 +117,27 @@ fn bad_input_fails_with_a_clear_message() {
     );
 }
 
-/// `weft bird-config --watch` running in the background; killed on drop.
+/// `weft bird-config --watch` for n1 running in the background, writing `bird.conf` and
+/// (at debug level) `log` in `dir`; killed on drop.
 struct Watcher(std::process::Child);
+
+impl Watcher {
+    fn start(dir: &tempfile::TempDir, reload: &str) -> Watcher {
+        let child = std::process::Command::new(weft_bin())
+            .args(["bird-config", "--watch", "--node-name", "n1"])
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .arg("--output")
+            .arg(dir.path().join("bird.conf"))
+            .args(["--reload-command", reload])
+            .env("RUST_LOG", "weft=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        Watcher(child)
+    }
+}
 
 impl Drop for Watcher {
     fn drop(&mut self) {
@@ -140,24 +159,11 @@ fn node(k: u8, address: Option<&str>) -> serde_json::Value {
 #[test]
 fn watch_mode_rewrites_the_config_and_reloads_bird_only_when_the_nodes_change_it() {
     let (api, dir) = cluster();
-    let kubeconfig = dir.path().join("kubeconfig");
     let output = dir.path().join("bird.conf");
     let reloads = dir.path().join("reloads");
     let reload = format!("echo reload >> {}", reloads.display());
-    let child = std::process::Command::new(weft_bin())
-        .args(["bird-config", "--watch", "--node-name", "n1"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--output")
-        .arg(&output)
-        .args(["--reload-command", &reload])
-        .env("RUST_LOG", "weft=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
+    let _watcher = Watcher::start(&dir, &reload);
     let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-    let _watcher = Watcher(child);
     let reload_count = || {
         std::fs::read_to_string(&reloads)
             .map(|t| t.lines().count())
@@ -439,8 +445,6 @@ fn dual_stack_blocks_reach_real_bird_via_their_owners_ipv6_address() {
 #[test]
 fn watch_mode_retries_a_failed_reload_until_it_succeeds() {
     let (_api, dir) = cluster();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let output = dir.path().join("bird.conf");
     let attempts = dir.path().join("attempts");
     let ready = dir.path().join("bird-is-up");
     // Fails until `ready` exists, as `birdc configure` does while BIRD is not up.
@@ -449,18 +453,7 @@ fn watch_mode_retries_a_failed_reload_until_it_succeeds() {
         attempts.display(),
         ready.display()
     );
-    let child = std::process::Command::new(weft_bin())
-        .args(["bird-config", "--watch", "--node-name", "n1"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--output")
-        .arg(&output)
-        .args(["--reload-command", &reload])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    let _watcher = Watcher(child);
+    let _watcher = Watcher::start(&dir, &reload);
     let count = || {
         std::fs::read_to_string(&attempts)
             .map(|t| t.lines().count())

@@ -166,6 +166,16 @@ fn lab_refuses_bad_input_with_clear_messages() {
     );
 }
 
+/// `what` failed, saying that no agent runs for the run directory.
+fn assert_no_agent(out: &std::process::Output, what: &str) {
+    assert!(!out.status.success(), "{what} succeeded without an agent");
+    assert!(
+        stderr(out).contains("no weft agent is running"),
+        "{what}: {}",
+        stderr(out)
+    );
+}
+
 #[test]
 fn key_rotate_without_an_agent_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,12 +184,7 @@ fn key_rotate_without_an_agent_says_so() {
         let mut args = vec!["key", "rotate", "--run-dir", run_dir];
         args.extend_from_slice(extra);
         let out = weft(&args);
-        assert!(!out.status.success(), "{args:?} succeeded without an agent");
-        assert!(
-            stderr(&out).contains("no weft agent is running"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
+        assert_no_agent(&out, &format!("{args:?}"));
         assert!(stdout(&out).trim().is_empty(), "{}", stdout(&out));
     }
 }
@@ -198,12 +203,7 @@ fn key_rotate_rejects_a_bad_grace_naming_the_argument() {
     assert!(!message.contains("no weft agent"), "{message}");
     // A well-formed duration gets past the parser to the (missing) agent.
     let out = weft(&["key", "rotate", "--run-dir", run_dir, "--grace", "2m"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no weft agent is running"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_agent(&out, "--grace 2m");
 }
 
 #[test]
@@ -212,15 +212,7 @@ fn key_status_without_an_agent_says_so() {
     let run_dir = dir.path().to_str().unwrap();
     for output in ["table", "json"] {
         let out = weft(&["key", "status", "--run-dir", run_dir, "--output", output]);
-        assert!(
-            !out.status.success(),
-            "key status --output {output} succeeded"
-        );
-        assert!(
-            stderr(&out).contains("no weft agent is running"),
-            "--output {output}: {}",
-            stderr(&out)
-        );
+        assert_no_agent(&out, &format!("key status --output {output}"));
         assert!(stdout(&out).trim().is_empty(), "{}", stdout(&out));
     }
 }

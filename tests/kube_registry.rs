@@ -342,15 +342,7 @@ fn a_dropped_watch_resumes_from_its_resource_version_without_a_relist() {
     let watches_before = node_watches(n1.api()).len();
     let rv = n1.api().resource_version();
     n1.api().drop_watches();
-    n1.api().upsert(
-        "Node",
-        node(
-            "n3",
-            "198.18.0.3",
-            "10.244.3.0/24",
-            json!({"weft.dev/node": record(3, "10.244.3.0/24")}),
-        ),
-    );
+    n1.api().upsert("Node", weft_node(3));
     n1.wait_for_peers(
         "n3 after the watch dropped",
         &[("n2", &public_key(2)), ("n3", &public_key(3))],
@@ -399,15 +391,7 @@ fn bookmarks_keep_a_quiet_node_watch_resumable_after_the_history_is_compacted() 
     );
     api.compact();
     api.drop_watches();
-    api.upsert(
-        "Node",
-        node(
-            "n3",
-            "198.18.0.3",
-            "10.244.3.0/24",
-            json!({"weft.dev/node": record(3, "10.244.3.0/24")}),
-        ),
-    );
+    api.upsert("Node", weft_node(3));
     n1.wait_for_peers(
         "n3 after the compaction",
         &[("n2", &public_key(2)), ("n3", &public_key(3))],
@@ -435,15 +419,7 @@ fn gone_410_makes_the_watch_relist_and_the_mesh_is_right_afterwards() {
     // While the watch is away, the cluster changes and the history is compacted.
     n1.api().set_down(true);
     n1.api().delete("Node", "n2");
-    n1.api().upsert(
-        "Node",
-        node(
-            "n3",
-            "198.18.0.3",
-            "10.244.3.0/24",
-            json!({"weft.dev/node": record(3, "10.244.3.0/24")}),
-        ),
-    );
+    n1.api().upsert("Node", weft_node(3));
     n1.api().compact();
     n1.api().set_down(false);
     n1.wait_for_peers("the re-listed mesh", &[("n3", &public_key(3))]);
@@ -633,6 +609,17 @@ fn a_key_rotation_goes_through_the_annotation_and_leaves_other_annotations_alone
 
 fn node_with(name: &str, ip: &str, pod_cidr: &str, record: &str) -> Value {
     node(name, ip, pod_cidr, json!({"weft.dev/node": record}))
+}
+
+/// Node `nK` at 198.18.0.K with Pod CIDR 10.244.K.0/24 and a weft record for it.
+fn weft_node(k: u8) -> Value {
+    let block = format!("10.244.{k}.0/24");
+    node_with(
+        &format!("n{k}"),
+        &format!("198.18.0.{k}"),
+        &block,
+        &record(k, &block),
+    )
 }
 
 fn node_lists(api: &ApiServer) -> usize {

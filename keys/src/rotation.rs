@@ -296,6 +296,17 @@ mod tests {
         (dir, store, current)
     }
 
+    /// A file's modification time in Unix seconds, read independently of the store.
+    fn modified_secs(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
     fn files(store: &KeyStore) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(store.dir())
             .unwrap()
@@ -312,14 +323,10 @@ mod tests {
         assert_eq!(state.epoch, 0);
         assert!(state.pending.is_none());
         // A key no rotation made is as old as its file.
-        let mtime = std::fs::metadata(store.private_key_path())
-            .unwrap()
-            .modified()
-            .unwrap()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert_eq!(state.current_since, mtime);
+        assert_eq!(
+            state.current_since,
+            modified_secs(&store.private_key_path())
+        );
     }
 
     #[test]
@@ -388,14 +395,10 @@ mod tests {
         assert_eq!(state.epoch, 2);
         // The key's age is the renamed file's, not the old key's (which would make a
         // scheduled rotation start again at once).
-        let mtime = std::fs::metadata(store.private_key_path())
-            .unwrap()
-            .modified()
-            .unwrap()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert_eq!(state.current_since, mtime);
+        assert_eq!(
+            state.current_since,
+            modified_secs(&store.private_key_path())
+        );
         assert_eq!(store.announced_next_key().unwrap(), None);
     }
 

@@ -366,15 +366,12 @@ async fn serve_node(
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
-    let mut fully_synced = false;
     let mut rotation = RotationDriver::new(keys, published);
     let env = RotationEnv {
         config: &config,
         registry: &registry,
         datapath: datapath.as_ref(),
         shared: &shared,
-        fully_synced,
-        mesh: &current,
     };
     rotation.publish_status(&env);
     loop {
@@ -384,14 +381,12 @@ async fn serve_node(
             changed = nodes.changed() => if changed.is_err() { break } else { true },
             changed = routes.changed() => if changed.is_err() { break } else { true },
             Some(request) = rotate_rx.recv() => {
-                let env = RotationEnv { config: &config, registry: &registry, datapath: datapath.as_ref(), shared: &shared, fully_synced, mesh: &current };
                 if !rotation.start(request, &env, &mut own).await {
                     continue;
                 }
                 false
             }
             _ = rotation_tick.tick() => {
-                let env = RotationEnv { config: &config, registry: &registry, datapath: datapath.as_ref(), shared: &shared, fully_synced, mesh: &current };
                 if !rotation.tick(&env, &mut own).await {
                     continue;
                 }
@@ -433,7 +428,6 @@ async fn serve_node(
             registry: nodes.borrow().is_some(),
             routes: learned.is_some(),
         };
-        fully_synced = synced.registry && synced.routes;
         let learned = learned.unwrap_or_default();
         let mut entries = snapshot.nodes.clone();
         // Our own record always takes part (overlap checks), even before the registry shows it.

@@ -3,7 +3,7 @@
 //! datapath (so handshakes to the next key are accepted before anyone learns it), then the
 //! published record.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use weft_keys::{KeyError, KeyStore, PrivateKey, PublicKey};
 
@@ -31,12 +31,7 @@ pub(crate) struct NodeKeys {
     last_error: Option<String>,
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use crate::rotation::unix_now;
 
 impl NodeKeys {
     /// Loads (or creates) the node key and resumes a rotation the key directory shows pending.

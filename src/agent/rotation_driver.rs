@@ -2,7 +2,7 @@
 //! every tick, completes it, and keeps the published record in step with the keys (retrying
 //! a publish that failed; a rotation whose announcement is not published yet never completes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::node_keys::{self, NodeKeys};
 use super::{RotateRequest, SharedStatus, own_record};
@@ -10,20 +10,58 @@ use crate::agent::backend::Backend;
 use crate::agent::config::AgentConfig;
 use crate::datapath::Datapath;
 use crate::datapath::stats::KeyRotationProgress;
-use crate::mesh::Peer;
 use crate::registry::{OwnNode, Registry};
 use crate::rotation::{Decision, KeyStatus, Observed};
 
-/// What the driver reads from the agent at each step.
+/// What the driver works with: the agent's settings, registry, datapath and shared status.
 pub(super) struct RotationEnv<'a> {
     pub config: &'a AgentConfig,
     pub registry: &'a Backend,
     pub datapath: Option<&'a Datapath>,
     pub shared: &'a SharedStatus,
-    /// Whether registry and routes have been read since the agent started.
-    pub fully_synced: bool,
-    /// The mesh the datapath holds.
-    pub mesh: &'a BTreeMap<String, Peer>,
+}
+
+/// What a decision rests on, read at one moment: the agent's last computed mesh (and whether
+/// registry and routes had been read for it) and the datapath's rotation progress.
+struct Seen {
+    synced: bool,
+    peers: BTreeSet<String>,
+    progress: Option<KeyRotationProgress>,
+}
+
+impl RotationEnv<'_> {
+    fn seen(&self) -> Seen {
+        let (synced, peers) = self
+            .shared
+            .status
+            .read()
+            .ok()
+            .and_then(|status| {
+                let status = status.as_ref()?;
+                let peers = status.peers.iter().map(|p| p.name.clone()).collect();
+                Some((status.synced.registry && status.synced.routes, peers))
+            })
+            .unwrap_or_default();
+        let progress = self
+            .datapath
+            .and_then(|d| d.status_receiver().borrow().key_rotation.clone());
+        Seen {
+            synced,
+            peers,
+            progress,
+        }
+    }
+}
+
+impl Seen {
+    fn observed(&self) -> Observed<'_> {
+        Observed {
+            synced: self.synced,
+            peers: &self.peers,
+            progress: self.progress.as_ref(),
+            now: node_keys::unix_now(),
+        }
+    }
 }
 
 pub(super) struct RotationDriver {
@@ -98,7 +136,7 @@ impl RotationDriver {
             return result.is_ok();
         }
         let mut changed = false;
-        if self.published && self.complete_if_due(env) {
+        if self.complete_if_due(env) {
             if let Err(error) = self.apply(env, own).await {
                 self.keys.failed(error);
             }
@@ -134,9 +172,7 @@ impl RotationDriver {
         let Some(rotation) = self.keys.rotation().cloned() else {
             return false;
         };
-        let peers = env.mesh.keys().cloned().collect();
-        let progress = progress(env.datapath);
-        let decision = crate::rotation::decide(&rotation, observe(env, &peers, progress.as_ref()));
+        let decision = crate::rotation::decide(&rotation, env.seen().observed());
         let Decision::Complete { reason, unmoved } = decision else {
             return false;
         };
@@ -145,9 +181,7 @@ impl RotationDriver {
     }
 
     fn status(&self, env: &RotationEnv<'_>) -> KeyStatus {
-        let peers = env.mesh.keys().cloned().collect();
-        let progress = progress(env.datapath);
-        self.keys.status(observe(env, &peers, progress.as_ref()))
+        self.keys.status(env.seen().observed())
     }
 
     /// Refreshes what `weft key status` and the metrics show.
@@ -167,21 +201,4 @@ async fn publish(registry: &Backend, own: &OwnNode) -> bool {
             false
         }
     }
-}
-
-fn observe<'a>(
-    env: &RotationEnv<'_>,
-    peers: &'a BTreeSet<String>,
-    progress: Option<&'a KeyRotationProgress>,
-) -> Observed<'a> {
-    Observed {
-        synced: env.fully_synced,
-        peers,
-        progress,
-        now: node_keys::unix_now(),
-    }
-}
-
-fn progress(datapath: Option<&Datapath>) -> Option<KeyRotationProgress> {
-    datapath.and_then(|d| d.status_receiver().borrow().key_rotation.clone())
 }

@@ -20,18 +20,11 @@ async fn key_status(run_dir: &Path) -> Result<KeyStatus, AdminError> {
         .map_err(|e| AdminError::BadResponse(format!("unexpected key status shape: {e}")))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 pub async fn status(run_dir: &Path, output: OutputFormat) -> anyhow::Result<()> {
     let status = key_status(run_dir).await?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        OutputFormat::Table => print!("{}", status.to_table(now())),
+        OutputFormat::Table => print!("{}", status.to_table(crate::rotation::unix_now())),
     }
     Ok(())
 }

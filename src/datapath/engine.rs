@@ -20,7 +20,7 @@ use super::packet::{Transport, addresses, transport};
 use super::peers::{Incoming, PeerTable};
 use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::prefix_table::PrefixTable;
-use super::stats::{DatapathStatus, DropCounters, DropReason, KeyRotationProgress, PeerTraffic};
+use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
 use crate::mesh::Peer;
 use crate::policy::conntrack::{Conntrack, FlowKey, Tracked};
 use crate::policy::{Direction, Flow, PolicySet, Protocol, Verdict};
@@ -229,11 +229,10 @@ impl Engine {
             match result {
                 TunnResult::WriteToNetwork(bytes) => {
                     // A handshake answer or a queued packet: keep flushing until Done. Both
-                    // follow an authenticated message, so the peer is where it spoke from
-                    // (a cookie reply, type 3, would not be; sessions never send one).
-                    if bytes.first() != Some(&3) {
-                        slot.endpoint = Some(src);
-                    }
+                    // follow an authenticated message (sessions check MAC1 only and never
+                    // answer with a cookie; rate limiting happens once, in `classify`), so
+                    // the peer is where it spoke from.
+                    slot.endpoint = Some(src);
                     let bytes: &[u8] = bytes;
                     send_on(&self.udp, self.udp_v6, bytes, src).await;
                 }
@@ -409,16 +408,7 @@ impl Engine {
             .policy_counters
             .status(&self.policy, self.policy_version);
         let capacity = self.conntrack.capacity();
-        let key_rotation = self.peers.key_moves().map(|moves| KeyRotationProgress {
-            next_public_key: self
-                .peers
-                .own_keys()
-                .get(1)
-                .map(|k| weft_keys::PublicKey::from_bytes(k.public.to_bytes()).to_string())
-                .unwrap_or_default(),
-            moved: moves.moved,
-            pending: moves.pending,
-        });
+        let key_rotation = self.peers.key_moves();
         self.status.send_modify(|status| {
             status.key_rotation = key_rotation;
             status.peers = peers;

@@ -10,12 +10,11 @@ use std::net::{IpAddr, SocketAddr};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
-use ipnetwork::IpNetwork;
 use weft_keys::PublicKey;
 
 use super::prefix_table::PrefixTable;
 use super::session::{OwnKey, Session, preferred};
-use super::stats::{DropReason, PeerCounters};
+use super::stats::{DropReason, KeyRotationProgress, PeerCounters};
 use crate::mesh::{Peer, diff_peers};
 
 /// boringtun keeps the low 8 bits of a receiver index for its sessions.
@@ -53,6 +52,12 @@ impl PeerSlot {
     fn peer_newest_key(&self) -> PublicKey {
         self.peer.next_public_key.unwrap_or(self.peer.public_key)
     }
+
+    /// Re-picks the outbound session, given our newest key.
+    fn refresh(&mut self, own_newest: &x25519::PublicKey) {
+        let newest = self.peer_newest_key();
+        self.preferred = preferred(&self.sessions, own_newest, &newest).unwrap_or(0);
+    }
 }
 
 /// Where a datagram from the network goes.
@@ -66,13 +71,6 @@ pub enum Incoming<'o> {
     /// Answer with this (a cookie reply: we are under handshake load).
     Reply(&'o [u8]),
     Drop(DropReason),
-}
-
-/// Rotation progress: which peers have a completed handshake with our next key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyMoves {
-    pub moved: Vec<String>,
-    pub pending: Vec<String>,
 }
 
 /// All peers, with the lookups the datapath needs.
@@ -104,11 +102,6 @@ impl PeerTable {
             next_peer: 1,
             next_index: 1,
         }
-    }
-
-    /// Our static keys: the current one, then the next one while rotating.
-    pub fn own_keys(&self) -> &[OwnKey] {
-        &self.keys
     }
 
     fn own_newest(&self) -> x25519::PublicKey {
@@ -221,14 +214,13 @@ impl PeerTable {
         let targets: Vec<(u32, PublicKey)> = self
             .slots
             .iter()
-            .map(|(id, slot)| (*id, slot.peer_newest_key()))
-            .filter(|(id, key)| {
-                self.slots.get(id).is_some_and(|slot| {
-                    !slot
-                        .sessions
-                        .iter()
-                        .any(|s| s.own == own && s.peer_key == *key)
-                })
+            .filter_map(|(id, slot)| {
+                let key = slot.peer_newest_key();
+                let has = slot
+                    .sessions
+                    .iter()
+                    .any(|s| s.own == own && s.peer_key == key);
+                (!has).then_some((*id, key))
             })
             .collect();
         let created = targets
@@ -271,8 +263,7 @@ impl PeerTable {
     pub fn refresh_slot(&mut self, id: u32) {
         let own = self.own_newest();
         if let Some(slot) = self.slots.get_mut(&id) {
-            let newest = slot.peer_newest_key();
-            slot.preferred = preferred(&slot.sessions, &own, &newest).unwrap_or(0);
+            slot.refresh(&own);
         }
     }
 
@@ -280,8 +271,7 @@ impl PeerTable {
     pub fn refresh_preferred(&mut self) {
         let own = self.own_newest();
         for slot in self.slots.values_mut() {
-            let newest = slot.peer_newest_key();
-            slot.preferred = preferred(&slot.sessions, &own, &newest).unwrap_or(0);
+            slot.refresh(&own);
         }
     }
 
@@ -391,9 +381,12 @@ impl PeerTable {
     }
 
     /// While rotating: which peers have completed a handshake with our next key.
-    pub fn key_moves(&self) -> Option<KeyMoves> {
+    pub fn key_moves(&self) -> Option<KeyRotationProgress> {
         let next = self.keys.get(1)?.public;
-        let mut moves = KeyMoves::default();
+        let mut moves = KeyRotationProgress {
+            next_public_key: PublicKey::from_bytes(next.to_bytes()).to_string(),
+            ..KeyRotationProgress::default()
+        };
         for (name, id) in &self.by_name {
             let moved = self.slots.get(id).is_some_and(|slot| {
                 slot.sessions
@@ -407,13 +400,6 @@ impl PeerTable {
             }
         }
         Some(moves)
-    }
-
-    /// Allowed IPs of every peer (for tests and status).
-    pub fn allowed_ips(&self) -> Vec<IpNetwork> {
-        self.slots()
-            .flat_map(|s| s.peer.allowed_ips.clone())
-            .collect()
     }
 }
 
