@@ -43,9 +43,12 @@ install_packages() {
         log "installing ${missing[*]}"
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        # The Debian package we just installed may start a BIRD on the root namespace; the
+        # lab does not need it. A BIRD that was there before us is the host's own: left alone.
+        if [[ " ${missing[*]} " == *" bird2 "* ]] && systemctl is-active --quiet bird 2>/dev/null; then
+            systemctl stop bird || true
+        fi
     fi
-    # The Debian package starts a BIRD on the root namespace; the lab does not need it.
-    if systemctl is-active --quiet bird 2>/dev/null; then systemctl stop bird || true; fi
 }
 
 weft_bin() {

@@ -94,9 +94,14 @@ fn agent_refuses_bad_settings_before_starting() {
         "198.18.0.1",
         "--registry-dir",
         d,
+        "--pod-cidr",
+        "10.244.0.0/16",
     ];
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--block", "10.244.1.1/24"], "10.244.1.1/24"),
+        (&["--block", "10.1.0.0/24"], "outside the Pod CIDRs"),
+        (&["--fwmark", "0"], "--fwmark"),
+        (&["--route-table", "254"], "reserved"),
         (
             &["--block", "10.244.1.0/24", "--block", "10.244.1.0/25"],
             "overlap",
@@ -120,6 +125,10 @@ fn agent_refuses_bad_settings_before_starting() {
     let out = weft(&["agent", "--address", "198.18.0.1", "--registry-dir", d]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--node-name"), "{}", stderr(&out));
+    // Without the Pod CIDRs weft could not keep Pod traffic from leaving in clear.
+    let out = weft(&base[..base.len() - 2]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--pod-cidr"), "{}", stderr(&out));
 }
 
 fn lab_sh(args: &[&str], envs: &[(&str, &str)], as_nobody: bool) -> Output {

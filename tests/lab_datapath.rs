@@ -81,8 +81,32 @@ fn every_pod_reaches_every_remote_pod_and_nothing_crosses_the_underlay_in_clear(
     }
 }
 
+/// Pings from n1's Pod `from` to `to` fail, nothing Pod-addressed crosses the underlay
+/// meanwhile, and n1's table holds `route`.
+fn assert_blackholed(lab: &Lab, from: &str, to: &str, route: &str) {
+    let clear = Capture::start(lab, CLEAR_POD_TRAFFIC);
+    assert!(
+        !lab.ping(from, to, 3),
+        "{to} is reachable without a verified peer"
+    );
+    let leaked = clear.stop();
+    assert!(
+        leaked.is_empty(),
+        "traffic to {to} left in clear:\n{}",
+        leaked.join("\n")
+    );
+    let table = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
+    );
+    assert!(
+        table.contains(route),
+        "{route} missing from n1's table:\n{table}"
+    );
+}
+
 #[test]
-fn a_node_without_a_bgp_route_is_unreachable_never_in_clear_and_comes_back() {
+fn a_block_without_a_bgp_route_or_a_record_is_unreachable_never_in_clear_and_comes_back() {
     let lab = Lab::up("wtfc", 3);
     converge(&lab);
     let (from, _) = lab.pods(1)[0].clone();
@@ -94,27 +118,34 @@ fn a_node_without_a_bgp_route_is_unreachable_never_in_clear_and_comes_back() {
         let peers = lab.peers(1)?;
         peers.iter().all(|(n, _)| n != "n2").then_some(())
     });
-    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
-    assert!(
-        !lab.ping(&from, &to, 3),
-        "n2's Pod is still reachable without a verified peer"
-    );
-    let leaked = clear.stop();
-    assert!(
-        leaked.is_empty(),
-        "traffic to n2 left in clear:\n{}",
-        leaked.join("\n")
-    );
-    let table = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
-    );
-    assert!(table.contains("unreachable 10.244.0.0/16"), "{table}");
+    assert_blackholed(&lab, &from, &to, "unreachable 10.244.0.0/16");
 
     lab.script(&["start-bird", "2"]);
     wait_for(CONVERGE, "n1 to reach n2's Pod again", || {
         lab.ping(&from, &to, 1).then_some(())
     });
+
+    // Now the other source: BGP keeps routing n2's block, but n2's record is gone. Without
+    // weft the BGP route would carry the traffic in clear.
+    lab.script(&["stop-agent", "2"]);
+    std::fs::remove_file(lab.registry_dir().join("n2.json")).unwrap();
+    wait_for(Duration::from_secs(20), "n1 to drop n2's record", || {
+        let peers = lab.peers(1)?;
+        peers.iter().all(|(n, _)| n != "n2").then_some(())
+    });
+    let main_table = run_ok("ip", &["-n", &lab.node_ns(1), "route", "show"]);
+    assert!(
+        main_table.contains("10.244.2.0/24 via 198.18.0.2"),
+        "BGP should still route n2's block: {main_table}"
+    );
+    assert_blackholed(&lab, &from, &to, "unreachable 10.244.2.0/24");
+
+    lab.script(&["start-agent", "2"]);
+    wait_for(
+        CONVERGE,
+        "n1 to reach n2's Pod with the record back",
+        || lab.ping(&from, &to, 1).then_some(()),
+    );
 }
 
 #[test]
@@ -172,6 +203,14 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
     assert!(
         rules.trim().is_empty(),
         "rule left after a clean stop: {rules}"
+    );
+    let routes = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
+    );
+    assert!(
+        routes.trim().is_empty(),
+        "routes left after a clean stop: {routes}"
     );
 }
 

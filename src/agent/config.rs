@@ -244,6 +244,59 @@ pub struct DatapathSettings {
     pub conntrack_max: std::num::NonZeroUsize,
 }
 
+impl DatapathSettings {
+    /// Refuses settings that would let Pod traffic leave in clear or disturb the host.
+    fn check(&self, blocks: &[IpNetwork]) -> Result<(), String> {
+        if self.encryption == Encryption::Required && self.pod_cidrs.is_empty() {
+            return Err(
+                "--encryption required needs the cluster's Pod CIDRs (--pod-cidr, every \
+                 address family): without them weft cannot tell which prefixes it must keep \
+                 from leaving in clear"
+                    .into(),
+            );
+        }
+        if self.fwmark == 0 {
+            return Err(
+                "--fwmark must not be 0: the ip rule could not tell weft's own \
+                 packets from Pod traffic"
+                    .into(),
+            );
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            return Err(format!(
+                "--route-table {} is reserved (unspec, default, main, local); use a table of weft's own",
+                self.route_table
+            ));
+        }
+        check_blocks_in_pod_cidrs(blocks, &self.pod_cidrs)
+    }
+}
+
+/// Every block of this node must lie inside the Pod CIDRs (when they are configured): other
+/// nodes reject blocks outside them.
+pub fn check_blocks_in_pod_cidrs(
+    blocks: &[IpNetwork],
+    pod_cidrs: &[IpNetwork],
+) -> Result<(), String> {
+    if pod_cidrs.is_empty() {
+        return Ok(());
+    }
+    match blocks
+        .iter()
+        .find(|b| !pod_cidrs.iter().any(|c| crate::record::covers(c, b)))
+    {
+        Some(block) => Err(format!(
+            "block {block} is outside the Pod CIDRs ({}); other nodes would reject it",
+            pod_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
 fn parse_u32(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
@@ -253,6 +306,13 @@ fn parse_u32(text: &str) -> Result<u32, String> {
 }
 
 impl AgentConfig {
+    /// The cluster's Pod CIDRs (none when running the control plane only).
+    pub fn pod_cidrs(&self) -> &[IpNetwork] {
+        self.datapath
+            .as_ref()
+            .map_or(&[], |d| d.pod_cidrs.as_slice())
+    }
+
     /// Merges the flags over the config file (if any) and validates the result.
     pub fn load(args: &AgentArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
@@ -392,10 +452,14 @@ impl AgentConfig {
                 .unwrap_or(DEFAULT_RULE_PRIORITY),
             pod_cidrs: pick(&args.pod_cidrs, file.pod_cidrs),
         });
+        let blocks = pick(&args.blocks, file.blocks);
+        if let Some(datapath) = &datapath {
+            datapath.check(&blocks).map_err(invalid)?;
+        }
         Ok(Self {
             node_name,
             addresses,
-            blocks: pick(&args.blocks, file.blocks),
+            blocks,
             endpoint,
             listen_port,
             registry,
@@ -445,8 +509,53 @@ mod tests {
             node_name: Some("n1".into()),
             addresses: vec!["198.18.0.1".parse().unwrap()],
             registry_dir: Some("/tmp/registry".into()),
+            pod_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             ..AgentArgs::default()
         }
+    }
+
+    fn refused(args: &AgentArgs) -> String {
+        match AgentConfig::merge(args, ConfigFile::default()) {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn settings_that_would_leak_pod_traffic_are_refused() {
+        let no_pod_cidrs = AgentArgs {
+            pod_cidrs: vec![],
+            ..args()
+        };
+        assert!(refused(&no_pod_cidrs).contains("--pod-cidr"));
+        let preferred = AgentArgs {
+            encryption: Some(Encryption::Preferred),
+            ..no_pod_cidrs.clone()
+        };
+        assert!(AgentConfig::merge(&preferred, ConfigFile::default()).is_ok());
+        let control_plane_only = AgentArgs {
+            no_datapath: true,
+            ..no_pod_cidrs
+        };
+        assert!(AgentConfig::merge(&control_plane_only, ConfigFile::default()).is_ok());
+
+        let mark_zero = AgentArgs {
+            fwmark: Some(0),
+            ..args()
+        };
+        assert!(refused(&mark_zero).contains("--fwmark"));
+        for table in [0, 253, 254, 255] {
+            let reserved = AgentArgs {
+                route_table: Some(table),
+                ..args()
+            };
+            assert!(refused(&reserved).contains("reserved"), "table {table}");
+        }
+        let outside = AgentArgs {
+            blocks: vec!["10.1.0.0/24".parse().unwrap()],
+            ..args()
+        };
+        assert!(refused(&outside).contains("outside the Pod CIDRs"));
     }
 
     #[test]

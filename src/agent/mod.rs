@@ -19,7 +19,7 @@ use crate::datapath::stats::DatapathStatus;
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
 use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::policy::PolicySet;
-use crate::record::{NodeRecord, RecordError};
+use crate::record::{NodeRecord, RecordError, covers};
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
 use crate::rotation::KeyStatus;
 use crate::route_source::{RouteSourceConfig, watch_routes};
@@ -33,6 +33,8 @@ use rotation_driver::{RotationDriver, RotationEnv};
 
 /// How often a pending key rotation is checked for completion.
 const ROTATION_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How soon a failed datapath update is tried again.
+const APPLY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `weft key rotate`, on its way from the admin socket to the agent's loop.
 pub(crate) struct RotateRequest {
@@ -79,6 +81,8 @@ pub(crate) struct SharedStatus {
     policy_expected: AtomicBool,
     keys: RwLock<Option<KeyStatus>>,
     rotate: OnceLock<mpsc::Sender<RotateRequest>>,
+    /// Why the last datapath update failed (it is being retried), if it did.
+    apply_error: RwLock<Option<String>>,
 }
 
 impl SharedStatus {
@@ -125,6 +129,11 @@ impl SharedStatus {
         }
         if self.datapath_stopped() {
             return Err("the datapath stopped".into());
+        }
+        if let Ok(slot) = self.apply_error.read()
+            && let Some(error) = slot.as_ref()
+        {
+            return Err(format!("applying the mesh to the datapath failed: {error}"));
         }
         if waiting.is_empty() {
             Ok(())
@@ -366,6 +375,8 @@ async fn serve_node(
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
+    // A datapath update that failed (half-applied routes) is retried until it succeeds.
+    let mut apply_failed = false;
     let mut rotation = RotationDriver::new(keys, published);
     let env = RotationEnv {
         config: &config,
@@ -407,6 +418,7 @@ async fn serve_node(
                 }
                 continue;
             }
+            _ = tokio::time::sleep(APPLY_RETRY), if apply_failed => false,
             _ = datapath_stopped(datapath.as_ref()) => {
                 // Exit so the supervisor restarts us; the unreachable backstops keep Pod
                 // traffic from leaving in clear meanwhile.
@@ -442,13 +454,19 @@ async fn serve_node(
             nodes: &entries,
             routes: &learned,
             default_port: config.listen_port,
+            pod_cidrs: config.pod_cidrs(),
         });
         log_changes(&current, &mesh, &mut rejected);
         current = mesh.peers.clone();
-        if let Some(datapath) = &datapath
-            && let Err(error) = datapath.update(&mesh, &guarded(&config, &entries)).await
-        {
-            tracing::error!(%error, "applying the mesh to the datapath failed");
+        if let Some(datapath) = &datapath {
+            let applied = datapath.update(&mesh, &guarded(&config, &entries)).await;
+            apply_failed = applied.is_err();
+            if let Err(error) = &applied {
+                tracing::error!(%error, retry_in = ?APPLY_RETRY, "applying the mesh to the datapath failed");
+            }
+            if let Ok(mut slot) = shared.apply_error.write() {
+                *slot = applied.err().map(|e| e.to_string());
+            }
         }
         let status = Status::new(&own, synced, &mesh, &snapshot.skipped, learned.len());
         if let Ok(mut slot) = shared.status.write() {
@@ -489,18 +507,16 @@ async fn datapath_stopped(datapath: Option<&Datapath>) {
 
 /// The Pod prefixes the datapath must keep from leaving in clear.
 fn guarded(config: &AgentConfig, entries: &[crate::mesh::NodeEntry]) -> Guarded {
+    let pod_cidrs = config.pod_cidrs();
     Guarded {
-        pod_cidrs: config
-            .datapath
-            .as_ref()
-            .map(|d| d.pod_cidrs.clone())
-            .unwrap_or_default(),
+        pod_cidrs: pod_cidrs.to_vec(),
         own_blocks: config.blocks.clone(),
         remote_blocks: entries
             .iter()
             .filter(|e| e.name != config.node_name)
             .filter_map(|e| e.record.as_ref().ok())
             .flat_map(|r| r.blocks.iter().copied())
+            .filter(|block| pod_cidrs.iter().any(|cidr| covers(cidr, block)))
             .collect(),
     }
 }

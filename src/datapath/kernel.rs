@@ -61,6 +61,8 @@ pub struct Plumbing {
     pub rule_priority: u32,
     pub mtu: u32,
     pub tunnel_addresses: Vec<IpAddr>,
+    /// The node has IPv6 Pod blocks: without the IPv6 rule their traffic would bypass weft.
+    pub require_ipv6: bool,
 }
 
 pub struct Kernel {
@@ -176,11 +178,16 @@ impl Kernel {
             .fw_mark(p.fwmark)
             .action(RuleAction::ToTable);
         v6.message_mut().header.flags |= RuleFlags::Invert;
-        // A kernel without IPv6 refuses the rule; IPv4 still works.
-        if let Err(error) = v6.execute().await {
-            tracing::debug!(%error, "cannot add the IPv6 rule");
+        // A kernel without IPv6 refuses the rule: fine for an IPv4-only node, fatal for a
+        // node with IPv6 Pods, whose traffic would otherwise leave in clear.
+        match v6.execute().await {
+            Ok(()) => Ok(()),
+            Err(error) if p.require_ipv6 => Err(error.into()),
+            Err(error) => {
+                tracing::debug!(%error, "cannot add the IPv6 rule; the node has no IPv6 blocks");
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// The routes weft has in its table now.
@@ -203,7 +210,9 @@ impl Kernel {
                 .await?;
             let weft: BTreeSet<u8> = [PROTO_WEFT].into_iter().collect();
             for route in &routes {
-                if let Some((key, Some(learned))) = route_from_message(route, &weft)
+                // Every route weft added, whatever its type (throw routes included).
+                if u8::from(route.header.protocol) == PROTO_WEFT
+                    && let Some((key, _)) = route_from_message(route, &weft)
                     && key.table == self.plumbing.table
                 {
                     let kind = match route.header.kind {
@@ -211,7 +220,7 @@ impl Kernel {
                         RouteType::Throw => TableRoute::Throw,
                         _ => TableRoute::Tunnel,
                     };
-                    current.insert((learned.prefix, kind));
+                    current.insert((key.prefix, kind));
                 }
             }
         }

@@ -100,6 +100,13 @@ pub struct Datapath {
     uapi_key: uapi::SharedKeyHex,
 }
 
+/// The TUN's MTU: the underlay's minus WireGuard's overhead (outer IP header, UDP header,
+/// 16 bytes of WireGuard header and 16 of authentication tag): 60 over IPv4, 80 over IPv6.
+pub fn tunnel_mtu(underlay_mtu: u32, ipv6_underlay: bool) -> u32 {
+    let overhead = if ipv6_underlay { 80 } else { 60 };
+    underlay_mtu.saturating_sub(overhead)
+}
+
 /// The first host address of each family's first block: the tunnel's own address, so traffic
 /// the node itself sends to remote Pods carries a source peers accept.
 pub fn tunnel_addresses(blocks: &[IpNetwork]) -> Vec<IpAddr> {
@@ -145,17 +152,16 @@ impl Datapath {
         current: &weft_keys::PrivateKey,
         next: Option<&weft_keys::PrivateKey>,
     ) -> Result<Self, DatapathError> {
-        let ipv6_underlay = config.underlay_address.is_some_and(|a| a.is_ipv6());
-        let overhead = if ipv6_underlay { 80 } else { 60 };
         let underlay_mtu = match (config.underlay_mtu, config.underlay_address) {
             (Some(mtu), _) => mtu,
             (None, Some(address)) => kernel::underlay_mtu(address).await?.unwrap_or(1500),
             (None, None) => 1500,
         };
-        let mtu = underlay_mtu.saturating_sub(overhead);
+        let ipv6_underlay = config.underlay_address.is_some_and(|a| a.is_ipv6());
+        let mtu = tunnel_mtu(underlay_mtu, ipv6_underlay);
         let tun = tun_rs::DeviceBuilder::new()
             .name(config.interface.clone())
-            .mtu(mtu as u16)
+            .mtu(u16::try_from(mtu).unwrap_or(u16::MAX))
             .build_async()
             .map_err(|source| DatapathError::Tun {
                 name: config.interface.clone(),
@@ -174,6 +180,7 @@ impl Datapath {
             rule_priority: config.rule_priority,
             mtu,
             tunnel_addresses: tunnel_addresses(&config.local_blocks),
+            require_ipv6: config.local_blocks.iter().any(|b| b.is_ipv6()),
         })
         .await?;
 
@@ -371,6 +378,14 @@ pub fn desired_table(
 mod tests {
     use super::*;
     use crate::mesh::{Peer, RejectReason, Rejection};
+
+    #[test]
+    fn tunnel_mtu_leaves_room_for_wireguard_over_each_underlay_family() {
+        assert_eq!(tunnel_mtu(1500, false), 1440);
+        assert_eq!(tunnel_mtu(1500, true), 1420);
+        assert_eq!(tunnel_mtu(9000, false), 8940);
+        assert_eq!(tunnel_mtu(40, false), 0);
+    }
 
     #[test]
     fn tunnel_address_is_the_first_host_of_each_family() {

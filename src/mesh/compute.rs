@@ -55,8 +55,36 @@ pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
         }
     }
 
+    for (node, block) in &world.out_of_scope {
+        if *node != input.local_node {
+            rejections.insert(Rejection {
+                subject: Subject::Block {
+                    node: node.to_string(),
+                    prefix: *block,
+                },
+                reason: RejectReason::OutsidePodCidrs,
+            });
+        }
+    }
+
     let mut accepted: BTreeMap<&str, BTreeSet<IpNetwork>> = BTreeMap::new();
     for route in input.routes {
+        if !world.in_scope(&route.prefix) {
+            let hops = route.next_hops.iter().copied().map(Some);
+            let hops: Vec<Option<IpAddr>> = if route.next_hops.is_empty() {
+                vec![None]
+            } else {
+                hops.collect()
+            };
+            rejections.extend(hops.into_iter().map(|next_hop| Rejection {
+                subject: Subject::Route {
+                    prefix: route.prefix,
+                    next_hop,
+                },
+                reason: RejectReason::OutsidePodCidrs,
+            }));
+            continue;
+        }
         if route.next_hops.is_empty() {
             rejections.insert(Rejection {
                 subject: Subject::Route {
@@ -185,8 +213,11 @@ struct World<'a> {
     local_addresses: BTreeSet<IpAddr>,
     entries: BTreeMap<&'a str, &'a NodeEntry>,
     by_address: BTreeMap<IpAddr, BTreeSet<&'a str>>,
-    /// (node, block) for every block of every valid record, ours included.
+    /// (node, block) for every in-scope block of every valid record, ours included.
     claims: Vec<(&'a str, IpNetwork)>,
+    /// (node, block) for blocks outside the Pod CIDRs: they take part in nothing.
+    out_of_scope: Vec<(&'a str, IpNetwork)>,
+    pod_cidrs: &'a [IpNetwork],
     /// Remote nodes whose record is distrusted for a key another node also holds.
     key_conflicts: BTreeMap<&'a str, BTreeSet<String>>,
 }
@@ -199,6 +230,8 @@ impl<'a> World<'a> {
             entries: BTreeMap::new(),
             by_address: BTreeMap::new(),
             claims: Vec::new(),
+            out_of_scope: Vec::new(),
+            pod_cidrs: input.pod_cidrs,
             key_conflicts: key_conflicts(input.nodes, input.local_node),
         };
         for entry in input.nodes {
@@ -217,13 +250,23 @@ impl<'a> World<'a> {
                 }
             }
             if let Ok(record) = &entry.record {
-                world
-                    .claims
-                    .extend(record.blocks.iter().map(|b| (entry.name.as_str(), *b)));
+                for block in &record.blocks {
+                    let claim = (entry.name.as_str(), *block);
+                    if world.in_scope(block) {
+                        world.claims.push(claim);
+                    } else {
+                        world.out_of_scope.push(claim);
+                    }
+                }
             }
         }
         world.claims.sort();
         world
+    }
+
+    /// Inside the Pod CIDRs (everything is, when none are configured).
+    fn in_scope(&self, prefix: &IpNetwork) -> bool {
+        self.pod_cidrs.is_empty() || self.pod_cidrs.iter().any(|cidr| covers(cidr, prefix))
     }
 
     /// A node's record, if it is valid and trusted.
@@ -265,7 +308,11 @@ impl<'a> World<'a> {
             .ok_or_else(|| RejectReason::NextHopRecordRejected {
                 node: node.to_string(),
             })?;
-        if !record.blocks.iter().any(|block| covers(block, &prefix)) {
+        let claimed = record
+            .blocks
+            .iter()
+            .any(|block| self.in_scope(block) && covers(block, &prefix));
+        if !claimed {
             return Err(RejectReason::NotClaimedByNextHop {
                 node: node.to_string(),
             });

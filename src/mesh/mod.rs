@@ -39,6 +39,10 @@ pub struct MeshInput<'a> {
     pub routes: &'a [LearnedRoute],
     /// Listen port assumed for nodes whose record has no endpoint.
     pub default_port: u16,
+    /// The cluster's Pod CIDRs. When given, routes and claimed blocks outside them never
+    /// become part of a peer: a record cannot pull underlay or service addresses into the
+    /// mesh (or, fail closed, cut them off).
+    pub pod_cidrs: &'a [IpNetwork],
 }
 
 /// One desired WireGuard peer.

@@ -44,6 +44,8 @@ pub enum RejectReason {
     /// The record's key (or the next key it announces) is also a key of these other nodes:
     /// a key identifies one node, so the record is not trusted.
     SharedKey { nodes: Vec<String> },
+    /// The prefix lies (partly) outside the cluster's Pod CIDRs.
+    OutsidePodCidrs,
 }
 
 impl RejectReason {
@@ -66,6 +68,7 @@ impl RejectReason {
             Self::OverlappingClaims { .. } => "overlapping_claims",
             Self::BadRecord { .. } => "bad_record",
             Self::SharedKey { .. } => "shared_key",
+            Self::OutsidePodCidrs => "outside_pod_cidrs",
         }
     }
 
@@ -113,6 +116,7 @@ impl fmt::Display for RejectReason {
                 "its public or next key is also a key of {}; a key identifies one node",
                 nodes.join(", ")
             ),
+            Self::OutsidePodCidrs => write!(f, "not inside the cluster's Pod CIDRs"),
         }
     }
 }

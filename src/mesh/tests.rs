@@ -44,11 +44,16 @@ fn route(prefix: &str, hops: &[&str]) -> LearnedRoute {
 }
 
 fn mesh(nodes: &[NodeEntry], routes: &[LearnedRoute]) -> Mesh {
+    scoped_mesh(nodes, routes, &[])
+}
+
+fn scoped_mesh(nodes: &[NodeEntry], routes: &[LearnedRoute], pod_cidrs: &[IpNetwork]) -> Mesh {
     compute_mesh(&MeshInput {
         local_node: "n1",
         nodes,
         routes,
         default_port: 51820,
+        pod_cidrs,
     })
 }
 
@@ -279,12 +284,7 @@ fn arb_world() -> impl Strategy<Value = (Vec<NodeEntry>, Vec<LearnedRoute>)> {
 }
 
 fn compute(nodes: &[NodeEntry], routes: &[LearnedRoute]) -> Mesh {
-    compute_mesh(&MeshInput {
-        local_node: "n1",
-        nodes,
-        routes,
-        default_port: 51820,
-    })
+    scoped_mesh(nodes, routes, &[])
 }
 
 proptest! {
@@ -327,6 +327,22 @@ proptest! {
                     prop_assert!(false, "one peer holds overlapping allowed IPs {} and {}", a, b);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn allowed_ips_stay_inside_the_pod_cidrs(
+        (nodes, routes) in arb_world(),
+        pod_cidrs in prop::collection::vec(arb_prefix(), 1..3),
+    ) {
+        let mesh = scoped_mesh(&nodes, &routes, &pod_cidrs);
+        for allowed in mesh.peers.values().flat_map(|p| &p.allowed_ips) {
+            prop_assert!(pod_cidrs.iter().any(|c| covers(c, allowed)), "{} escapes", allowed);
+        }
+        for route in routes.iter().filter(|r| !pod_cidrs.iter().any(|c| covers(c, &r.prefix))) {
+            let rejected = mesh.rejections.iter().any(|r| r.reason == RejectReason::OutsidePodCidrs
+                && matches!(r.subject, Subject::Route { prefix, .. } if prefix == route.prefix));
+            prop_assert!(rejected, "route {} outside the Pod CIDRs has no reason", route.prefix);
         }
     }
 
@@ -443,4 +459,44 @@ fn a_node_rotating_normally_keeps_its_peer_with_both_keys() {
     assert_eq!(mesh.peers.len(), 2);
     assert_eq!(mesh.peers["n2"].next_public_key, Some(key(12)));
     assert!(!reasons(&mesh).iter().any(|(_, code)| *code == "shared_key"));
+}
+
+#[test]
+fn blocks_and_routes_outside_the_pod_cidrs_are_rejected() {
+    let mut nodes = lab();
+    // n3 also claims part of the underlay and has BGP send it there.
+    nodes[2] = node("n3", "198.18.0.3", &["10.244.3.0/24", "198.18.0.0/24"]);
+    let routes = [
+        route("10.244.2.0/24", &["198.18.0.2"]),
+        route("10.244.3.0/24", &["198.18.0.3"]),
+        route("198.18.0.0/24", &["198.18.0.3"]),
+    ];
+    let unscoped = mesh(&nodes, &routes);
+    assert!(
+        unscoped.peers["n3"]
+            .allowed_ips
+            .contains(&net("198.18.0.0/24"))
+    );
+
+    let scoped = scoped_mesh(&nodes, &routes, &[net("10.244.0.0/16")]);
+    assert_eq!(scoped.peers["n3"].allowed_ips, vec![net("10.244.3.0/24")]);
+    assert_eq!(scoped.peers["n2"].allowed_ips, vec![net("10.244.2.0/24")]);
+    let found = reasons(&scoped);
+    assert!(found.contains(&("block n3 198.18.0.0/24".into(), "outside_pod_cidrs")));
+    assert!(found.contains(&(
+        format!("route 198.18.0.0/24 via {:?}", Some(ip("198.18.0.3"))),
+        "outside_pod_cidrs"
+    )));
+}
+
+#[test]
+fn a_claim_outside_the_pod_cidrs_takes_nothing_from_another_node() {
+    let mut nodes = lab();
+    // n3 claims a supernet of n2's block that reaches outside the Pod CIDRs.
+    nodes[2] = node("n3", "198.18.0.3", &["10.0.0.0/8"]);
+    let routes = [route("10.244.2.0/24", &["198.18.0.2"])];
+    assert!(!mesh(&nodes, &routes).peers.contains_key("n2"));
+    let scoped = scoped_mesh(&nodes, &routes, &[net("10.244.0.0/16")]);
+    assert_eq!(scoped.peers["n2"].allowed_ips, vec![net("10.244.2.0/24")]);
+    assert!(reasons(&scoped).contains(&("block n3 10.0.0.0/8".into(), "outside_pod_cidrs")));
 }
