@@ -202,19 +202,23 @@ async fn watch_once(
     }
 
     while let Some(first) = messages.next().await {
-        let mut changed = apply(first.0, &handle, protocols, &mut table).await?;
+        let mut change = apply(first.0, protocols, &mut table);
         // Take everything already queued before publishing, so a burst of changes is
         // published once instead of once per route.
         loop {
             match messages.next().now_or_never() {
                 Some(Some((message, _))) => {
-                    changed |= apply(message, &handle, protocols, &mut table).await?;
+                    change = change.max(apply(message, protocols, &mut table));
                 }
                 Some(None) => return Err(RouteSourceError::Closed),
                 None => break,
             }
         }
-        if changed {
+        if change == Change::Redump {
+            table.clear();
+            dump_into(&handle, protocols, &mut table).await?;
+        }
+        if change != Change::None {
             tracing::debug!(routes = table.len(), "learned routes changed");
             if publish(routes, &table) {
                 return Ok(());
@@ -224,34 +228,54 @@ async fn watch_once(
     Err(RouteSourceError::Closed)
 }
 
-/// Applies one notification to the table; returns whether the table changed.
-async fn apply(
+/// What one notification did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    None,
+    Changed,
+    /// The table cannot be patched from the notification: dump the kernel's routes again.
+    Redump,
+}
+
+/// Applies one notification to the table.
+///
+/// IPv6 multipath routes are sibling routes in the kernel: a notification about one next hop
+/// (added with `NLM_F_APPEND`, or deleted alone) carries only that next hop, under the same
+/// key as the whole route, so it cannot be applied as a replacement or a removal. Any IPv6
+/// notification we care about therefore asks for a re-dump, which sees the merged route.
+fn apply(
     message: NetlinkMessage<RouteNetlinkMessage>,
-    handle: &Handle,
     protocols: &BTreeSet<u8>,
     table: &mut RouteTable,
-) -> Result<bool, RouteSourceError> {
-    Ok(match message.payload {
+) -> Change {
+    let changed = |yes: bool| if yes { Change::Changed } else { Change::None };
+    match message.payload {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
             match route_from_message(&route, protocols) {
-                Some((key, learned)) => table.upsert(key, learned),
-                None => false,
+                Some((key, learned)) if key.prefix.is_ipv6() => {
+                    if learned.is_some() || table.contains(&key) {
+                        Change::Redump
+                    } else {
+                        Change::None
+                    }
+                }
+                Some((key, learned)) => changed(table.upsert(key, learned)),
+                None => Change::None,
             }
         }
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(route)) => {
             match route_from_message(&route, protocols) {
-                Some((key, _)) => table.remove(&key),
-                None => false,
+                Some((key, _)) if key.prefix.is_ipv6() && table.contains(&key) => Change::Redump,
+                Some((key, _)) => changed(table.remove(&key)),
+                None => Change::None,
             }
         }
         NetlinkPayload::Overrun(_) => {
             tracing::warn!("netlink overrun: notifications were lost; re-dumping routes");
-            table.clear();
-            dump_into(handle, protocols, table).await?;
-            true
+            Change::Redump
         }
-        _ => false,
-    })
+        _ => Change::None,
+    }
 }
 
 /// Publishes the table; returns true when nobody listens any more.

@@ -55,6 +55,10 @@ impl RouteTable {
         self.routes.remove(key).is_some()
     }
 
+    pub fn contains(&self, key: &RouteKey) -> bool {
+        self.routes.contains_key(key)
+    }
+
     /// Forget everything (before a re-dump).
     pub fn clear(&mut self) {
         self.routes.clear();

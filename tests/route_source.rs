@@ -1,6 +1,7 @@
 //! The route source against a real kernel: bulk route changes that overrun the netlink
 //! socket's buffer end with exactly the kernel's BGP routes learned (the agent re-dumps after
-//! the overrun), multipath routes included, other protocols ignored.
+//! the overrun), multipath routes included, other protocols ignored; adding or deleting one
+//! next hop of an IPv6 multipath route (sibling routes in the kernel) changes just that hop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -136,9 +137,76 @@ fn bulk_route_changes_are_all_learned_and_nothing_else() {
         || learned_routes(&name, &run_dir).filter(|n| *n == 2049),
     );
     // The kernel dropped notifications on the tiny buffer and the agent recovered by re-dumping.
-    let log = std::fs::read_to_string(&log).unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("netlink overrun"),
-        "no overrun was seen:\n{log}"
+        log_text.contains("netlink overrun"),
+        "no overrun was seen:\n{log_text}"
     );
+
+    // IPv6 multipath routes are sibling routes in the kernel: adding or deleting one next hop
+    // must change just that next hop of the learned route.
+    run_ok(
+        "ip",
+        &[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            "fd00:198:18::1/64",
+            "dev",
+            "d0",
+            "nodad",
+        ],
+    );
+    let v6 = "fd00:10:244:7::/64";
+    let ip6 = |args: &[&str]| {
+        let mut all = vec!["-n", name.as_str(), "-6", "route"];
+        all.extend(args);
+        run_ok("ip", &all);
+    };
+    ip6(&[
+        "add",
+        v6,
+        "proto",
+        "bird",
+        "nexthop",
+        "via",
+        "fd00:198:18::2",
+        "nexthop",
+        "via",
+        "fd00:198:18::3",
+    ]);
+    let hops = || v6_hops(&name, &run_dir, v6);
+    wait_for(Duration::from_secs(20), "both IPv6 next hops", || {
+        (hops() == ["fd00:198:18::2", "fd00:198:18::3"]).then_some(())
+    });
+    ip6(&["del", v6, "via", "fd00:198:18::3", "proto", "bird"]);
+    wait_for(Duration::from_secs(20), "one IPv6 next hop left", || {
+        (hops() == ["fd00:198:18::2"]).then_some(())
+    });
+    ip6(&["append", v6, "via", "fd00:198:18::4", "proto", "bird"]);
+    wait_for(Duration::from_secs(20), "an appended IPv6 next hop", || {
+        (hops() == ["fd00:198:18::2", "fd00:198:18::4"]).then_some(())
+    });
+    ip6(&["del", v6, "proto", "bird"]);
+    wait_for(Duration::from_secs(20), "the IPv6 route to be gone", || {
+        hops().is_empty().then_some(())
+    });
+}
+
+/// The next hops the agent learned for `prefix` (every route is rejected here, one rejection
+/// per next hop: no node is known), sorted.
+fn v6_hops(ns: &str, run_dir: &str, prefix: &str) -> Vec<String> {
+    let Some(status) = weft_status(ns, run_dir) else {
+        return vec![];
+    };
+    let mut hops: Vec<String> = status["rejected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["prefix"] == prefix)
+        .filter_map(|r| r["nextHop"].as_str().map(str::to_string))
+        .collect();
+    hops.sort();
+    hops
 }

@@ -17,7 +17,7 @@ pub enum KeyError {
         path.display()
     )]
     InsecureDirectory { path: PathBuf, mode: u32 },
-    #[error("private key {} is not base64", path.display())]
+    #[error("private key {} is not base64 (corrupt or truncated)", path.display())]
     NotBase64 { path: PathBuf },
     #[error("private key {} holds {len} bytes, not 32 (truncated or not an x25519 key)", path.display())]
     WrongLength { path: PathBuf, len: usize },
@@ -28,7 +28,7 @@ pub enum KeyError {
         path.display()
     )]
     AlreadyExists { path: PathBuf },
-    #[error("{} is not a regular file", path.display())]
+    #[error("{} is not a regular file (symbolic links are refused)", path.display())]
     NotAFile { path: PathBuf },
     #[error("{}: {source}", path.display())]
     Io {

@@ -1,5 +1,5 @@
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -48,13 +48,23 @@ impl KeyStore {
             source,
         };
         self.check_dir()?;
-        let metadata = match std::fs::metadata(&path) {
-            Ok(metadata) => metadata,
+        // Open first (never through a symlink), then check what was opened: no window between
+        // the checks and the read in which the file could be swapped.
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(KeyError::NotFound { path });
             }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(KeyError::NotAFile { path });
+            }
             Err(e) => return Err(io(e)),
         };
+        let metadata = file.metadata().map_err(io)?;
         if !metadata.is_file() {
             return Err(KeyError::NotAFile { path });
         }
@@ -69,8 +79,8 @@ impl KeyStore {
             });
         }
         let mut text = Zeroizing::new(String::new());
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(MAX_KEY_FILE_BYTES).read_to_string(&mut text))
+        file.take(MAX_KEY_FILE_BYTES)
+            .read_to_string(&mut text)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::InvalidData => KeyError::NotBase64 { path: path.clone() },
                 _ => io(e),
@@ -139,8 +149,16 @@ impl KeyStore {
 
 fn decode_key(path: &Path, text: &str) -> Result<PrivateKey, KeyError> {
     use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    // Lenient about padding and trailing bits, so a key cut short reports its length.
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
     let decoded = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
+        LENIENT
             .decode(text.trim())
             .map_err(|_| KeyError::NotBase64 {
                 path: path.to_path_buf(),
@@ -261,6 +279,33 @@ mod tests {
         .unwrap();
         let message = store.load().unwrap_err().to_string();
         assert!(!message.contains(key.to_base64().as_str()));
+    }
+
+    #[test]
+    fn a_key_cut_short_reports_its_length() {
+        let (_tmp, store) = store();
+        let key = store.generate(false).unwrap();
+        let full = key.to_base64();
+        for keep in [42, 40, 30] {
+            write_key_file(&store, &full.as_bytes()[..keep]);
+            let error = store.load().unwrap_err();
+            assert!(
+                matches!(error, KeyError::WrongLength { .. }),
+                "{keep} chars: {error}"
+            );
+            assert!(error.to_string().contains("truncated"));
+        }
+    }
+
+    #[test]
+    fn a_symlinked_key_file_is_refused() {
+        let (tmp, store) = store();
+        store.generate(false).unwrap();
+        let elsewhere = tmp.path().join("elsewhere.key");
+        std::fs::rename(store.private_key_path(), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, store.private_key_path()).unwrap();
+        let error = store.load().unwrap_err();
+        assert!(matches!(error, KeyError::NotAFile { .. }), "{error}");
     }
 
     #[test]

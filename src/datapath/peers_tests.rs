@@ -465,3 +465,43 @@ fn a_handshake_is_counted_once_by_the_rate_limiter() {
         other => panic!("expected a cookie reply, got {other:?}"),
     }
 }
+
+#[test]
+fn truncated_handshakes_and_garbage_are_malformed() {
+    let (mut nodes, _, _) = connected();
+    let index = sessions_on(&nodes[1], x25519::PublicKey::from(&secret(2)))[0];
+    let init = initiation(&mut nodes[1].table, index, true);
+    let from = nodes[1].addr;
+    let mut reply = vec![0u8; 2048];
+    for bad in [
+        &init[..init.len() - 1],
+        &init[..4],
+        &[][..],
+        &[1u8, 0, 0, 0, 7, 7][..],
+    ] {
+        assert!(
+            matches!(
+                nodes[0].table.classify(from, bad, &mut reply),
+                Incoming::Drop(DropReason::Malformed)
+            ),
+            "{} bytes",
+            bad.len()
+        );
+    }
+}
+
+#[test]
+fn data_for_an_unknown_receiver_index_is_dropped_as_such() {
+    let (mut nodes, _, _) = connected();
+    let from = nodes[1].addr;
+    let mut reply = vec![0u8; 2048];
+    // A well-formed transport data message (type 4, receiver, counter, 16-byte tag) for a
+    // receiver index no session of ours has.
+    let mut data = vec![4u8, 0, 0, 0];
+    data.extend_from_slice(&0xdead_be00u32.to_le_bytes());
+    data.extend_from_slice(&[0u8; 8 + 16]);
+    assert!(matches!(
+        nodes[0].table.classify(from, &data, &mut reply),
+        Incoming::Drop(DropReason::UnknownReceiver)
+    ));
+}

@@ -74,11 +74,17 @@ impl PolicyCounters {
             counts[slot] += 1;
             return;
         }
+        // Once the table is full, everything else lands in the overflow entry (allocated
+        // once, then found like any other pod).
         let key = if self.denied.len() < MAX_DENIED_PODS {
             pod
         } else {
             OTHER_PODS
         };
+        if let Some(counts) = self.denied.get_mut(key) {
+            counts[slot] += 1;
+            return;
+        }
         self.denied.entry(key.to_string()).or_default()[slot] += 1;
     }
 
