@@ -220,21 +220,21 @@ fn rejection_serializes_flat() {
 // ---- properties over random worlds ----
 
 fn arb_prefix() -> impl Strategy<Value = IpNetwork> {
-    (0u8..4, prop::sample::select(vec![22u8, 23, 24, 25, 26])).prop_map(|(third, len)| {
+    (0u8..12, prop::sample::select(vec![22u8, 23, 24, 25, 26])).prop_map(|(third, len)| {
         let raw = IpNetwork::new(IpAddr::from([10, 244, third * 2, 64]), len).unwrap();
         IpNetwork::new(raw.network(), len).unwrap()
     })
 }
 
 fn arb_address() -> impl Strategy<Value = IpAddr> {
-    (1u8..=7).prop_map(|last| IpAddr::from([198, 18, 0, last]))
+    (1u8..=16).prop_map(|last| IpAddr::from([198, 18, 0, last]))
 }
 
 fn arb_node(index: usize) -> impl Strategy<Value = NodeEntry> {
     (
         prop::collection::vec(arb_address(), 0..3),
         prop::collection::vec(arb_prefix(), 0..3),
-        any::<bool>(),
+        prop::bool::weighted(0.8),
         any::<Option<u16>>(),
     )
         .prop_map(move |(addresses, blocks, valid, port)| {
@@ -269,7 +269,7 @@ fn arb_world() -> impl Strategy<Value = (Vec<NodeEntry>, Vec<LearnedRoute>)> {
     (1usize..=6)
         .prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>())
         .prop_flat_map(|nodes| {
-            let routes = prop::collection::vec(
+            let random = prop::collection::vec(
                 (arb_prefix(), prop::collection::vec(arb_address(), 0..4)).prop_map(
                     |(prefix, next_hops)| LearnedRoute {
                         prefix,
@@ -277,9 +277,29 @@ fn arb_world() -> impl Strategy<Value = (Vec<NodeEntry>, Vec<LearnedRoute>)> {
                         protocol: 12,
                     },
                 ),
-                0..10,
+                0..8,
             );
-            (Just(nodes), routes)
+            // Routes that agree with some record (a claimed block via one of the claimant's
+            // addresses), so that many worlds have peers to check the properties on.
+            let agreeing: Vec<LearnedRoute> = nodes
+                .iter()
+                .filter_map(|n| Some((n, n.record.as_ref().ok()?)))
+                .flat_map(|(n, record)| {
+                    record.blocks.iter().flat_map(move |block| {
+                        n.addresses.iter().map(move |address| LearnedRoute {
+                            prefix: *block,
+                            next_hops: vec![*address],
+                            protocol: 12,
+                        })
+                    })
+                })
+                .collect();
+            let count = agreeing.len();
+            let agreeing = prop::sample::subsequence(agreeing, 0..=count);
+            (Just(nodes), random, agreeing).prop_map(|(nodes, mut routes, agreeing)| {
+                routes.extend(agreeing);
+                (nodes, routes)
+            })
         })
 }
 
@@ -499,4 +519,23 @@ fn a_claim_outside_the_pod_cidrs_takes_nothing_from_another_node() {
     let scoped = scoped_mesh(&nodes, &routes, &[net("10.244.0.0/16")]);
     assert_eq!(scoped.peers["n2"].allowed_ips, vec![net("10.244.2.0/24")]);
     assert!(reasons(&scoped).contains(&("block n3 10.0.0.0/8".into(), "outside_pod_cidrs")));
+}
+
+/// The property tests above say nothing if the generated worlds rarely produce a peer: check
+/// that a good share of them do (and some reject things), so the properties are exercised.
+#[test]
+fn generated_worlds_produce_peers_and_rejections() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = arb_world();
+    let (mut with_peers, mut with_rejections) = (0, 0);
+    for _ in 0..256 {
+        let (nodes, routes) = strategy.new_tree(&mut runner).unwrap().current();
+        let mesh = compute(&nodes, &routes);
+        with_peers += usize::from(!mesh.peers.is_empty());
+        with_rejections += usize::from(!mesh.rejections.is_empty());
+    }
+    assert!(with_peers >= 64, "only {with_peers} of 256 worlds have a peer");
+    assert!(with_rejections >= 64, "only {with_rejections} of 256 worlds reject anything");
 }
