@@ -218,6 +218,9 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
 fn garbage_udp_is_counted_and_changes_nothing() {
     let lab = Lab::up("wtjunk", 2);
     converge(&lab);
+    // The TUN's MTU leaves room for WireGuard over the lab's IPv4 underlay (1500 - 60).
+    let link = run_ok("ip", &["-n", &lab.node_ns(1), "link", "show", "wtjunkn1"]);
+    assert!(link.contains("mtu 1440"), "{link}");
     let (from, _) = lab.pods(1)[0].clone();
     let (_, to) = lab.pods(2)[0].clone();
     assert!(lab.ping(&from, &to, 5));
