@@ -29,6 +29,61 @@ pub struct BirdSettings {
     pub asn: u32,
     /// Nodes acting as route reflectors; empty: full mesh.
     pub route_reflectors: BTreeSet<String>,
+    /// The TCP-MD5 password every BGP session of the cluster uses, if any.
+    pub password: Option<BgpPassword>,
+}
+
+impl BirdSettings {
+    /// The mode of a written configuration: private when it holds the password.
+    pub fn file_mode(&self) -> u32 {
+        if self.password.is_some() {
+            0o600
+        } else {
+            0o644
+        }
+    }
+}
+
+/// A BGP session password (TCP-MD5, RFC 2385): printable ASCII without `"` and `\` (it is
+/// written into BIRD's configuration as a string), at most 80 bytes (the kernel's limit).
+/// Never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BgpPassword(String);
+
+/// The kernel's TCP_MD5SIG_MAXKEYLEN.
+const MAX_PASSWORD_BYTES: usize = 80;
+
+impl BgpPassword {
+    /// Parses the contents of a password file (one trailing newline is ignored).
+    pub fn parse(text: &str) -> Result<Self, BirdConfigError> {
+        let password = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(text);
+        if password.is_empty() {
+            return Err(BirdConfigError::BadPassword("it is empty"));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(BirdConfigError::BadPassword(
+                "it is longer than 80 bytes (the kernel's TCP-MD5 key limit)",
+            ));
+        }
+        if !password
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+        {
+            return Err(BirdConfigError::BadPassword(
+                "use printable ASCII without '\"' and '\\'",
+            ));
+        }
+        Ok(Self(password.to_string()))
+    }
+}
+
+impl std::fmt::Debug for BgpPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BgpPassword(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +100,8 @@ pub enum BirdConfigError {
     SharedAddress(String, std::net::Ipv4Addr),
     #[error("AS number 0 is reserved")]
     ReservedAsn,
+    #[error("invalid BGP password: {0}")]
+    BadPassword(&'static str),
 }
 
 /// Renders the configuration of `own` given the other nodes (each with an IPv4 address;
@@ -122,6 +179,9 @@ pub fn render(
     let _ = writeln!(out, "template bgp peer {{");
     let _ = writeln!(out, "    local {router_id} as {asn};");
     let _ = writeln!(out, "    direct;");
+    if let Some(BgpPassword(password)) = &settings.password {
+        let _ = writeln!(out, "    password \"{password}\";");
+    }
     let _ = writeln!(
         out,
         "    ipv4 {{ import {}; export where proto = \"pods\" || source = RTS_BGP; }};",
@@ -222,7 +282,51 @@ mod tests {
         BirdSettings {
             asn: 64512,
             route_reflectors: reflectors.iter().map(|r| r.to_string()).collect(),
+            password: None,
         }
+    }
+
+    #[test]
+    fn a_password_goes_into_every_session_and_never_into_debug() {
+        let all = nodes();
+        let password = BgpPassword::parse("s3cret pass-word\n").unwrap();
+        let with = BirdSettings {
+            password: Some(password.clone()),
+            ..settings(&[])
+        };
+        let conf = render(&all[0], &all[1..], &with).unwrap();
+        assert!(
+            conf.contains("    password \"s3cret pass-word\";"),
+            "{conf}"
+        );
+        assert!(
+            !render(&all[0], &all[1..], &settings(&[]))
+                .unwrap()
+                .contains("password")
+        );
+        assert!(!format!("{with:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn passwords_that_bird_or_the_kernel_cannot_take_are_refused() {
+        for bad in [
+            "",
+            "\n",
+            "with\"quote",
+            "back\\slash",
+            "tab\there",
+            "é",
+            &"x".repeat(81),
+        ] {
+            assert!(
+                matches!(
+                    BgpPassword::parse(bad),
+                    Err(BirdConfigError::BadPassword(_))
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(BgpPassword::parse(&"x".repeat(80)).is_ok());
     }
 
     #[test]

@@ -275,11 +275,23 @@ impl BgpLab {
     }
 
     fn up(name: &'static str, api: &apiserver::ApiServer, reflectors: &[&str]) -> BgpLab {
+        Self::up_with(name, api, reflectors, |_| vec![])
+    }
+
+    /// `extra(k)`: more `weft bird-config` arguments for node `k`.
+    fn up_with(
+        name: &'static str,
+        api: &apiserver::ApiServer,
+        reflectors: &[&str],
+        extra: impl Fn(u8) -> Vec<String>,
+    ) -> BgpLab {
         common::require_root();
         let lab = BgpLab {
             name,
             dir: tempfile::tempdir().unwrap(),
         };
+        // Namespaces a killed earlier run left behind.
+        lab.remove_namespaces();
         std::fs::write(lab.dir.path().join("kubeconfig"), api.kubeconfig()).unwrap();
         let br = format!("{name}-br");
         let ip = |args: &[&str]| common::run_ok("ip", args);
@@ -322,6 +334,7 @@ impl BgpLab {
             for r in reflectors {
                 args.extend(["--route-reflector".to_string(), r.to_string()]);
             }
+            args.extend(extra(k));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = run(weft_bin(), &args);
             assert!(
@@ -367,16 +380,32 @@ impl BgpLab {
     }
 }
 
+impl BgpLab {
+    fn remove_namespaces(&self) {
+        for k in 1..=3u8 {
+            let _ = run("ip", &["netns", "del", &self.ns(k)]);
+        }
+        let _ = run("ip", &["netns", "del", &format!("{}-br", self.name)]);
+    }
+}
+
 impl Drop for BgpLab {
     fn drop(&mut self) {
         for k in 1..=3u8 {
             let pid = self.dir.path().join(format!("n{k}.pid"));
             if let Ok(pid) = std::fs::read_to_string(&pid) {
-                let _ = run("kill", &[pid.trim()]);
+                let pid = pid.trim();
+                let _ = run("kill", &[pid]);
+                // Wait for BIRD to exit before its namespace goes.
+                for _ in 0..50 {
+                    if !run("kill", &["-0", pid]).status.success() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
-            let _ = run("ip", &["netns", "del", &self.ns(k)]);
         }
-        let _ = run("ip", &["netns", "del", &format!("{}-br", self.name)]);
+        self.remove_namespaces();
     }
 }
 
@@ -474,4 +503,62 @@ fn watch_mode_retries_a_failed_reload_until_it_succeeds() {
     let settled = count();
     std::thread::sleep(std::time::Duration::from_secs(6));
     assert_eq!(count(), settled, "reloads went on after one succeeded");
+}
+
+/// With `--bgp-password-file`, sessions are TCP-MD5 protected: nodes sharing the password
+/// exchange routes, a node with another password gets no session at all, and the written
+/// configuration is private (0600).
+#[test]
+fn bgp_sessions_need_the_shared_password() {
+    let (api, dir) = cluster();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (shared, other) = (
+        write("pw", "lab-secret\n"),
+        write("pw-other", "not-the-same\n"),
+    );
+    let lab = BgpLab::up_with("wbmd5", &api, &[], |k| {
+        let file = if k == 3 { &other } else { &shared };
+        vec!["--bgp-password-file".into(), file.clone()]
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let conf = lab.dir.path().join("n1.conf");
+    let mode = std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        std::fs::read_to_string(&conf)
+            .unwrap()
+            .contains("password \"lab-secret\";")
+    );
+    common::wait_for(
+        std::time::Duration::from_secs(30),
+        "n1 to learn n2's block over the authenticated session",
+        || (lab.bird_routes(1, "-4") == ["10.244.2.0/24 via 198.18.0.2"]).then_some(()),
+    );
+    common::wait_for(
+        std::time::Duration::from_secs(30),
+        "n2 to learn n1's block",
+        || (lab.bird_routes(2, "-4") == ["10.244.1.0/24 via 198.18.0.1"]).then_some(()),
+    );
+    // n3's sessions never come up: give them the time the others took, and then some.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(
+        lab.bird_routes(3, "-4").is_empty(),
+        "n3 learned routes with the wrong password"
+    );
+    assert_eq!(lab.bird_routes(1, "-4"), ["10.244.2.0/24 via 198.18.0.2"]);
+
+    // A password BIRD or the kernel could not take is refused with a clear message.
+    let bad = write("pw-bad", "has\"quote\n");
+    let out = bird_config(&dir, &["--node-name", "n1", "--bgp-password-file", &bad]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid BGP password"), "{stderr}");
+    assert!(
+        !stderr.contains("has\"quote"),
+        "the password was printed: {stderr}"
+    );
 }

@@ -63,6 +63,10 @@ pub struct BirdConfigArgs {
     /// With --watch: a shell command run after each rewrite, e.g. "birdc configure".
     #[arg(long, value_name = "COMMAND", requires = "watch")]
     pub reload_command: Option<String>,
+    /// A file holding the TCP-MD5 password of every BGP session (the same on all nodes,
+    /// e.g. a mounted Secret). The configuration is then written with mode 0600.
+    #[arg(long, value_name = "FILE")]
+    pub bgp_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,9 +175,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BirdConfig(args) => {
             let client = crate::kube::registry::client(args.kubeconfig.as_deref()).await?;
+            let password = match &args.bgp_password_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let password = crate::bird::BgpPassword::parse(&text)
+                        .with_context(|| format!("in {}", path.display()))?;
+                    Some(password)
+                }
+                None => None,
+            };
             let settings = crate::bird::BirdSettings {
                 asn: args.asn,
                 route_reflectors: args.route_reflectors.into_iter().collect(),
+                password,
             };
             if let (true, Some(output)) = (args.watch, &args.output) {
                 crate::kube::bird_config::watch_bird_config(
@@ -190,8 +205,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config =
                 crate::kube::bird_config::bird_config(client, &args.node_name, &settings).await?;
             match args.output {
-                Some(path) => weft_keys::atomic::write_atomic(&path, config.as_bytes(), 0o644)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => {
+                    weft_keys::atomic::write_atomic(&path, config.as_bytes(), settings.file_mode())
+                        .with_context(|| format!("cannot write {}", path.display()))?
+                }
                 None => print!("{config}"),
             }
         }

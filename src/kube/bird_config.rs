@@ -160,7 +160,9 @@ pub async fn watch_bird_config(
             tracing::debug!("Node change without effect on the BIRD configuration");
             continue;
         }
-        if let Err(source) = weft_keys::atomic::write_atomic(output, config.as_bytes(), 0o644) {
+        if let Err(source) =
+            weft_keys::atomic::write_atomic(output, config.as_bytes(), settings.file_mode())
+        {
             break Err(BirdSourceError::Write {
                 path: output.display().to_string(),
                 source,

@@ -536,6 +536,12 @@ fn generated_worlds_produce_peers_and_rejections() {
         with_peers += usize::from(!mesh.peers.is_empty());
         with_rejections += usize::from(!mesh.rejections.is_empty());
     }
-    assert!(with_peers >= 64, "only {with_peers} of 256 worlds have a peer");
-    assert!(with_rejections >= 64, "only {with_rejections} of 256 worlds reject anything");
+    assert!(
+        with_peers >= 64,
+        "only {with_peers} of 256 worlds have a peer"
+    );
+    assert!(
+        with_rejections >= 64,
+        "only {with_rejections} of 256 worlds reject anything"
+    );
 }
