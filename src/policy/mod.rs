@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod model;
 pub mod selector;
 pub mod source;
+mod validate;
 
 pub use compile::{Allowance, Direction, PolicySet, RejectedPolicy, Verdict};
 pub use model::{Flow, PodInfo, Protocol};

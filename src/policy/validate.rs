@@ -1,0 +1,184 @@
+//! NetworkPolicy validation: each policy is checked as the API server would before it is
+//! resolved against Pods, and refused whole (with a reason) if anything in it is invalid.
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::model::Protocol;
+use super::selector::Selector;
+
+#[derive(Debug, Clone)]
+pub(super) enum PortMatch {
+    /// Every port of the protocol.
+    All(Protocol),
+    Range(Protocol, u16, u16),
+    /// A container port name, resolved against the destination Pod.
+    Named(Protocol, String),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct IpBlock {
+    pub(super) cidr: IpNetwork,
+    pub(super) except: Vec<IpNetwork>,
+}
+
+/// One policy after validation, before resolution against Pods.
+pub(super) struct Checked {
+    pub(super) key: String,
+    pub(super) namespace: String,
+    pub(super) selector: Selector,
+    pub(super) ingress: Option<Vec<CheckedRule>>,
+    pub(super) egress: Option<Vec<CheckedRule>>,
+}
+
+pub(super) struct CheckedRule {
+    pub(super) peers: Option<Vec<CheckedPeer>>,
+    pub(super) ports: Vec<PortMatch>,
+}
+
+pub(super) enum CheckedPeer {
+    Pods {
+        pods: Option<Selector>,
+        namespaces: Option<Selector>,
+    },
+    Block(IpBlock),
+}
+
+fn check_port(port: &NetworkPolicyPort) -> Result<PortMatch, String> {
+    let protocol = Protocol::parse(port.protocol.as_deref())?;
+    let to_port = |n: i32| u16::try_from(n).ok().filter(|p| *p > 0);
+    match (&port.port, port.end_port) {
+        (None, None) => Ok(PortMatch::All(protocol)),
+        (None, Some(_)) => Err("endPort without port".into()),
+        (Some(IntOrString::Int(n)), end) => {
+            let start = to_port(*n).ok_or_else(|| format!("port {n} is not 1-65535"))?;
+            let end = match end {
+                None => start,
+                Some(e) => to_port(e)
+                    .filter(|e| *e >= start)
+                    .ok_or_else(|| format!("endPort {e} is not a port at or above {start}"))?,
+            };
+            Ok(PortMatch::Range(protocol, start, end))
+        }
+        (Some(IntOrString::String(_)), Some(_)) => Err("endPort with a named port".into()),
+        (Some(IntOrString::String(name)), None) => {
+            if name.is_empty() || name.len() > 15 {
+                return Err(format!("invalid port name {name:?}"));
+            }
+            Ok(PortMatch::Named(protocol, name.clone()))
+        }
+    }
+}
+
+fn check_peer(peer: &NetworkPolicyPeer) -> Result<CheckedPeer, String> {
+    if let Some(block) = &peer.ip_block {
+        if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+            return Err("ipBlock cannot be combined with selectors in one peer".into());
+        }
+        let cidr: IpNetwork = block
+            .cidr
+            .parse()
+            .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
+        let mut except = Vec::new();
+        for text in block.except.iter().flatten() {
+            let e: IpNetwork = text
+                .parse()
+                .map_err(|_| format!("except {text:?} is not a CIDR"))?;
+            if !crate::record::covers(&cidr, &e) {
+                return Err(format!("except {text} is not inside {}", block.cidr));
+            }
+            except.push(e);
+        }
+        return Ok(CheckedPeer::Block(IpBlock { cidr, except }));
+    }
+    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+        return Err("a peer needs podSelector, namespaceSelector or ipBlock".into());
+    }
+    Ok(CheckedPeer::Pods {
+        pods: peer
+            .pod_selector
+            .as_ref()
+            .map(Selector::compile)
+            .transpose()?,
+        namespaces: peer
+            .namespace_selector
+            .as_ref()
+            .map(Selector::compile)
+            .transpose()?,
+    })
+}
+
+type RawRule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
+fn check_rules(rules: &[RawRule<'_>]) -> Result<Vec<CheckedRule>, String> {
+    let mut out = Vec::new();
+    for (peers, ports) in rules {
+        let peers = match peers {
+            None => None,
+            Some(list) if list.is_empty() => None,
+            Some(list) => Some(list.iter().map(check_peer).collect::<Result<Vec<_>, _>>()?),
+        };
+        let ports = ports
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(check_port)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(CheckedRule { peers, ports });
+    }
+    Ok(out)
+}
+
+pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
+    let namespace = policy
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = policy.metadata.name.clone().ok_or("policy has no name")?;
+    let key = format!("{namespace}/{name}");
+    let spec = policy.spec.as_ref();
+    let selector = match spec.and_then(|s| s.pod_selector.as_ref()) {
+        Some(selector) => Selector::compile(selector)?,
+        None => Selector::compile(&Default::default())?,
+    };
+    let ingress_rules: Vec<_> = spec
+        .and_then(|s| s.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+        .collect();
+    let egress_rules: Vec<_> = spec
+        .and_then(|s| s.egress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+        .collect();
+    // policyTypes defaults: Ingress always; Egress when egress rules are present.
+    let types = match spec.and_then(|s| s.policy_types.as_ref()) {
+        Some(types) => types.clone(),
+        None if egress_rules.is_empty() => vec!["Ingress".to_string()],
+        None => vec!["Ingress".to_string(), "Egress".to_string()],
+    };
+    let mut isolates_ingress = false;
+    let mut isolates_egress = false;
+    for t in &types {
+        match t.as_str() {
+            "Ingress" => isolates_ingress = true,
+            "Egress" => isolates_egress = true,
+            other => return Err(format!("unknown policyType {other:?}")),
+        }
+    }
+    let ingress = check_rules(&ingress_rules)?;
+    let egress = check_rules(&egress_rules)?;
+    Ok(Checked {
+        key,
+        namespace,
+        selector,
+        ingress: isolates_ingress.then_some(ingress),
+        egress: isolates_egress.then_some(egress),
+    })
+}
