@@ -159,13 +159,18 @@ fn direction_allows(
             continue;
         }
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-        let types = spec.policy_types.clone().unwrap_or_else(|| {
-            if has_egress {
-                vec!["Ingress".into(), "Egress".into()]
-            } else {
-                vec!["Ingress".into()]
-            }
-        });
+        // An empty list is defaulted like an absent one.
+        let types = spec
+            .policy_types
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| {
+                if has_egress {
+                    vec!["Ingress".into(), "Egress".into()]
+                } else {
+                    vec!["Ingress".into()]
+                }
+            });
         if !types.iter().any(|t| t == direction) {
             continue;
         }

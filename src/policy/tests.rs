@@ -149,6 +149,58 @@ fn default_deny_ingress_isolates_only_ingress() {
 }
 
 #[test]
+fn empty_policy_types_default_like_absent_ones() {
+    let (namespaces, pods) = world();
+    let spec = |egress: Option<Vec<NetworkPolicyEgressRule>>| NetworkPolicySpec {
+        pod_selector: Some(match_labels(&[("pod", "a")])),
+        policy_types: Some(Vec::new()),
+        egress,
+        ..NetworkPolicySpec::default()
+    };
+    // No egress rules: Ingress only.
+    let set = PolicySet::compile(&[policy("x", "deny", spec(None))], &namespaces, &pods);
+    assert_eq!(
+        set.check(&flow((1, 0), (0, 0), Protocol::Tcp, 80)),
+        Verdict::Denied {
+            direction: Direction::Ingress,
+            pod: "x/a"
+        }
+    );
+    assert!(
+        set.check(&flow((0, 0), (1, 0), Protocol::Tcp, 80))
+            .is_allowed()
+    );
+    // Egress rules: Ingress and Egress.
+    let to_y = NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(match_labels(&[("ns", "y")])),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: None,
+    };
+    let set = PolicySet::compile(
+        &[policy("x", "both", spec(Some(vec![to_y])))],
+        &namespaces,
+        &pods,
+    );
+    assert_eq!(
+        set.check(&flow((0, 0), (2, 0), Protocol::Tcp, 80)),
+        Verdict::Denied {
+            direction: Direction::Egress,
+            pod: "x/a"
+        }
+    );
+    assert!(
+        set.check(&flow((0, 0), (1, 0), Protocol::Tcp, 80))
+            .is_allowed()
+    );
+    assert!(
+        !set.check(&flow((1, 0), (0, 0), Protocol::Tcp, 80))
+            .is_allowed()
+    );
+}
+
+#[test]
 fn allow_names_the_policy_and_rule() {
     let (namespaces, pods) = world();
     let policies = vec![policy(
@@ -351,6 +403,7 @@ fn arb_policy(index: usize) -> impl Strategy<Value = NetworkPolicy> {
         arb_selector(),
         prop::sample::select(vec![
             None,
+            Some(vec![]),
             Some(vec!["Ingress"]),
             Some(vec!["Egress"]),
             Some(vec!["Ingress", "Egress"]),

@@ -157,11 +157,12 @@ pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
         .flatten()
         .map(|r| (r.to.as_ref(), r.ports.as_ref()))
         .collect();
-    // policyTypes defaults: Ingress always; Egress when egress rules are present.
+    // policyTypes defaults (the API server's, for an absent or empty list alike): Ingress
+    // always; Egress when egress rules are present.
     let types = match spec.and_then(|s| s.policy_types.as_ref()) {
-        Some(types) => types.clone(),
-        None if egress_rules.is_empty() => vec!["Ingress".to_string()],
-        None => vec!["Ingress".to_string(), "Egress".to_string()],
+        Some(types) if !types.is_empty() => types.clone(),
+        _ if egress_rules.is_empty() => vec!["Ingress".to_string()],
+        _ => vec!["Ingress".to_string(), "Egress".to_string()],
     };
     let mut isolates_ingress = false;
     let mut isolates_egress = false;
