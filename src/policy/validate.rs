@@ -63,12 +63,35 @@ fn check_port(port: &NetworkPolicyPort) -> Result<PortMatch, String> {
         }
         (Some(IntOrString::String(_)), Some(_)) => Err("endPort with a named port".into()),
         (Some(IntOrString::String(name)), None) => {
-            if name.is_empty() || name.len() > 15 {
-                return Err(format!("invalid port name {name:?}"));
-            }
+            check_port_name(name).map_err(|why| format!("invalid port name {name:?}: {why}"))?;
             Ok(PortMatch::Named(protocol, name.clone()))
         }
     }
+}
+
+/// A named port must be an IANA service name (RFC 6335), as the API server checks it:
+/// 1-15 characters of `a-z`, `0-9` and `-`, at least one letter, no `-` at either end and
+/// no `--`.
+fn check_port_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("must be 1-15 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("must contain only lowercase letters (a-z), digits (0-9) and '-'");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err("must contain at least one letter (a-z)");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("must not begin or end with '-'");
+    }
+    if name.contains("--") {
+        return Err("must not contain consecutive '-'");
+    }
+    Ok(())
 }
 
 fn check_peer(peer: &NetworkPolicyPeer) -> Result<CheckedPeer, String> {
@@ -85,8 +108,13 @@ fn check_peer(peer: &NetworkPolicyPeer) -> Result<CheckedPeer, String> {
             let e: IpNetwork = text
                 .parse()
                 .map_err(|_| format!("except {text:?} is not a CIDR"))?;
-            if !crate::record::covers(&cidr, &e) {
-                return Err(format!("except {text} is not inside {}", block.cidr));
+            // As the API server requires: a strict subset (an except equal to the cidr would
+            // leave an ipBlock that matches nothing).
+            if !crate::record::covers(&cidr, &e) || e.prefix() <= cidr.prefix() {
+                return Err(format!(
+                    "except {text} is not a strict subset of cidr {}",
+                    block.cidr
+                ));
             }
             except.push(e);
         }
@@ -182,4 +210,104 @@ pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
         ingress: isolates_ingress.then_some(ingress),
         egress: isolates_egress.then_some(egress),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicyIngressRule, NetworkPolicySpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn with_ingress(rule: NetworkPolicyIngressRule) -> NetworkPolicy {
+        NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("x".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NetworkPolicySpec {
+                ingress: Some(vec![rule]),
+                ..NetworkPolicySpec::default()
+            }),
+        }
+    }
+
+    fn with_block(cidr: &str, except: &[&str]) -> NetworkPolicy {
+        with_ingress(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: cidr.into(),
+                    except: Some(except.iter().map(|e| e.to_string()).collect()),
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: None,
+        })
+    }
+
+    fn with_named_port(name: &str) -> NetworkPolicy {
+        with_ingress(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(vec![NetworkPolicyPort {
+                port: Some(IntOrString::String(name.into())),
+                ..NetworkPolicyPort::default()
+            }]),
+        })
+    }
+
+    fn reason(policy: &NetworkPolicy) -> Option<String> {
+        check_policy(policy).err()
+    }
+
+    #[test]
+    fn an_except_must_be_a_strict_subset_of_the_cidr() {
+        assert_eq!(reason(&with_block("10.0.0.0/16", &["10.0.1.0/24"])), None);
+        assert_eq!(reason(&with_block("fd00::/48", &["fd00::/64"])), None);
+        for (cidr, except) in [
+            ("10.0.0.0/16", "10.0.0.0/16"),
+            ("10.0.0.5/32", "10.0.0.5/32"),
+            ("fd00::/48", "fd00::/48"),
+            ("10.0.0.0/16", "10.0.0.0/8"),
+            ("10.0.0.0/16", "10.1.0.0/24"),
+            ("10.0.0.0/16", "fd00::/64"),
+        ] {
+            let why = reason(&with_block(cidr, &[except]))
+                .unwrap_or_else(|| panic!("except {except} of {cidr} was accepted"));
+            assert!(why.contains("strict subset"), "{why}");
+        }
+    }
+
+    #[test]
+    fn named_ports_must_be_iana_service_names() {
+        for good in [
+            "http",
+            "h",
+            "serve-80-tcp",
+            "a1",
+            "1a",
+            "metrics-9090",
+            "abcdefghijklmno",
+        ] {
+            assert_eq!(reason(&with_named_port(good)), None, "{good}");
+        }
+        for (bad, why) in [
+            ("", "1-15"),
+            ("abcdefghijklmnop", "1-15"),
+            ("HTTP", "lowercase"),
+            ("web_ui", "lowercase"),
+            ("web.ui", "lowercase"),
+            ("8080", "at least one letter"),
+            ("-http", "begin or end"),
+            ("http-", "begin or end"),
+            ("we--b", "consecutive"),
+        ] {
+            let reason = reason(&with_named_port(bad))
+                .unwrap_or_else(|| panic!("port name {bad:?} was accepted"));
+            assert!(
+                reason.contains(why) && reason.contains("invalid port name"),
+                "{bad:?}: {reason}"
+            );
+        }
+    }
 }
