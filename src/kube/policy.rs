@@ -79,12 +79,11 @@ pub async fn watch_policy(client: Client, sets: watch::Sender<Option<Arc<PolicyS
         let pod_list: Vec<Pod> = owned(pods.state());
         let namespace_list: Vec<Namespace> = owned(namespaces.state());
         let set = PolicySet::compile(&policy_list, &namespace_list, &pod_list);
-        for rejected in &set.rejected {
-            tracing::warn!(policy = %rejected.policy, reason = %rejected.reason, "NetworkPolicy rejected");
-        }
+        crate::policy::source::warn_about(&set);
         tracing::info!(
             policies = set.accepted.len(),
             rejected = set.rejected.len(),
+            address_conflicts = set.conflicts.len(),
             pods = pod_list.len(),
             "NetworkPolicy rule set compiled from the API"
         );

@@ -119,6 +119,15 @@ pub struct RejectedPolicy {
     pub reason: String,
 }
 
+/// Several live Pods claiming one address: policy judges the address as `owner`'s (see
+/// [`PodInfo::claim_precedes`]); the `others` (`namespace/name`, sorted) are ignored for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressConflict {
+    pub ip: IpAddr,
+    pub owner: String,
+    pub others: Vec<String>,
+}
+
 /// Every Pod's compiled rules.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
@@ -127,6 +136,53 @@ pub struct PolicySet {
     /// Policies in force (`namespace/name`), sorted.
     pub accepted: Vec<String>,
     pub rejected: Vec<RejectedPolicy>,
+    /// Addresses claimed by more than one live Pod, by address.
+    pub conflicts: Vec<AddressConflict>,
+}
+
+/// Gives every address to one Pod, deterministically, whatever order the Pods come in: each
+/// Pod keeps only the addresses it holds, and Pods left without any are dropped, so a Pod
+/// that lost its address is neither judged nor selected by it.
+fn claim_addresses(mut pods: Vec<PodInfo>) -> (Vec<PodInfo>, Vec<AddressConflict>) {
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+    for (index, pod) in pods.iter().enumerate() {
+        for ip in &pod.ips {
+            claims.entry(*ip).or_default().push(index);
+        }
+    }
+    let mut owner_of = HashMap::new();
+    let mut conflicts = Vec::new();
+    for (ip, claimants) in claims {
+        let Some(owner) = claimants.iter().copied().reduce(|best, next| {
+            if pods[next].claim_precedes(&pods[best]) {
+                next
+            } else {
+                best
+            }
+        }) else {
+            continue;
+        };
+        owner_of.insert(ip, owner);
+        if claimants.len() > 1 {
+            let mut others: Vec<String> = claimants
+                .iter()
+                .filter(|i| **i != owner)
+                .map(|i| pods[*i].key())
+                .collect();
+            others.sort();
+            conflicts.push(AddressConflict {
+                ip,
+                owner: pods[owner].key(),
+                others,
+            });
+        }
+    }
+    for (index, pod) in pods.iter_mut().enumerate() {
+        pod.ips.retain(|ip| owner_of.get(ip) == Some(&index));
+    }
+    pods.retain(|pod| !pod.ips.is_empty());
+    (pods, conflicts)
 }
 
 impl PolicySet {
@@ -134,8 +190,12 @@ impl PolicySet {
     pub fn compile(policies: &[NetworkPolicy], namespaces: &[Namespace], pods: &[Pod]) -> Self {
         let namespaces: BTreeMap<String, Labels> =
             namespaces.iter().filter_map(namespace_labels).collect();
-        let pods: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_pod).collect();
-        let mut set = PolicySet::default();
+        let (pods, conflicts) =
+            claim_addresses(pods.iter().filter_map(PodInfo::from_pod).collect());
+        let mut set = PolicySet {
+            conflicts,
+            ..PolicySet::default()
+        };
         let mut checked = Vec::new();
         for policy in policies {
             match check_policy(policy) {

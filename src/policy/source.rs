@@ -101,6 +101,22 @@ pub fn load(dir: &Path) -> (PolicySet, PolicyObjects) {
     (set, objects)
 }
 
+/// Logs what a compiled rule set left out or had to decide: rejected policies, and addresses
+/// claimed by several live Pods.
+pub(crate) fn warn_about(set: &PolicySet) {
+    for rejected in &set.rejected {
+        tracing::warn!(policy = %rejected.policy, reason = %rejected.reason, "NetworkPolicy rejected");
+    }
+    for conflict in &set.conflicts {
+        tracing::warn!(
+            ip = %conflict.ip,
+            pod = %conflict.owner,
+            others = ?conflict.others,
+            "several live Pods claim one address; policy judges it as the newest, not terminating one"
+        );
+    }
+}
+
 /// Watches `dir`, publishing a freshly compiled rule set after every change.
 pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>) {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -129,9 +145,7 @@ pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>
             for (source, reason) in &objects.skipped {
                 tracing::warn!(%source, %reason, "skipping policy input");
             }
-            for rejected in &set.rejected {
-                tracing::warn!(policy = %rejected.policy, reason = %rejected.reason, "NetworkPolicy rejected");
-            }
+            warn_about(&set);
             tracing::info!(
                 policies = objects.policies.len(),
                 pods = objects.pods.len(),
