@@ -84,7 +84,7 @@ impl fmt::Display for Verdict<'_> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Peers {
     Any,
     Some {
@@ -93,7 +93,7 @@ enum Peers {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     policy: String,
     index: usize,
@@ -102,7 +102,7 @@ struct Rule {
     ports: Vec<PortMatch>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct PodRules {
     key: String,
     ips: Vec<IpAddr>,
@@ -128,8 +128,9 @@ pub struct AddressConflict {
     pub others: Vec<String>,
 }
 
-/// Every Pod's compiled rules.
-#[derive(Debug, Clone, Default)]
+/// Every Pod's compiled rules. The same inputs, in any order, compile to equal sets, so a
+/// source can tell a change that matters to policy from one that does not.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PolicySet {
     pods: Vec<PodRules>,
     by_ip: HashMap<IpAddr, usize>,
@@ -210,8 +211,10 @@ impl PolicySet {
                 }),
             }
         }
+        // Deterministic whatever order the policies come in (rules keep policy order).
+        checked.sort_by(|a, b| a.key.cmp(&b.key));
+        set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
         set.accepted = checked.iter().map(|c| c.key.clone()).collect();
-        set.accepted.sort();
         let empty = Labels::new();
         for pod in &pods {
             let mut rules = PodRules {

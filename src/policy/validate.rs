@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::model::Protocol;
 use super::selector::Selector;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum PortMatch {
     /// Every port of the protocol.
     All(Protocol),
@@ -17,7 +17,7 @@ pub(super) enum PortMatch {
     Named(Protocol, String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct IpBlock {
     pub(super) cidr: IpNetwork,
     pub(super) except: Vec<IpNetwork>,
