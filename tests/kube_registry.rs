@@ -458,6 +458,56 @@ fn a_conflicting_publish_is_read_again_and_retried() {
 }
 
 #[test]
+fn without_kubeconfig_the_in_cluster_config_comes_first() {
+    // No network namespace needed: the emulation on this namespace's loopback, reached by
+    // `weft bird-config` (the same client as the agent's) through $KUBECONFIG only.
+    let api = ApiServer::start(TcpListener::bind("127.0.0.1:0").unwrap());
+    api.upsert("Node", weft_node(1));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let output = dir.path().join("bird.conf");
+    let bird_config = |in_cluster: bool| {
+        let mut command = Command::new(weft_bin());
+        command
+            .args(["bird-config", "--node-name", "n1", "--output"])
+            .arg(&output)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT");
+        if in_cluster {
+            // What the kubelet sets in every container (nothing listens on port 9).
+            command.env("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+            command.env("KUBERNETES_SERVICE_PORT", "9");
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Outside a cluster: $KUBECONFIG, and the log says why.
+    let (ok, log) = bird_config(false);
+    assert!(ok, "{log}");
+    assert!(log.contains("not running in a cluster"), "{log}");
+    let requests = api.requests().len();
+    assert!(requests > 0);
+    // In a Pod the service account is used, never a kubeconfig that happens to be there:
+    // here it has no token, so that is an error naming the in-cluster config.
+    let (ok, log) = bird_config(true);
+    assert!(!ok, "a kubeconfig was used in a cluster: {log}");
+    assert_eq!(
+        api.requests().len(),
+        requests,
+        "the kubeconfig's server was asked"
+    );
+    if !std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount").exists() {
+        assert!(log.contains("in-cluster config"), "{log}");
+    }
+}
+
+#[test]
 fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     let mut n1 = Node1::new("wk-away");
     cluster(&mut n1);

@@ -32,25 +32,53 @@ impl Backoff {
     }
 }
 
-/// A Kubernetes API client, from `kubeconfig` or, without one, the in-cluster service account
-/// (then `$KUBECONFIG` / `~/.kube/config`).
+/// A Kubernetes API client: from `kubeconfig` when given (out-of-cluster runs); otherwise,
+/// in a cluster, the Pod's service account (in-cluster config, never a kubeconfig lying
+/// around); outside a cluster without `kubeconfig`, `$KUBECONFIG` or `~/.kube/config`.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RegistryError> {
-    let error = |reason: String| RegistryError::Kube(reason);
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| error(format!("cannot read kubeconfig {}: {e}", path.display())))?;
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                RegistryError::Kube(format!("cannot read kubeconfig {}: {e}", path.display()))
+            })?;
             Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| error(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(|e| RegistryError::Kube(format!("kubeconfig {}: {e}", path.display())))?
         }
-        None => Config::infer().await.map_err(|e| {
-            error(format!(
-                "no Kubernetes config (in-cluster or kubeconfig): {e}"
-            ))
-        })?,
+        None => default_config(std::env::var_os(SERVICE_HOST_ENV).is_some()).await?,
     };
-    Client::try_from(config).map_err(|e| error(format!("cannot build the API client: {e}")))
+    Client::try_from(config)
+        .map_err(|e| RegistryError::Kube(format!("cannot build the API client: {e}")))
+}
+
+/// Set by the kubelet in every container: weft runs in a Pod.
+const SERVICE_HOST_ENV: &str = "KUBERNETES_SERVICE_HOST";
+
+/// The configuration without `--kubeconfig`: in a cluster the in-cluster one, and a failure
+/// to load it is an error (not a reason to try some kubeconfig instead); outside a cluster
+/// `$KUBECONFIG` or `~/.kube/config`.
+async fn default_config(in_cluster: bool) -> Result<Config, RegistryError> {
+    if in_cluster {
+        let config = Config::incluster().map_err(|e| {
+            RegistryError::Kube(format!(
+                "in-cluster config ({SERVICE_HOST_ENV} is set; the service account's token and CA \
+                 are read from /var/run/secrets/kubernetes.io/serviceaccount; pass --kubeconfig \
+                 to use a kubeconfig instead): {e}"
+            ))
+        })?;
+        tracing::info!(server = %config.cluster_url, "using the in-cluster service account");
+        return Ok(config);
+    }
+    tracing::info!(
+        "not running in a cluster ({SERVICE_HOST_ENV} is not set) and no --kubeconfig given: \
+         using $KUBECONFIG or ~/.kube/config"
+    );
+    Config::infer().await.map_err(|e| {
+        RegistryError::Kube(format!(
+            "not in a cluster and no usable kubeconfig ($KUBECONFIG, ~/.kube/config; or pass \
+             --kubeconfig): {e}"
+        ))
+    })
 }
 
 #[derive(Clone)]
