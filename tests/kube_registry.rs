@@ -553,6 +553,72 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     n1.wait_for_peers("n2 gone after the API came back", &[]);
 }
 
+/// Waits until n1's Node carries the agent's record: its key and the Node's Pod CIDR.
+fn wait_for_own_record(n1: &Node1, what: &str) {
+    let record = wait_for(Duration::from_secs(30), what, || {
+        let node = n1.api().object("Node", "n1")?;
+        let text = node["metadata"]["annotations"]["weft.dev/node"].as_str()?;
+        let record: Value = serde_json::from_str(text).ok()?;
+        // The key exists once the record is published.
+        (record["publicKey"].as_str()? == own_public_key(n1)).then_some(record)
+    });
+    assert_eq!(record["blocks"], json!(["10.244.1.0/24"]), "{what}");
+}
+
+#[test]
+fn the_agent_waits_for_the_own_nodes_pod_cidrs_before_publishing() {
+    let mut n1 = Node1::new("wk-cidr");
+    n1.start_api();
+    // n1 has registered, but node IPAM has not allocated its Pod CIDR yet.
+    let mut unallocated = node(
+        "n1",
+        "198.18.0.1",
+        "10.244.1.0/24",
+        json!({"keep.example/me": "yes"}),
+    );
+    unallocated["spec"] = json!({});
+    n1.api().upsert("Node", unallocated);
+    n1.api().upsert("Node", weft_node(2));
+    n1.start_agent();
+    let body = wait_for(Duration::from_secs(20), "the reason in /readyz", || {
+        let (code, body) = n1.get("/readyz")?;
+        assert_eq!(code, 503, "ready without blocks: {body}");
+        body.contains("spec.podCIDRs").then_some(body)
+    });
+    assert!(body.starts_with("starting"), "{body}");
+    // It keeps waiting, publishing nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(n1.ready(), Some(false));
+    let waiting = n1.api().object("Node", "n1").unwrap();
+    assert!(
+        waiting["metadata"]["annotations"]
+            .get("weft.dev/node")
+            .is_none(),
+        "published a record before the Node had Pod CIDRs: {waiting}"
+    );
+    assert!(
+        !n1.api().requests().iter().any(|r| r.starts_with("PATCH")),
+        "{:?}",
+        n1.api().requests()
+    );
+    assert!(n1.log().contains("no spec.podCIDRs yet"), "{}", n1.log());
+    // The CIDR is allocated: the record carries it, and the agent becomes ready.
+    n1.api().upsert(
+        "Node",
+        node(
+            "n1",
+            "198.18.0.1",
+            "10.244.1.0/24",
+            json!({"keep.example/me": "yes"}),
+        ),
+    );
+    wait_for_own_record(&n1, "the record with the allocated block");
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    wait_for(Duration::from_secs(20), "readiness", || {
+        n1.ready()?.then_some(())
+    });
+}
+
 #[test]
 fn network_policy_comes_from_the_api() {
     let mut n1 = Node1::new("wk-pol");

@@ -17,15 +17,15 @@ use kube::runtime::reflector;
 const PUBLISH_ATTEMPTS: u32 = 6;
 
 /// Exponential backoff between API retries: 200 ms, doubling, at most 5 s.
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(Duration::from_millis(200))
     }
 
     /// The delay to wait now; the next one doubles.
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let now = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
         now
@@ -93,20 +93,9 @@ impl KubeRegistry {
         }
     }
 
-    /// Reads this node's Node object, retrying with backoff until it succeeds (the agent
-    /// cannot build its record before it knows the Node's addresses and Pod CIDRs).
-    pub async fn own_node(&self, name: &str) -> Node {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.nodes.get(name).await {
-                Ok(node) => return node,
-                Err(error) => {
-                    let delay = backoff.next();
-                    tracing::warn!(node = %name, %error, retry_in = ?delay, "cannot read the own Node yet");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+    /// Reads this node's Node object (once; the agent retries, see `agent::backend`).
+    pub async fn own_node(&self, name: &str) -> Result<Node, kube::Error> {
+        self.nodes.get(name).await
     }
 
     async fn publish_once(&self, own: &OwnNode) -> Result<bool, kube::Error> {
