@@ -522,9 +522,10 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     assert_eq!(code, 503, "ready before it ever synced: {body}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(n1.ready(), Some(false));
-    // Up: it syncs and becomes ready.
+    // Up: it syncs, publishes its record and becomes ready.
     n1.api().set_down(false);
     n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    wait_for_own_record(&n1, "the first publish after the API came up");
     wait_for(Duration::from_secs(20), "readiness", || {
         n1.ready()?.then_some(())
     });
@@ -547,10 +548,23 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
         "the mesh changed while the API server was away"
     );
     assert_eq!(n1.ready(), Some(true));
-    // Back: changes made meanwhile arrive.
+    // Back: changes made meanwhile arrive, and a record lost meanwhile (the Node object
+    // re-created without it) is published again.
     n1.api().delete("Node", "n2");
+    n1.api().upsert(
+        "Node",
+        node(
+            "n1",
+            "198.18.0.1",
+            "10.244.1.0/24",
+            json!({"keep.example/me": "yes"}),
+        ),
+    );
     n1.api().set_unreachable(false);
     n1.wait_for_peers("n2 gone after the API came back", &[]);
+    wait_for_own_record(&n1, "the record published again after the API came back");
+    let node = n1.api().object("Node", "n1").unwrap();
+    assert_eq!(node["metadata"]["annotations"]["keep.example/me"], "yes");
 }
 
 /// Waits until n1's Node carries the agent's record: its key and the Node's Pod CIDR.
