@@ -6,8 +6,9 @@
 //! (its labels and addresses, to match peers and ipBlocks), every policy that can select such
 //! a Pod, and every Namespace's labels (namespaceSelectors). A node therefore caches all three
 //! kinds cluster-wide, but each Pod only as far as policy reads it: name, namespace, labels,
-//! node, container ports (named ports) and Pod IPs; everything else (managed fields, volumes,
-//! conditions, ...) is dropped as it arrives.
+//! creation and deletion timestamps (which of two Pods sharing an address holds it), node,
+//! hostNetwork, container ports (named ports), phase and Pod IPs; everything else (managed
+//! fields, volumes, conditions, ...) is dropped as it arrives.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -149,7 +149,11 @@ fn claim_addresses(mut pods: Vec<PodInfo>) -> (Vec<PodInfo>, Vec<AddressConflict
     let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
     for (index, pod) in pods.iter().enumerate() {
         for ip in &pod.ips {
-            claims.entry(*ip).or_default().push(index);
+            let claimants = claims.entry(*ip).or_default();
+            // One claim per Pod, even if it lists an address twice.
+            if claimants.last() != Some(&index) {
+                claimants.push(index);
+            }
         }
     }
     let mut owner_of = HashMap::new();
