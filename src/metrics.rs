@@ -190,6 +190,12 @@ pub fn render(status: &Status, ready: bool, keys: Option<&KeyStatus>) -> String 
             "NetworkPolicies in force (accepted) or left out (rejected)",
             policies,
         );
+        gauge(
+            &mut registry,
+            "weft_policy_address_conflicts",
+            "Pod addresses claimed by more than one live Pod (policy judges each as one Pod)",
+            to_i64(policy.address_conflicts),
+        );
         let verdicts = Family::<Labels, Counter>::default();
         for (verdict, count) in &policy.verdicts {
             verdicts
@@ -252,6 +258,7 @@ mod tests {
         });
         datapath.drops.insert("malformed".into(), 5);
         datapath.policy.verdicts.insert("denied_ingress".into(), 9);
+        datapath.policy.address_conflicts = 2;
         datapath
             .policy
             .denied
@@ -292,6 +299,7 @@ mod tests {
             "weft_datapath_dropped_packets_total{peer=\"\",reason=\"malformed\"} 5",
             "weft_policy_verdicts_total{verdict=\"denied_ingress\"} 9",
             "weft_policy_denied_packets_total{pod=\"x/a\",direction=\"ingress\"} 9",
+            "weft_policy_address_conflicts 2",
             "weft_learned_routes 2",
             "weft_key_epoch 4",
             "weft_key_rotation_in_progress 1",

@@ -458,6 +458,56 @@ fn a_conflicting_publish_is_read_again_and_retried() {
 }
 
 #[test]
+fn without_kubeconfig_the_in_cluster_config_comes_first() {
+    // No network namespace needed: the emulation on this namespace's loopback, reached by
+    // `weft bird-config` (the same client as the agent's) through $KUBECONFIG only.
+    let api = ApiServer::start(TcpListener::bind("127.0.0.1:0").unwrap());
+    api.upsert("Node", weft_node(1));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let output = dir.path().join("bird.conf");
+    let bird_config = |in_cluster: bool| {
+        let mut command = Command::new(weft_bin());
+        command
+            .args(["bird-config", "--node-name", "n1", "--output"])
+            .arg(&output)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT");
+        if in_cluster {
+            // What the kubelet sets in every container (nothing listens on port 9).
+            command.env("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+            command.env("KUBERNETES_SERVICE_PORT", "9");
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Outside a cluster: $KUBECONFIG, and the log says why.
+    let (ok, log) = bird_config(false);
+    assert!(ok, "{log}");
+    assert!(log.contains("not running in a cluster"), "{log}");
+    let requests = api.requests().len();
+    assert!(requests > 0);
+    // In a Pod the service account is used, never a kubeconfig that happens to be there:
+    // here it has no token, so that is an error naming the in-cluster config.
+    let (ok, log) = bird_config(true);
+    assert!(!ok, "a kubeconfig was used in a cluster: {log}");
+    assert_eq!(
+        api.requests().len(),
+        requests,
+        "the kubeconfig's server was asked"
+    );
+    if !std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount").exists() {
+        assert!(log.contains("in-cluster config"), "{log}");
+    }
+}
+
+#[test]
 fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     let mut n1 = Node1::new("wk-away");
     cluster(&mut n1);
@@ -472,9 +522,10 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     assert_eq!(code, 503, "ready before it ever synced: {body}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(n1.ready(), Some(false));
-    // Up: it syncs and becomes ready.
+    // Up: it syncs, publishes its record and becomes ready.
     n1.api().set_down(false);
     n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    wait_for_own_record(&n1, "the first publish after the API came up");
     wait_for(Duration::from_secs(20), "readiness", || {
         n1.ready()?.then_some(())
     });
@@ -497,10 +548,89 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
         "the mesh changed while the API server was away"
     );
     assert_eq!(n1.ready(), Some(true));
-    // Back: changes made meanwhile arrive.
+    // Back: changes made meanwhile arrive, and a record lost meanwhile (the Node object
+    // re-created without it) is published again.
     n1.api().delete("Node", "n2");
+    n1.api().upsert(
+        "Node",
+        node(
+            "n1",
+            "198.18.0.1",
+            "10.244.1.0/24",
+            json!({"keep.example/me": "yes"}),
+        ),
+    );
     n1.api().set_unreachable(false);
     n1.wait_for_peers("n2 gone after the API came back", &[]);
+    wait_for_own_record(&n1, "the record published again after the API came back");
+    let node = n1.api().object("Node", "n1").unwrap();
+    assert_eq!(node["metadata"]["annotations"]["keep.example/me"], "yes");
+}
+
+/// Waits until n1's Node carries the agent's record: its key and the Node's Pod CIDR.
+fn wait_for_own_record(n1: &Node1, what: &str) {
+    let record = wait_for(Duration::from_secs(30), what, || {
+        let node = n1.api().object("Node", "n1")?;
+        let text = node["metadata"]["annotations"]["weft.dev/node"].as_str()?;
+        let record: Value = serde_json::from_str(text).ok()?;
+        // The key exists once the record is published.
+        (record["publicKey"].as_str()? == own_public_key(n1)).then_some(record)
+    });
+    assert_eq!(record["blocks"], json!(["10.244.1.0/24"]), "{what}");
+}
+
+#[test]
+fn the_agent_waits_for_the_own_nodes_pod_cidrs_before_publishing() {
+    let mut n1 = Node1::new("wk-cidr");
+    n1.start_api();
+    // n1 has registered, but node IPAM has not allocated its Pod CIDR yet.
+    let mut unallocated = node(
+        "n1",
+        "198.18.0.1",
+        "10.244.1.0/24",
+        json!({"keep.example/me": "yes"}),
+    );
+    unallocated["spec"] = json!({});
+    n1.api().upsert("Node", unallocated);
+    n1.api().upsert("Node", weft_node(2));
+    n1.start_agent();
+    let body = wait_for(Duration::from_secs(20), "the reason in /readyz", || {
+        let (code, body) = n1.get("/readyz")?;
+        assert_eq!(code, 503, "ready without blocks: {body}");
+        body.contains("spec.podCIDRs").then_some(body)
+    });
+    assert!(body.starts_with("starting"), "{body}");
+    // It keeps waiting, publishing nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(n1.ready(), Some(false));
+    let waiting = n1.api().object("Node", "n1").unwrap();
+    assert!(
+        waiting["metadata"]["annotations"]
+            .get("weft.dev/node")
+            .is_none(),
+        "published a record before the Node had Pod CIDRs: {waiting}"
+    );
+    assert!(
+        !n1.api().requests().iter().any(|r| r.starts_with("PATCH")),
+        "{:?}",
+        n1.api().requests()
+    );
+    assert!(n1.log().contains("no spec.podCIDRs yet"), "{}", n1.log());
+    // The CIDR is allocated: the record carries it, and the agent becomes ready.
+    n1.api().upsert(
+        "Node",
+        node(
+            "n1",
+            "198.18.0.1",
+            "10.244.1.0/24",
+            json!({"keep.example/me": "yes"}),
+        ),
+    );
+    wait_for_own_record(&n1, "the record with the allocated block");
+    n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
+    wait_for(Duration::from_secs(20), "readiness", || {
+        n1.ready()?.then_some(())
+    });
 }
 
 #[test]

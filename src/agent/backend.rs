@@ -3,9 +3,12 @@
 
 use tokio::sync::watch;
 
+use k8s_openapi::api::core::v1::Node;
+
+use super::SharedStatus;
 use super::config::{AgentConfig, RegistryConfig};
 use crate::kube::node::{node_addresses, node_pod_cidrs};
-use crate::kube::registry::{KubeRegistry, client};
+use crate::kube::registry::{Backoff, KubeRegistry, client};
 use crate::registry::file::FileRegistry;
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
 
@@ -19,26 +22,28 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Connects the configured registry. For Kubernetes this reads the own Node (retrying
-    /// until the API server answers) and fills in the addresses and blocks not configured.
-    pub async fn connect(config: &mut AgentConfig) -> Result<Self, RegistryError> {
+    /// Connects the configured registry. For Kubernetes this waits until the own Node exists
+    /// and carries what is not configured (its addresses, its `spec.podCIDRs`), retrying with
+    /// backoff and saying why in the log and in readiness, then fills that in.
+    pub async fn connect(
+        config: &mut AgentConfig,
+        shared: &SharedStatus,
+    ) -> Result<Self, RegistryError> {
         match &config.registry {
             RegistryConfig::File { dir } => Ok(Self::File(FileRegistry::new(dir))),
             RegistryConfig::Kube { kubeconfig } => {
                 let client = client(kubeconfig.as_deref()).await?;
                 let registry = KubeRegistry::new(client.clone());
-                let node = registry.own_node(&config.node_name).await;
+                let node = wait_for_own_node(&registry, config, shared).await?;
                 if config.addresses.is_empty() {
                     config.addresses = node_addresses(&node);
-                    if config.addresses.is_empty() {
-                        return Err(RegistryError::Kube(format!(
-                            "Node {} has no InternalIP or ExternalIP address; pass --address",
-                            config.node_name
-                        )));
-                    }
                 }
                 if config.blocks.is_empty() {
                     config.blocks = node_pod_cidrs(&node).map_err(RegistryError::Kube)?;
+                    super::config::check_blocks_in_pod_cidrs(&config.blocks, config.pod_cidrs())
+                        .map_err(|e| {
+                            RegistryError::Kube(format!("Node {}: {e}", config.node_name))
+                        })?;
                 }
                 tracing::info!(
                     node = %config.node_name,
@@ -79,5 +84,63 @@ impl Registry for Backend {
             Self::File(registry) => registry.watch(snapshots).await,
             Self::Kube { registry, .. } => registry.watch(snapshots).await,
         }
+    }
+}
+
+/// What the own Node still lacks of what the agent takes from it, if anything.
+fn missing(node: &Node, config: &AgentConfig) -> Result<Option<String>, RegistryError> {
+    if config.addresses.is_empty() && node_addresses(node).is_empty() {
+        // A cloud controller manager may add them after the kubelet registered the Node.
+        return Ok(Some(
+            "the own Node has no InternalIP or ExternalIP address yet (or pass --address)".into(),
+        ));
+    }
+    if config.blocks.is_empty()
+        && node_pod_cidrs(node)
+            .map_err(RegistryError::Kube)?
+            .is_empty()
+    {
+        // Node IPAM allocates them after the Node registered.
+        return Ok(Some(
+            "the own Node has no spec.podCIDRs yet (or pass --block)".into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// Reads the own Node until it exists and has what the agent needs from it: a record
+/// without blocks, published now, would never be corrected. Meanwhile the agent is not ready
+/// and says why (in the log when the reason changes, and in readiness).
+async fn wait_for_own_node(
+    registry: &KubeRegistry,
+    config: &AgentConfig,
+    shared: &SharedStatus,
+) -> Result<Node, RegistryError> {
+    let name = &config.node_name;
+    let mut backoff = Backoff::new();
+    let mut said = String::new();
+    loop {
+        let reason = match registry.own_node(name).await {
+            Ok(node) => match missing(&node, config)? {
+                None => {
+                    shared.set_waiting(None);
+                    return Ok(node);
+                }
+                Some(reason) => reason,
+            },
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                format!("the own Node {name} does not exist yet")
+            }
+            Err(error) => format!("cannot read the own Node {name}: {error}"),
+        };
+        let delay = backoff.next();
+        if reason != said {
+            tracing::warn!(node = %name, retry_in = ?delay, "waiting: {reason}");
+        } else {
+            tracing::debug!(node = %name, retry_in = ?delay, "still waiting: {reason}");
+        }
+        shared.set_waiting(Some(&reason));
+        said = reason;
+        tokio::time::sleep(delay).await;
     }
 }

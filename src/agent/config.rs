@@ -57,8 +57,8 @@ pub struct AgentArgs {
     /// Directory of the file registry (one JSON record per node).
     #[arg(long, value_name = "DIR")]
     pub registry_dir: Option<PathBuf>,
-    /// kubeconfig for running outside the cluster [default: in-cluster config, then
-    /// $KUBECONFIG / ~/.kube/config].
+    /// kubeconfig for running outside the cluster [default: in a Pod (KUBERNETES_SERVICE_HOST
+    /// set) the in-cluster service account; elsewhere $KUBECONFIG or ~/.kube/config].
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Address of the HTTP health and metrics endpoints (/healthz, /readyz, /metrics)

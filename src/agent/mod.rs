@@ -83,6 +83,8 @@ pub(crate) struct SharedStatus {
     rotate: OnceLock<mpsc::Sender<RotateRequest>>,
     /// Why the last datapath update failed (it is being retried), if it did.
     apply_error: RwLock<Option<String>>,
+    /// While starting, what the agent waits for (the own Node's podCIDRs, ...).
+    waiting: RwLock<Option<String>>,
 }
 
 impl SharedStatus {
@@ -93,9 +95,23 @@ impl SharedStatus {
             .read()
             .map_err(|_| "status lock poisoned".to_string())?
             .clone()
-            .ok_or("starting: the own record is not built yet (waiting for the registry)")?;
+            .ok_or_else(|| self.starting())?;
         status.datapath = self.datapath.get().map(|d| d.borrow().clone());
         Ok(status)
+    }
+
+    pub(crate) fn set_waiting(&self, reason: Option<&str>) {
+        if let Ok(mut slot) = self.waiting.write() {
+            *slot = reason.map(String::from);
+        }
+    }
+
+    /// Why the own record is not built yet.
+    fn starting(&self) -> String {
+        match self.waiting.read().ok().and_then(|w| w.clone()) {
+            Some(reason) => format!("starting: {reason}"),
+            None => STARTING.to_string(),
+        }
     }
 
     pub(crate) fn datapath_stopped(&self) -> bool {
@@ -115,7 +131,7 @@ impl SharedStatus {
             .map_err(|_| "status lock poisoned".to_string())?
             .as_ref()
             .map(|status| status.synced)
-            .ok_or("starting: the own record is not built yet (waiting for the registry)")?;
+            .ok_or_else(|| self.starting())?;
         let mut waiting = Vec::new();
         if !synced.registry {
             waiting.push("registry");
@@ -266,7 +282,7 @@ async fn serve_node(
     tokio::pin!(shutdown);
     let registry = tokio::select! {
         () = &mut shutdown => return Ok(()),
-        connected = Backend::connect(&mut config) => connected?,
+        connected = Backend::connect(&mut config, &shared) => connected?,
     };
     let (keys, created) = NodeKeys::load(
         weft_keys::KeyStore::new(&config.key_dir),

@@ -41,7 +41,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct BirdConfigArgs {
-    /// kubeconfig [default: in-cluster config, then $KUBECONFIG / ~/.kube/config].
+    /// kubeconfig [default: in a Pod (KUBERNETES_SERVICE_HOST set) the in-cluster service
+    /// account; elsewhere $KUBECONFIG or ~/.kube/config].
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// This node's name.

@@ -105,6 +105,7 @@ impl PolicyCounters {
                     reason: r.reason.clone(),
                 })
                 .collect(),
+            address_conflicts: set.conflicts.len() as u64,
             verdicts: PolicyOutcome::ALL
                 .iter()
                 .map(|o| (o.code().to_string(), self.get(*o)))
@@ -135,6 +136,9 @@ pub struct PolicyStatus {
     pub policies: Vec<String>,
     /// Policies left out entirely, with the reason.
     pub rejected: Vec<RejectedPolicyStatus>,
+    /// Addresses claimed by more than one live Pod (each judged as one of them).
+    #[serde(default)]
+    pub address_conflicts: u64,
     /// Decrypted packets by policy outcome (every outcome, zeros included).
     pub verdicts: BTreeMap<String, u64>,
     /// Denied packets by isolated Pod and direction.

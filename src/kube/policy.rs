@@ -6,8 +6,9 @@
 //! (its labels and addresses, to match peers and ipBlocks), every policy that can select such
 //! a Pod, and every Namespace's labels (namespaceSelectors). A node therefore caches all three
 //! kinds cluster-wide, but each Pod only as far as policy reads it: name, namespace, labels,
-//! node, container ports (named ports) and Pod IPs; everything else (managed fields, volumes,
-//! conditions, ...) is dropped as it arrives.
+//! creation and deletion timestamps (which of two Pods sharing an address holds it), node,
+//! hostNetwork, container ports (named ports), phase and Pod IPs; everything else (managed
+//! fields, volumes, conditions, ...) is dropped as it arrives.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 use super::follow::follow;
 use crate::policy::PolicySet;
+use crate::policy::source::{publish, warn_about};
 use kube::runtime::reflector;
 
 /// Changes arriving within this window are compiled once.
@@ -78,23 +80,38 @@ pub async fn watch_policy(client: Client, sets: watch::Sender<Option<Arc<PolicyS
         let policy_list: Vec<NetworkPolicy> = owned(policies.state());
         let pod_list: Vec<Pod> = owned(pods.state());
         let namespace_list: Vec<Namespace> = owned(namespaces.state());
-        let set = PolicySet::compile(&policy_list, &namespace_list, &pod_list);
-        for rejected in &set.rejected {
-            tracing::warn!(policy = %rejected.policy, reason = %rejected.reason, "NetworkPolicy rejected");
-        }
-        tracing::info!(
-            policies = set.accepted.len(),
-            rejected = set.rejected.len(),
-            pods = pod_list.len(),
-            "NetworkPolicy rule set compiled from the API"
-        );
-        if sets.send(Some(Arc::new(set))).is_err() {
-            break;
-        }
+        update(&sets, &policy_list, &namespace_list, &pod_list);
     }
     for task in tasks {
         task.abort();
     }
+}
+
+/// Compiles the cached objects and publishes the rule set if it differs from the one in
+/// force (a Pod status update policy does not read changes nothing). Returns whether it did.
+fn update(
+    sets: &watch::Sender<Option<Arc<PolicySet>>>,
+    policies: &[NetworkPolicy],
+    namespaces: &[Namespace],
+    pods: &[Pod],
+) -> bool {
+    let set = PolicySet::compile(policies, namespaces, pods);
+    let Some(set) = publish(sets, set) else {
+        tracing::debug!(
+            pods = pods.len(),
+            "NetworkPolicy inputs changed; rule set unchanged"
+        );
+        return false;
+    };
+    warn_about(&set);
+    tracing::info!(
+        policies = set.accepted.len(),
+        rejected = set.rejected.len(),
+        address_conflicts = set.conflicts.len(),
+        pods = pods.len(),
+        "NetworkPolicy rule set compiled from the API"
+    );
+    true
 }
 
 fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
@@ -143,6 +160,49 @@ fn trim_pod(pod: &mut Pod) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(labels: serde_json::Value, ready: &str, rv: &str) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "x", "labels": labels, "resourceVersion": rv},
+            "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "nginx"}]},
+            "status": {"podIP": "10.244.1.5", "phase": "Running",
+                       "conditions": [{"type": "Ready", "status": ready}],
+                       "containerStatuses": [{"name": "main", "image": "nginx", "imageID": "",
+                                              "ready": ready == "True", "restartCount": 0}]}
+        }))
+        .unwrap();
+        trim_pod(&mut pod);
+        pod
+    }
+
+    #[test]
+    fn a_pod_status_change_policy_does_not_read_publishes_nothing() {
+        let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}}
+        }))
+        .unwrap();
+        let (sets, receiver) = watch::channel(None);
+        let web = serde_json::json!({"app": "web"});
+        assert!(update(
+            &sets,
+            std::slice::from_ref(&policy),
+            &[],
+            &[pod(web.clone(), "False", "1")]
+        ));
+        let first = receiver.borrow().clone().unwrap();
+        // The kubelet reports the Pod ready: a new resourceVersion, nothing policy reads.
+        assert!(!update(
+            &sets,
+            std::slice::from_ref(&policy),
+            &[],
+            &[pod(web, "True", "2")]
+        ));
+        assert!(Arc::ptr_eq(&first, &receiver.borrow().clone().unwrap()));
+        // A label change that takes the Pod out of the policy is published.
+        let other = serde_json::json!({"app": "db"});
+        assert!(update(&sets, &[policy], &[], &[pod(other, "True", "3")]));
+    }
 
     #[test]
     fn trimming_keeps_what_policy_reads_and_drops_the_rest() {

@@ -17,40 +17,68 @@ use kube::runtime::reflector;
 const PUBLISH_ATTEMPTS: u32 = 6;
 
 /// Exponential backoff between API retries: 200 ms, doubling, at most 5 s.
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(Duration::from_millis(200))
     }
 
     /// The delay to wait now; the next one doubles.
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let now = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
         now
     }
 }
 
-/// A Kubernetes API client, from `kubeconfig` or, without one, the in-cluster service account
-/// (then `$KUBECONFIG` / `~/.kube/config`).
+/// A Kubernetes API client: from `kubeconfig` when given (out-of-cluster runs); otherwise,
+/// in a cluster, the Pod's service account (in-cluster config, never a kubeconfig lying
+/// around); outside a cluster without `kubeconfig`, `$KUBECONFIG` or `~/.kube/config`.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RegistryError> {
-    let error = |reason: String| RegistryError::Kube(reason);
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| error(format!("cannot read kubeconfig {}: {e}", path.display())))?;
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                RegistryError::Kube(format!("cannot read kubeconfig {}: {e}", path.display()))
+            })?;
             Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| error(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(|e| RegistryError::Kube(format!("kubeconfig {}: {e}", path.display())))?
         }
-        None => Config::infer().await.map_err(|e| {
-            error(format!(
-                "no Kubernetes config (in-cluster or kubeconfig): {e}"
-            ))
-        })?,
+        None => default_config(std::env::var_os(SERVICE_HOST_ENV).is_some()).await?,
     };
-    Client::try_from(config).map_err(|e| error(format!("cannot build the API client: {e}")))
+    Client::try_from(config)
+        .map_err(|e| RegistryError::Kube(format!("cannot build the API client: {e}")))
+}
+
+/// Set by the kubelet in every container: weft runs in a Pod.
+const SERVICE_HOST_ENV: &str = "KUBERNETES_SERVICE_HOST";
+
+/// The configuration without `--kubeconfig`: in a cluster the in-cluster one, and a failure
+/// to load it is an error (not a reason to try some kubeconfig instead); outside a cluster
+/// `$KUBECONFIG` or `~/.kube/config`.
+async fn default_config(in_cluster: bool) -> Result<Config, RegistryError> {
+    if in_cluster {
+        let config = Config::incluster().map_err(|e| {
+            RegistryError::Kube(format!(
+                "in-cluster config ({SERVICE_HOST_ENV} is set; the service account's token and CA \
+                 are read from /var/run/secrets/kubernetes.io/serviceaccount; pass --kubeconfig \
+                 to use a kubeconfig instead): {e}"
+            ))
+        })?;
+        tracing::info!(server = %config.cluster_url, "using the in-cluster service account");
+        return Ok(config);
+    }
+    tracing::info!(
+        "not running in a cluster ({SERVICE_HOST_ENV} is not set) and no --kubeconfig given: \
+         using $KUBECONFIG or ~/.kube/config"
+    );
+    Config::infer().await.map_err(|e| {
+        RegistryError::Kube(format!(
+            "not in a cluster and no usable kubeconfig ($KUBECONFIG, ~/.kube/config; or pass \
+             --kubeconfig): {e}"
+        ))
+    })
 }
 
 #[derive(Clone)]
@@ -65,20 +93,9 @@ impl KubeRegistry {
         }
     }
 
-    /// Reads this node's Node object, retrying with backoff until it succeeds (the agent
-    /// cannot build its record before it knows the Node's addresses and Pod CIDRs).
-    pub async fn own_node(&self, name: &str) -> Node {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.nodes.get(name).await {
-                Ok(node) => return node,
-                Err(error) => {
-                    let delay = backoff.next();
-                    tracing::warn!(node = %name, %error, retry_in = ?delay, "cannot read the own Node yet");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+    /// Reads this node's Node object (once; the agent retries, see `agent::backend`).
+    pub async fn own_node(&self, name: &str) -> Result<Node, kube::Error> {
+        self.nodes.get(name).await
     }
 
     async fn publish_once(&self, own: &OwnNode) -> Result<bool, kube::Error> {

@@ -8,13 +8,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::model::{Flow, PodInfo, Protocol, namespace_labels};
-use super::selector::{Labels, Selector};
+use super::selector::Labels;
+use super::validate::{CheckedPeer, CheckedRule, IpBlock, PortMatch, check_policy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
@@ -85,22 +84,7 @@ impl fmt::Display for Verdict<'_> {
     }
 }
 
-#[derive(Debug, Clone)]
-enum PortMatch {
-    /// Every port of the protocol.
-    All(Protocol),
-    Range(Protocol, u16, u16),
-    /// A container port name, resolved against the destination Pod.
-    Named(Protocol, String),
-}
-
-#[derive(Debug, Clone)]
-struct IpBlock {
-    cidr: IpNetwork,
-    except: Vec<IpNetwork>,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Peers {
     Any,
     Some {
@@ -109,7 +93,7 @@ enum Peers {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     policy: String,
     index: usize,
@@ -118,7 +102,7 @@ struct Rule {
     ports: Vec<PortMatch>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct PodRules {
     key: String,
     ips: Vec<IpAddr>,
@@ -135,174 +119,75 @@ pub struct RejectedPolicy {
     pub reason: String,
 }
 
-/// Every Pod's compiled rules.
-#[derive(Debug, Clone, Default)]
+/// Several live Pods claiming one address: policy judges the address as `owner`'s (see
+/// [`PodInfo::claim_precedes`]); the `others` (`namespace/name`, sorted) are ignored for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressConflict {
+    pub ip: IpAddr,
+    pub owner: String,
+    pub others: Vec<String>,
+}
+
+/// Every Pod's compiled rules. The same inputs, in any order, compile to equal sets, so a
+/// source can tell a change that matters to policy from one that does not.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PolicySet {
     pods: Vec<PodRules>,
     by_ip: HashMap<IpAddr, usize>,
     /// Policies in force (`namespace/name`), sorted.
     pub accepted: Vec<String>,
     pub rejected: Vec<RejectedPolicy>,
+    /// Addresses claimed by more than one live Pod, by address.
+    pub conflicts: Vec<AddressConflict>,
 }
 
-/// One policy after validation, before resolution against Pods.
-struct Checked {
-    key: String,
-    namespace: String,
-    selector: Selector,
-    ingress: Option<Vec<CheckedRule>>,
-    egress: Option<Vec<CheckedRule>>,
-}
-
-struct CheckedRule {
-    peers: Option<Vec<CheckedPeer>>,
-    ports: Vec<PortMatch>,
-}
-
-enum CheckedPeer {
-    Pods {
-        pods: Option<Selector>,
-        namespaces: Option<Selector>,
-    },
-    Block(IpBlock),
-}
-
-fn check_port(port: &NetworkPolicyPort) -> Result<PortMatch, String> {
-    let protocol = Protocol::parse(port.protocol.as_deref())?;
-    let to_port = |n: i32| u16::try_from(n).ok().filter(|p| *p > 0);
-    match (&port.port, port.end_port) {
-        (None, None) => Ok(PortMatch::All(protocol)),
-        (None, Some(_)) => Err("endPort without port".into()),
-        (Some(IntOrString::Int(n)), end) => {
-            let start = to_port(*n).ok_or_else(|| format!("port {n} is not 1-65535"))?;
-            let end = match end {
-                None => start,
-                Some(e) => to_port(e)
-                    .filter(|e| *e >= start)
-                    .ok_or_else(|| format!("endPort {e} is not a port at or above {start}"))?,
-            };
-            Ok(PortMatch::Range(protocol, start, end))
-        }
-        (Some(IntOrString::String(_)), Some(_)) => Err("endPort with a named port".into()),
-        (Some(IntOrString::String(name)), None) => {
-            if name.is_empty() || name.len() > 15 {
-                return Err(format!("invalid port name {name:?}"));
+/// Gives every address to one Pod, deterministically, whatever order the Pods come in: each
+/// Pod keeps only the addresses it holds, and Pods left without any are dropped, so a Pod
+/// that lost its address is neither judged nor selected by it.
+fn claim_addresses(mut pods: Vec<PodInfo>) -> (Vec<PodInfo>, Vec<AddressConflict>) {
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+    for (index, pod) in pods.iter().enumerate() {
+        for ip in &pod.ips {
+            let claimants = claims.entry(*ip).or_default();
+            // One claim per Pod, even if it lists an address twice.
+            if claimants.last() != Some(&index) {
+                claimants.push(index);
             }
-            Ok(PortMatch::Named(protocol, name.clone()))
         }
     }
-}
-
-fn check_peer(peer: &NetworkPolicyPeer) -> Result<CheckedPeer, String> {
-    if let Some(block) = &peer.ip_block {
-        if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
-            return Err("ipBlock cannot be combined with selectors in one peer".into());
-        }
-        let cidr: IpNetwork = block
-            .cidr
-            .parse()
-            .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
-        let mut except = Vec::new();
-        for text in block.except.iter().flatten() {
-            let e: IpNetwork = text
-                .parse()
-                .map_err(|_| format!("except {text:?} is not a CIDR"))?;
-            if !crate::record::covers(&cidr, &e) {
-                return Err(format!("except {text} is not inside {}", block.cidr));
+    let mut owner_of = HashMap::new();
+    let mut conflicts = Vec::new();
+    for (ip, claimants) in claims {
+        let Some(owner) = claimants.iter().copied().reduce(|best, next| {
+            if pods[next].claim_precedes(&pods[best]) {
+                next
+            } else {
+                best
             }
-            except.push(e);
-        }
-        return Ok(CheckedPeer::Block(IpBlock { cidr, except }));
-    }
-    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-        return Err("a peer needs podSelector, namespaceSelector or ipBlock".into());
-    }
-    Ok(CheckedPeer::Pods {
-        pods: peer
-            .pod_selector
-            .as_ref()
-            .map(Selector::compile)
-            .transpose()?,
-        namespaces: peer
-            .namespace_selector
-            .as_ref()
-            .map(Selector::compile)
-            .transpose()?,
-    })
-}
-
-type RawRule<'a> = (
-    Option<&'a Vec<NetworkPolicyPeer>>,
-    Option<&'a Vec<NetworkPolicyPort>>,
-);
-
-fn check_rules(rules: &[RawRule<'_>]) -> Result<Vec<CheckedRule>, String> {
-    let mut out = Vec::new();
-    for (peers, ports) in rules {
-        let peers = match peers {
-            None => None,
-            Some(list) if list.is_empty() => None,
-            Some(list) => Some(list.iter().map(check_peer).collect::<Result<Vec<_>, _>>()?),
+        }) else {
+            continue;
         };
-        let ports = ports
-            .iter()
-            .flat_map(|p| p.iter())
-            .map(check_port)
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(CheckedRule { peers, ports });
-    }
-    Ok(out)
-}
-
-fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
-    let namespace = policy
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = policy.metadata.name.clone().ok_or("policy has no name")?;
-    let key = format!("{namespace}/{name}");
-    let spec = policy.spec.as_ref();
-    let selector = match spec.and_then(|s| s.pod_selector.as_ref()) {
-        Some(selector) => Selector::compile(selector)?,
-        None => Selector::compile(&Default::default())?,
-    };
-    let ingress_rules: Vec<_> = spec
-        .and_then(|s| s.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-        .collect();
-    let egress_rules: Vec<_> = spec
-        .and_then(|s| s.egress.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-        .collect();
-    // policyTypes defaults: Ingress always; Egress when egress rules are present.
-    let types = match spec.and_then(|s| s.policy_types.as_ref()) {
-        Some(types) => types.clone(),
-        None if egress_rules.is_empty() => vec!["Ingress".to_string()],
-        None => vec!["Ingress".to_string(), "Egress".to_string()],
-    };
-    let mut isolates_ingress = false;
-    let mut isolates_egress = false;
-    for t in &types {
-        match t.as_str() {
-            "Ingress" => isolates_ingress = true,
-            "Egress" => isolates_egress = true,
-            other => return Err(format!("unknown policyType {other:?}")),
+        owner_of.insert(ip, owner);
+        if claimants.len() > 1 {
+            let mut others: Vec<String> = claimants
+                .iter()
+                .filter(|i| **i != owner)
+                .map(|i| pods[*i].key())
+                .collect();
+            others.sort();
+            conflicts.push(AddressConflict {
+                ip,
+                owner: pods[owner].key(),
+                others,
+            });
         }
     }
-    let ingress = check_rules(&ingress_rules)?;
-    let egress = check_rules(&egress_rules)?;
-    Ok(Checked {
-        key,
-        namespace,
-        selector,
-        ingress: isolates_ingress.then_some(ingress),
-        egress: isolates_egress.then_some(egress),
-    })
+    for (index, pod) in pods.iter_mut().enumerate() {
+        pod.ips.retain(|ip| owner_of.get(ip) == Some(&index));
+    }
+    pods.retain(|pod| !pod.ips.is_empty());
+    (pods, conflicts)
 }
 
 impl PolicySet {
@@ -310,8 +195,12 @@ impl PolicySet {
     pub fn compile(policies: &[NetworkPolicy], namespaces: &[Namespace], pods: &[Pod]) -> Self {
         let namespaces: BTreeMap<String, Labels> =
             namespaces.iter().filter_map(namespace_labels).collect();
-        let pods: Vec<PodInfo> = pods.iter().filter_map(PodInfo::from_pod).collect();
-        let mut set = PolicySet::default();
+        let (pods, conflicts) =
+            claim_addresses(pods.iter().filter_map(PodInfo::from_pod).collect());
+        let mut set = PolicySet {
+            conflicts,
+            ..PolicySet::default()
+        };
         let mut checked = Vec::new();
         for policy in policies {
             match check_policy(policy) {
@@ -326,8 +215,10 @@ impl PolicySet {
                 }),
             }
         }
+        // Deterministic whatever order the policies come in (rules keep policy order).
+        checked.sort_by(|a, b| a.key.cmp(&b.key));
+        set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
         set.accepted = checked.iter().map(|c| c.key.clone()).collect();
-        set.accepted.sort();
         let empty = Labels::new();
         for pod in &pods {
             let mut rules = PodRules {

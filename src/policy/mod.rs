@@ -7,8 +7,9 @@ pub mod conntrack;
 pub mod model;
 pub mod selector;
 pub mod source;
+mod validate;
 
-pub use compile::{Allowance, Direction, PolicySet, RejectedPolicy, Verdict};
+pub use compile::{AddressConflict, Allowance, Direction, PolicySet, RejectedPolicy, Verdict};
 pub use model::{Flow, PodInfo, Protocol};
 
 /// The reference evaluator: an independent, deliberately plain model of NetworkPolicy that

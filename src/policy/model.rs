@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::selector::Labels;
 
@@ -66,6 +67,10 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     /// Container port name -> (port, protocol).
     pub named_ports: HashMap<String, (u16, Protocol)>,
+    /// `metadata.creationTimestamp`: of two live Pods claiming one address, the newer holds it.
+    pub created: Option<Time>,
+    /// `metadata.deletionTimestamp` is set: the Pod is going away.
+    pub terminating: bool,
 }
 
 impl PodInfo {
@@ -73,15 +78,30 @@ impl PodInfo {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Reads a Pod object; Pods without an address are of no use to the datapath.
+    /// Reads a Pod object. Only Pods that are a policy identity come back: a Pod without an
+    /// address is of no use to the datapath; a Pod that has finished (phase Succeeded or
+    /// Failed) keeps its last `podIP`, which the node may have handed to a new Pod already;
+    /// a hostNetwork Pod's address is its node's, shared with the node itself and every other
+    /// hostNetwork Pod there. As most NetworkPolicy implementations do (and Kubernetes
+    /// allows), hostNetwork Pods are neither isolated nor selected by podSelector or
+    /// namespaceSelector peers: traffic to and from them is the node's traffic.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return None;
+        }
+        let status = pod.status.as_ref();
+        if matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
         let namespace = pod
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone()?;
-        let status = pod.status.as_ref();
         let mut ips: Vec<IpAddr> = status
             .and_then(|s| s.pod_ips.as_ref())
             .into_iter()
@@ -116,7 +136,18 @@ impl PodInfo {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
             named_ports,
+            created: pod.metadata.creation_timestamp.clone(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
         })
+    }
+
+    /// Whether this Pod's claim on an address it shares with `other` comes first: a Pod that
+    /// is not terminating before one that is, then the newer (addresses are reused only after
+    /// their old Pod is gone, so the newer Pod is the one the node gave it to last), then the
+    /// smaller `namespace/name` so that the choice never depends on the order Pods arrive in.
+    pub fn claim_precedes(&self, other: &PodInfo) -> bool {
+        let rank = |p: &PodInfo| (p.terminating, std::cmp::Reverse(p.created.clone()));
+        (rank(self), &self.namespace, &self.name) < (rank(other), &other.namespace, &other.name)
     }
 }
 

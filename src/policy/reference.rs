@@ -45,6 +45,36 @@ fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
 }
 
+/// Whether a Pod stands for its address in policy: not hostNetwork (its address is the
+/// node's), not finished (phase Succeeded or Failed: its address may be someone else's now).
+fn is_live(pod: &Pod) -> bool {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !host_network && phase != Some("Succeeded") && phase != Some("Failed")
+}
+
+/// The Pod that `ip` is judged as: of the live Pods with that address, one not being deleted
+/// before one that is, then the newest, then the first by namespace and name.
+fn pod_at(pods: &[Pod], ip: IpAddr) -> Option<&Pod> {
+    let mut found: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| is_live(p) && pod_ip(p) == Some(ip))
+        .collect();
+    found.sort_by(|a, b| {
+        let deleting = |p: &Pod| p.metadata.deletion_timestamp.is_some();
+        deleting(a)
+            .cmp(&deleting(b))
+            .then_with(|| {
+                b.metadata
+                    .creation_timestamp
+                    .cmp(&a.metadata.creation_timestamp)
+            })
+            .then_with(|| pod_namespace(a).cmp(&pod_namespace(b)))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    found.first().copied()
+}
+
 fn pod_namespace(pod: &Pod) -> String {
     pod.metadata
         .namespace
@@ -92,7 +122,7 @@ fn peer_matches(
             .any(|e| e.parse::<IpNetwork>().is_ok_and(|e| e.contains(ip)));
         return cidr.contains(ip) && !excluded;
     }
-    let Some(pod) = pods.iter().find(|p| pod_ip(p) == Some(ip)) else {
+    let Some(pod) = pod_at(pods, ip) else {
         return false;
     };
     let namespace = pod_namespace(pod);
@@ -141,7 +171,7 @@ fn direction_allows(
     namespaces: &[Namespace],
     pods: &[Pod],
 ) -> bool {
-    let dst = pods.iter().find(|p| pod_ip(p) == Some(flow.dst));
+    let dst = pod_at(pods, flow.dst);
     let mut isolated = false;
     for policy in policies {
         let namespace = policy
@@ -159,13 +189,18 @@ fn direction_allows(
             continue;
         }
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-        let types = spec.policy_types.clone().unwrap_or_else(|| {
-            if has_egress {
-                vec!["Ingress".into(), "Egress".into()]
-            } else {
-                vec!["Ingress".into()]
-            }
-        });
+        // An empty list is defaulted like an absent one.
+        let types = spec
+            .policy_types
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| {
+                if has_egress {
+                    vec!["Ingress".into(), "Egress".into()]
+                } else {
+                    vec!["Ingress".into()]
+                }
+            });
         if !types.iter().any(|t| t == direction) {
             continue;
         }
@@ -214,8 +249,8 @@ pub fn allowed(
     if flow.src == flow.dst {
         return true;
     }
-    let src = pods.iter().find(|p| pod_ip(p) == Some(flow.src));
-    let dst = pods.iter().find(|p| pod_ip(p) == Some(flow.dst));
+    let src = pod_at(pods, flow.src);
+    let dst = pod_at(pods, flow.dst);
     let egress = src.is_none_or(|pod| {
         direction_allows("Egress", pod, flow.dst, flow, policies, namespaces, pods)
     });

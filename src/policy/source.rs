@@ -101,6 +101,43 @@ pub fn load(dir: &Path) -> (PolicySet, PolicyObjects) {
     (set, objects)
 }
 
+/// Publishes `set` unless it equals the rule set in force, and returns it if published.
+/// Inputs re-read unchanged, or changed only where policy does not look (a Pod's conditions,
+/// a resourceVersion), compile to an equal set; publishing it would bump the datapath's rule
+/// set version for nothing and make it re-check every tracked flow.
+pub(crate) fn publish(
+    sets: &watch::Sender<Option<Arc<PolicySet>>>,
+    set: PolicySet,
+) -> Option<Arc<PolicySet>> {
+    let mut published = None;
+    sets.send_if_modified(|current| {
+        if current.as_deref() == Some(&set) {
+            return false;
+        }
+        let set = Arc::new(set);
+        published = Some(set.clone());
+        *current = Some(set);
+        true
+    });
+    published
+}
+
+/// Logs what a compiled rule set left out or had to decide: rejected policies, and addresses
+/// claimed by several live Pods.
+pub(crate) fn warn_about(set: &PolicySet) {
+    for rejected in &set.rejected {
+        tracing::warn!(policy = %rejected.policy, reason = %rejected.reason, "NetworkPolicy rejected");
+    }
+    for conflict in &set.conflicts {
+        tracing::warn!(
+            ip = %conflict.ip,
+            pod = %conflict.owner,
+            others = ?conflict.others,
+            "several live Pods claim one address; policy judges it as the newest, not terminating one"
+        );
+    }
+}
+
 /// Watches `dir`, publishing a freshly compiled rule set after every change.
 pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>) {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -123,23 +160,38 @@ pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>
             None
         }
     };
+    let mut last_skipped = Vec::new();
     loop {
+        if sets.is_closed() {
+            return;
+        }
         let path = dir.clone();
         if let Ok((set, objects)) = tokio::task::spawn_blocking(move || load(&path)).await {
-            for (source, reason) in &objects.skipped {
-                tracing::warn!(%source, %reason, "skipping policy input");
+            // Every 10 s the same: say it again only when it changes.
+            if objects.skipped != last_skipped {
+                for (source, reason) in &objects.skipped {
+                    tracing::warn!(%source, %reason, "skipping policy input");
+                }
+                last_skipped.clone_from(&objects.skipped);
             }
-            for rejected in &set.rejected {
-                tracing::warn!(policy = %rejected.policy, reason = %rejected.reason, "NetworkPolicy rejected");
-            }
-            tracing::info!(
-                policies = objects.policies.len(),
-                pods = objects.pods.len(),
-                namespaces = objects.namespaces.len(),
-                "policy rule set compiled"
+            let counts = (
+                objects.policies.len(),
+                objects.pods.len(),
+                objects.namespaces.len(),
             );
-            if sets.send(Some(Arc::new(set))).is_err() {
-                return;
+            match publish(&sets, set) {
+                Some(set) => {
+                    warn_about(&set);
+                    tracing::info!(
+                        policies = counts.0,
+                        pods = counts.1,
+                        namespaces = counts.2,
+                        "policy rule set compiled"
+                    );
+                }
+                None => {
+                    tracing::debug!(dir = %dir.display(), "policy directory re-read; rule set unchanged")
+                }
             }
         }
         tokio::select! {
@@ -155,6 +207,94 @@ pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POD_A: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+status: {podIP: 10.244.1.2, phase: Running}
+"#;
+    const POD_B: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+status: {podIP: 10.244.1.3, phase: Running}
+"#;
+    const DENY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}}
+"#;
+
+    #[test]
+    fn only_a_rule_set_that_differs_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pods.yaml"), format!("{POD_A}---{POD_B}")).unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), DENY).unwrap();
+        let (sets, _receiver) = watch::channel(None);
+        assert!(
+            publish(&sets, load(dir.path()).0).is_some(),
+            "the first set"
+        );
+        assert!(
+            publish(&sets, load(dir.path()).0).is_none(),
+            "re-read unchanged"
+        );
+        // The same objects in another order (files renamed, Pods swapped).
+        std::fs::remove_file(dir.path().join("pods.yaml")).unwrap();
+        std::fs::write(dir.path().join("a-pods.yaml"), format!("{POD_B}---{POD_A}")).unwrap();
+        assert!(publish(&sets, load(dir.path()).0).is_none(), "reordered");
+        // A Pod's phase moving on within the live ones changes nothing either.
+        let pending_b = POD_B.replace("Running", "Pending");
+        std::fs::write(
+            dir.path().join("a-pods.yaml"),
+            format!("{pending_b}---{POD_A}"),
+        )
+        .unwrap();
+        assert!(publish(&sets, load(dir.path()).0).is_none(), "phase");
+        // A Pod finishing does.
+        let done_b = POD_B.replace("Running", "Succeeded");
+        std::fs::write(
+            dir.path().join("a-pods.yaml"),
+            format!("{done_b}---{POD_A}"),
+        )
+        .unwrap();
+        let set = publish(&sets, load(dir.path()).0).expect("a Pod finished");
+        assert!(!set.knows("10.244.1.3".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn rereading_an_unchanged_directory_does_not_bump_the_rule_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lab.yaml");
+        std::fs::write(&file, format!("{POD_A}---{DENY}")).unwrap();
+        let (sets, mut receiver) = watch::channel(None);
+        let task = tokio::spawn(watch_dir(dir.path().to_path_buf(), sets));
+        let wait = Duration::from_secs(20);
+        tokio::time::timeout(wait, receiver.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        receiver.borrow_and_update();
+        // Rewritten with the same content, and an unrelated file: read again, same rule set.
+        std::fs::write(&file, format!("{POD_A}---{DENY}")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !receiver.has_changed().unwrap(),
+            "published an unchanged rule set"
+        );
+        // A real change still arrives.
+        std::fs::write(&file, format!("{POD_A}---{POD_B}---{DENY}")).unwrap();
+        tokio::time::timeout(wait, receiver.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let set = receiver.borrow().clone().unwrap();
+        assert!(set.knows("10.244.1.3".parse().unwrap()));
+        task.abort();
+    }
 
     #[test]
     fn reads_multi_document_yaml_and_skips_what_it_cannot_use() {
