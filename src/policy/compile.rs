@@ -107,9 +107,16 @@ struct PodRules {
     key: String,
     ips: Vec<IpAddr>,
     named_ports: HashMap<String, (u16, Protocol)>,
-    /// `None`: not isolated in that direction.
-    ingress: Option<Vec<Rule>>,
-    egress: Option<Vec<Rule>>,
+    /// Indexes into [`PolicySet::rules`]; `None`: not isolated in that direction.
+    ingress: Option<Vec<usize>>,
+    egress: Option<Vec<usize>>,
+}
+
+/// One policy's rules, resolved (into [`PolicySet::rules`]) the first time it selects a Pod.
+#[derive(Debug, Clone, Default)]
+struct Resolved {
+    ingress: Vec<usize>,
+    egress: Vec<usize>,
 }
 
 /// A policy that could not be compiled, and why. It is left out entirely.
@@ -134,6 +141,9 @@ pub struct AddressConflict {
 pub struct PolicySet {
     pods: Vec<PodRules>,
     by_ip: HashMap<IpAddr, usize>,
+    /// Every rule of every policy that selects a Pod, resolved once and shared by all the Pods
+    /// it selects: a policy selecting N Pods with peers of M Pods costs N + M, not N x M.
+    rules: Vec<Rule>,
     /// Policies in force (`namespace/name`), sorted.
     pub accepted: Vec<String>,
     pub rejected: Vec<RejectedPolicy>,
@@ -220,6 +230,7 @@ impl PolicySet {
         set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
         set.accepted = checked.iter().map(|c| c.key.clone()).collect();
         let empty = Labels::new();
+        let mut resolved: Vec<Option<Resolved>> = vec![None; checked.len()];
         for pod in &pods {
             let mut rules = PodRules {
                 key: pod.key(),
@@ -227,39 +238,59 @@ impl PolicySet {
                 named_ports: pod.named_ports.clone(),
                 ..PodRules::default()
             };
-            for policy in checked
-                .iter()
-                .filter(|p| p.namespace == pod.namespace && p.selector.matches(&pod.labels))
-            {
-                let resolve = |checked: &[CheckedRule]| -> Vec<Rule> {
-                    checked
-                        .iter()
-                        .enumerate()
-                        .map(|(index, rule)| Rule {
-                            policy: policy.key.clone(),
-                            index,
-                            peers: resolve_peers(
-                                rule.peers.as_deref(),
-                                &policy.namespace,
-                                &pods,
-                                &namespaces,
-                                &empty,
-                            ),
-                            ports: rule.ports.clone(),
-                        })
-                        .collect()
+            for (position, policy) in checked.iter().enumerate() {
+                if policy.namespace != pod.namespace || !policy.selector.matches(&pod.labels) {
+                    continue;
+                }
+                let Some(slot) = resolved.get_mut(position) else {
+                    continue;
                 };
-                if let Some(ingress) = &policy.ingress {
+                let shared = slot.get_or_insert_with(|| {
+                    let mut resolve = |checked: &[CheckedRule]| -> Vec<usize> {
+                        checked
+                            .iter()
+                            .enumerate()
+                            .map(|(index, rule)| {
+                                set.rules.push(Rule {
+                                    policy: policy.key.clone(),
+                                    index,
+                                    peers: resolve_peers(
+                                        rule.peers.as_deref(),
+                                        &policy.namespace,
+                                        &pods,
+                                        &namespaces,
+                                        &empty,
+                                    ),
+                                    ports: rule.ports.clone(),
+                                });
+                                set.rules.len() - 1
+                            })
+                            .collect()
+                    };
+                    Resolved {
+                        ingress: policy
+                            .ingress
+                            .as_deref()
+                            .map(&mut resolve)
+                            .unwrap_or_default(),
+                        egress: policy
+                            .egress
+                            .as_deref()
+                            .map(&mut resolve)
+                            .unwrap_or_default(),
+                    }
+                });
+                if policy.ingress.is_some() {
                     rules
                         .ingress
                         .get_or_insert_with(Vec::new)
-                        .extend(resolve(ingress));
+                        .extend(&shared.ingress);
                 }
-                if let Some(egress) = &policy.egress {
+                if policy.egress.is_some() {
                     rules
                         .egress
                         .get_or_insert_with(Vec::new)
-                        .extend(resolve(egress));
+                        .extend(&shared.egress);
                 }
             }
             let index = set.pods.len();
@@ -280,7 +311,13 @@ impl PolicySet {
         }
         let egress = match src.map(|s| (s, &s.egress)) {
             Some((pod, Some(rules))) => {
-                match allowed_by(rules, flow, flow.dst, dst.map(|d| &d.named_ports)) {
+                match allowed_by(
+                    &self.rules,
+                    rules,
+                    flow,
+                    flow.dst,
+                    dst.map(|d| &d.named_ports),
+                ) {
                     Some(allowance) => allowance,
                     None => {
                         return Verdict::Denied {
@@ -294,7 +331,7 @@ impl PolicySet {
         };
         let ingress = match dst.map(|d| (d, &d.ingress)) {
             Some((pod, Some(rules))) => {
-                match allowed_by(rules, flow, flow.src, Some(&pod.named_ports)) {
+                match allowed_by(&self.rules, rules, flow, flow.src, Some(&pod.named_ports)) {
                     Some(allowance) => allowance,
                     None => {
                         return Verdict::Denied {
@@ -362,15 +399,18 @@ fn resolve_peers(
     Peers::Some { pods: ips, blocks }
 }
 
-/// The first rule of `rules` allowing the flow with `peer` on the other end.
+/// The first of the rules `selected` (indexes into `rules`) allowing the flow with `peer` on
+/// the other end.
 fn allowed_by<'a>(
     rules: &'a [Rule],
+    selected: &[usize],
     flow: &Flow,
     peer: IpAddr,
     dst_ports: Option<&HashMap<String, (u16, Protocol)>>,
 ) -> Option<Allowance<'a>> {
-    rules
+    selected
         .iter()
+        .filter_map(|index| rules.get(*index))
         .find(|rule| peer_matches(&rule.peers, peer) && port_matches(&rule.ports, flow, dst_ports))
         .map(|rule| Allowance::Rule {
             policy: &rule.policy,
@@ -410,4 +450,40 @@ fn port_matches(
                         })
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// One policy selecting every Pod of a namespace, allowing from every Pod of it: its rule
+    /// is resolved once and shared, not once per selected Pod (which would cost Pods squared).
+    #[test]
+    fn a_policy_is_resolved_once_whatever_it_selects() {
+        let pods: Vec<Pod> = (0..200)
+            .map(|i| {
+                from_json(serde_json::json!({
+                    "metadata": {"namespace": "x", "name": format!("p{i}"), "labels": {"app": "a"}},
+                    "status": {"phase": "Running", "podIP": format!("10.244.{}.{}", i / 100, i % 100 + 2)}
+                }))
+            })
+            .collect();
+        let policy: NetworkPolicy = from_json(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "same-namespace"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}
+        }));
+        let namespace: Namespace = from_json(serde_json::json!({"metadata": {"name": "x"}}));
+        let set = PolicySet::compile(&[policy], &[namespace], &pods);
+        assert_eq!(set.pods.len(), 200);
+        assert_eq!(set.rules.len(), 1);
+        assert!(set.pods.iter().all(|p| p.ingress.as_deref() == Some(&[0][..])));
+        let Peers::Some { pods: peers, .. } = &set.rules[0].peers else {
+            panic!("the rule should list its peers");
+        };
+        assert_eq!(peers.len(), 200);
+    }
 }
