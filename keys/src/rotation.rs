@@ -79,6 +79,7 @@ impl KeyStore {
     /// Reads the rotation state for `current` (the loaded `private.key`), finishing or undoing
     /// what a crash left half-done (see the module documentation).
     pub fn load_rotation(&self, current: &PrivateKey) -> Result<RotationState, KeyError> {
+        self.sweep_stale_temps()?;
         let mut state = self.read_state()?;
         let next_path = self.next_key_path();
         let next = match self.load_file(&next_path) {
@@ -165,8 +166,11 @@ impl KeyStore {
         let mut text = Zeroizing::new(next.to_base64().as_str().to_owned());
         text.push('\n');
         if let Err(source) = atomic::write_atomic(&path, text.as_bytes(), 0o600) {
-            // Withdraw the pending entry (the raised epoch stays: epochs never go down), so a
-            // later rotation is not refused for one that never started.
+            // The write may have failed after its rename (the directory fsync): remove a
+            // next.key that got into place (none was there before), then withdraw the pending
+            // entry (the raised epoch stays: epochs never go down), so a later rotation is not
+            // refused for one that never started.
+            let _ = std::fs::remove_file(&path);
             state.pending = None;
             let _ = self.write_state(&state);
             return Err(KeyError::Io { path, source });
@@ -467,6 +471,33 @@ mod tests {
         assert_eq!(current.public_key(), next.public_key());
         assert_eq!(store.announced_next_key().unwrap(), None);
         assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn a_next_key_write_that_fails_after_its_rename_leaves_no_next_key() {
+        let (_dir, store, current) = store();
+        // The rename into next.key succeeds, the directory fsync after it fails.
+        crate::atomic::tests::fail_dir_sync(Some(store.next_key_path()));
+        let result = store.begin_rotation(1, 1);
+        crate::atomic::tests::fail_dir_sync(None);
+        let error = result.unwrap_err();
+        assert!(error.to_string().contains("next.key"), "{error}");
+        assert!(!store.next_key_path().exists(), "next.key was left behind");
+        assert_eq!(store.announced_next_key().unwrap(), None);
+        // Not wedged: the next rotation starts (without a restart in between).
+        assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
+        assert!(store.load_rotation(&current).unwrap().pending.is_some());
+    }
+
+    #[test]
+    fn loading_the_rotation_sweeps_the_temp_file_of_a_crashed_next_key_write() {
+        let (_dir, store, current) = store();
+        // A crash while writing next.key: its temp file holds the private key bytes.
+        let temp = store.dir().join(".next.key.4194304.tmp");
+        std::fs::write(&temp, PrivateKey::generate().to_base64().as_str()).unwrap();
+        let state = store.load_rotation(&current).unwrap();
+        assert!(state.pending.is_none());
+        assert_eq!(files(&store), ["private.key"]);
     }
 
     #[test]
