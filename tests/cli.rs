@@ -207,6 +207,21 @@ fn key_rotate_rejects_a_bad_grace_naming_the_argument() {
 }
 
 #[test]
+fn key_rotate_refuses_a_grace_with_a_fraction_of_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().to_str().unwrap();
+    for grace in ["1500ms", "90s 250ms"] {
+        let out = weft(&["key", "rotate", "--run-dir", run_dir, "--grace", grace]);
+        let message = stderr(&out);
+        // Refused by the argument parser, not silently cut to whole seconds and sent.
+        assert_eq!(out.status.code(), Some(2), "--grace {grace}: {message}");
+        assert!(message.contains("--grace"), "{message}");
+        assert!(message.contains("whole seconds"), "{message}");
+        assert!(!message.contains("no weft agent"), "{message}");
+    }
+}
+
+#[test]
 fn key_status_without_an_agent_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().to_str().unwrap();
