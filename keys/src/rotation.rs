@@ -232,6 +232,26 @@ impl KeyStore {
         Ok(next)
     }
 
+    /// Before `private.key` is replaced outside a rotation: refuses while a rotation is
+    /// pending, and drops the recorded key age so the new key's age is its file's (a crash
+    /// before the key is written leaves the old key aged by its file, which is its own age).
+    pub(crate) fn prepare_replace(&self) -> Result<(), KeyError> {
+        let mut state = self.read_state()?;
+        let next_path = self.next_key_path();
+        if state.pending.is_some() || next_path.exists() {
+            let path = if next_path.exists() {
+                next_path
+            } else {
+                self.rotation_state_path()
+            };
+            return Err(KeyError::ReplaceWhileRotating { path });
+        }
+        if state.current_since.take().is_some() {
+            self.write_state(&state)?;
+        }
+        Ok(())
+    }
+
     /// The public key the pending rotation announced, if any (no private key is read).
     pub fn announced_next_key(&self) -> Result<Option<PublicKey>, KeyError> {
         let state = self.read_state()?;
@@ -381,6 +401,32 @@ mod tests {
         let error = store.begin_rotation(2, 1).unwrap_err();
         assert!(matches!(error, KeyError::RotationInProgress { .. }));
         assert!(error.to_string().contains("already in progress"));
+    }
+
+    #[test]
+    fn a_forced_generate_is_refused_while_rotating_and_restarts_the_key_age() {
+        let (_dir, store, current) = store();
+        store.begin_rotation(1, 1).unwrap();
+        let error = store.generate(true).unwrap_err();
+        assert!(
+            matches!(error, KeyError::ReplaceWhileRotating { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("in progress"), "{error}");
+        assert_eq!(store.load().unwrap().public_key(), current.public_key());
+        assert!(store.load_rotation(&current).unwrap().pending.is_some());
+
+        // Completed at t=5000: the key age is recorded. A replacement starts it over.
+        let rotated = store.complete_rotation(5000).unwrap();
+        assert_eq!(store.load_rotation(&rotated).unwrap().current_since, 5000);
+        let replaced = store.generate(true).unwrap();
+        let state = store.load_rotation(&replaced).unwrap();
+        assert_eq!(
+            state.current_since,
+            modified_secs(&store.private_key_path())
+        );
+        assert!(state.current_since > 5000);
+        assert_eq!(state.epoch, 1);
     }
 
     #[test]

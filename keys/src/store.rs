@@ -109,11 +109,15 @@ impl KeyStore {
         decode_key(&path, &text)
     }
 
-    /// Generates and stores a new key. Refuses to replace an existing one unless `force`.
+    /// Generates and stores a new key. Refuses to replace an existing one unless `force`, and
+    /// even then while a rotation is pending; a replaced key's age starts over.
     pub fn generate(&self, force: bool) -> Result<PrivateKey, KeyError> {
         let path = self.private_key_path();
-        if !force && path.exists() {
-            return Err(KeyError::AlreadyExists { path });
+        if path.exists() {
+            if !force {
+                return Err(KeyError::AlreadyExists { path });
+            }
+            self.prepare_replace()?;
         }
         self.create_dir()?;
         let key = PrivateKey::generate();
