@@ -272,6 +272,7 @@ mod tests {
                 epoch: 4,
                 started_at: 1,
                 grace_secs: 60,
+                announced_at: Some(1),
                 peers_moved: 1,
                 peers_total: 3,
                 pending_peers: vec!["n3".into(), "n4".into()],

@@ -2,7 +2,9 @@
 //!
 //! Files in the key directory: `private.key` (current), `next.key` (only while rotating) and
 //! `rotation.json` (`{"epoch":N,"currentSince":T,"pending":null|{"nextPublicKey":..,
-//! "startedAt":..,"graceSecs":..}}`; `currentSince`: when the current key became current).
+//! "startedAt":..,"graceSecs":..,"announcedAt":..}}`; `currentSince`: when the current key
+//! became current; `announcedAt`: when the announcement was first published, absent until
+//! then: the grace period counts from it).
 //! Every write is atomic and each step has one commit point, so a crash anywhere leaves a
 //! state `load_rotation` resolves without losing a key that peers may already know:
 //!
@@ -31,10 +33,13 @@ const MAX_STATE_FILE_BYTES: u64 = 4096;
 #[derive(Debug)]
 pub struct PendingRotation {
     pub next: PrivateKey,
-    /// Unix seconds when the rotation was announced.
+    /// Unix seconds when the rotation began (the next key was stored).
     pub started_at: u64,
-    /// How long peers get to move to the next key before it becomes current regardless.
+    /// How long peers get to move to the next key before it becomes current regardless,
+    /// counted from `announced_at`.
     pub grace_secs: u64,
+    /// Unix seconds when the announcement was first published (`None`: not yet).
+    pub announced_at: Option<u64>,
 }
 
 /// The rotation state of a key directory.
@@ -65,6 +70,8 @@ struct PendingFile {
     next_public_key: String,
     started_at: u64,
     grace_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    announced_at: Option<u64>,
 }
 
 impl KeyStore {
@@ -103,6 +110,7 @@ impl KeyStore {
                         next,
                         started_at: pending.started_at,
                         grace_secs: pending.grace_secs,
+                        announced_at: pending.announced_at,
                     }),
                 });
             }
@@ -160,6 +168,7 @@ impl KeyStore {
             next_public_key: next.public_key().to_string(),
             started_at,
             grace_secs,
+            announced_at: None,
         });
         self.write_state(&state)?;
         let path = self.next_key_path();
@@ -182,8 +191,23 @@ impl KeyStore {
                 next,
                 started_at,
                 grace_secs,
+                announced_at: None,
             }),
         })
+    }
+
+    /// Records when the pending rotation's announcement was first published (the grace period
+    /// counts from then). A time already recorded is kept; without a pending rotation this
+    /// does nothing.
+    pub fn mark_announced(&self, at: u64) -> Result<(), KeyError> {
+        let mut state = self.read_state()?;
+        match state.pending.as_mut() {
+            Some(pending) if pending.announced_at.is_none() => {
+                pending.announced_at = Some(at);
+                self.write_state(&state)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Makes the next key the current one: `next.key` replaces `private.key` (one rename, so
@@ -392,6 +416,39 @@ mod tests {
         assert_eq!(after.current_since, 5000);
         assert!(after.pending.is_none());
         assert_eq!(store.begin_rotation(2000, 300).unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn the_first_publication_time_is_kept_across_a_restart_and_older_files_still_read() {
+        let (_dir, store, current) = store();
+        store.begin_rotation(1000, 300).unwrap();
+        let pending = store.load_rotation(&current).unwrap().pending.unwrap();
+        assert_eq!(pending.announced_at, None, "not published yet");
+        let text = std::fs::read_to_string(store.rotation_state_path()).unwrap();
+        assert!(!text.contains("announcedAt"), "{text}");
+
+        store.mark_announced(1500).unwrap();
+        // Only the first publication counts.
+        store.mark_announced(1600).unwrap();
+        let pending = store.load_rotation(&current).unwrap().pending.unwrap();
+        assert_eq!(pending.announced_at, Some(1500));
+        assert_eq!((pending.started_at, pending.grace_secs), (1000, 300));
+
+        // An older weft reads the file (it ignores the field it does not know).
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct OldPending {
+            started_at: u64,
+        }
+        #[derive(Deserialize)]
+        struct OldState {
+            epoch: u64,
+            pending: Option<OldPending>,
+        }
+        let text = std::fs::read_to_string(store.rotation_state_path()).unwrap();
+        assert!(text.contains(r#""announcedAt":1500"#), "{text}");
+        let old: OldState = serde_json::from_str(&text).unwrap();
+        assert_eq!((old.epoch, old.pending.unwrap().started_at), (1, 1000));
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl NodeKeys {
                     next_public_key: pending.next.public_key().to_string(),
                     started_at: pending.started_at,
                     grace_secs: pending.grace_secs,
+                    announced_at: pending.announced_at,
                 };
                 (Some(pending.next), Some(rotation))
             }
@@ -130,10 +131,37 @@ impl NodeKeys {
             next_public_key: pending.next.public_key().to_string(),
             started_at: pending.started_at,
             grace_secs: pending.grace_secs,
+            announced_at: pending.announced_at,
         });
         self.next = Some(pending.next);
         self.last_error = None;
         Ok(rotation)
+    }
+
+    /// The pending rotation's announcement has been published (at `now`), unless that was
+    /// recorded already: the grace period counts from the first publication. The time is kept
+    /// in the key directory, so a restart does not start the grace period over.
+    pub fn mark_announced(&mut self, now: u64) {
+        let Some(rotation) = self.rotation.as_mut() else {
+            return;
+        };
+        if rotation.announced_at.is_some() {
+            return;
+        }
+        rotation.announced_at = Some(now);
+        let epoch = rotation.epoch;
+        tracing::info!(
+            epoch,
+            announced_at = now,
+            "key rotation announcement published"
+        );
+        if let Err(error) = self.store.mark_announced(now) {
+            // Kept in memory all the same; after a restart the grace period starts over at the
+            // first publication then (longer, never shorter).
+            self.failed(format!(
+                "cannot record when the announcement was published: {error}"
+            ));
+        }
     }
 
     /// Makes the next key current on disk (the old private key leaves the directory). The
@@ -241,6 +269,20 @@ mod tests {
         assert_eq!((last.epoch, last.reason), (1, CompletionReason::GraceEnded));
         assert_eq!(last.unmoved_peers, vec!["n2"]);
         assert_eq!(status.key_epoch, 1);
+    }
+
+    #[test]
+    fn the_first_publication_is_recorded_once_and_survives_a_restart() {
+        let (dir, mut keys) = keys();
+        let rotation = keys.begin(Duration::from_secs(60)).unwrap();
+        assert_eq!(rotation.announced_at, None);
+        assert_eq!(rotation.deadline(), None);
+        keys.mark_announced(5000);
+        keys.mark_announced(6000);
+        assert_eq!(keys.rotation().unwrap().announced_at, Some(5000));
+        let (resumed, _) = NodeKeys::load(KeyStore::new(dir.path().join("keys")), None).unwrap();
+        assert_eq!(resumed.rotation().unwrap().announced_at, Some(5000));
+        assert_eq!(resumed.rotation().unwrap().deadline(), Some(5060));
     }
 
     #[test]

@@ -78,7 +78,10 @@ const SCHEDULED_RETRY_SECS: u64 = 60;
 
 impl RotationDriver {
     /// `published`: whether the own record as the keys are now is in the registry.
-    pub fn new(keys: NodeKeys, published: bool) -> Self {
+    pub fn new(mut keys: NodeKeys, published: bool) -> Self {
+        if published {
+            keys.mark_announced(node_keys::unix_now());
+        }
         Self {
             keys,
             published,
@@ -164,6 +167,10 @@ impl RotationDriver {
         )
         .map_err(|e| format!("the own record is invalid: {e}"))?;
         self.published = publish(env.registry, own).await;
+        if self.published {
+            // The grace period of an announced rotation counts from here.
+            self.keys.mark_announced(node_keys::unix_now());
+        }
         Ok(())
     }
 
