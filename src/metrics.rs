@@ -278,6 +278,7 @@ mod tests {
                 pending_peers: vec!["n3".into(), "n4".into()],
             }),
             last_rotation: None,
+            published: true,
             last_error: None,
         };
         let text = render(&status(), false, Some(&keys));

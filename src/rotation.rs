@@ -141,8 +141,18 @@ pub struct KeyStatus {
     pub next_scheduled_rotation: Option<u64>,
     pub rotation: Option<RotationView>,
     pub last_rotation: Option<CompletedView>,
-    /// The last thing that went wrong while rotating (cleared when a rotation completes).
+    /// Whether the registry holds the own record as the keys are now (an agent from before
+    /// this field published before it answered: true).
+    #[serde(default = "published_by_default")]
+    pub published: bool,
+    /// The last thing that went wrong while rotating or publishing the record (a rotation
+    /// error is cleared when a rotation begins or completes, a publish error once the record
+    /// is published).
     pub last_error: Option<String>,
+}
+
+fn published_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,8 +197,14 @@ impl KeyStatus {
     /// The human form of `weft key status`.
     pub fn to_table(&self, now: u64) -> String {
         let mut out = format!(
-            "public key:  {}\nkey epoch:   {}\n",
-            self.public_key, self.key_epoch
+            "public key:  {}\nkey epoch:   {}\nrecord:      {}\n",
+            self.public_key,
+            self.key_epoch,
+            if self.published {
+                "published"
+            } else {
+                "not published yet"
+            }
         );
         match (&self.next_public_key, &self.rotation) {
             (Some(next), Some(rotation)) => {
@@ -369,6 +385,7 @@ mod tests {
             next_scheduled_rotation: None,
             rotation: Some(RotationView::new(rotation, observe(&peers, None, 1020))),
             last_rotation: None,
+            published: true,
             last_error: None,
         };
         let table = status(&rotation).to_table(1020);
@@ -379,6 +396,43 @@ mod tests {
             table.contains("grace of 60s starts once the announcement is published"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_table_and_json_say_whether_the_record_is_published_and_why_not() {
+        let mut status = KeyStatus {
+            public_key: "OLD".into(),
+            next_public_key: None,
+            key_epoch: 3,
+            current_since: 0,
+            next_scheduled_rotation: None,
+            rotation: None,
+            last_rotation: None,
+            published: false,
+            last_error: Some("publishing the own record failed: timeout".into()),
+        };
+        let table = status.to_table(0);
+        assert!(
+            table.contains("record:      not published yet\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("last error:  publishing the own record failed: timeout\n"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["published"], false);
+        assert_eq!(
+            json["lastError"],
+            "publishing the own record failed: timeout"
+        );
+        status.published = true;
+        assert!(status.to_table(0).contains("record:      published\n"));
+        // The answer of an agent that does not report it (it published before answering).
+        let mut json = serde_json::to_value(&status).unwrap();
+        json.as_object_mut().unwrap().remove("published");
+        let read: KeyStatus = serde_json::from_value(json).unwrap();
+        assert!(read.published);
     }
 
     #[test]

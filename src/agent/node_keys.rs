@@ -200,7 +200,8 @@ impl NodeKeys {
         error
     }
 
-    pub fn status(&self, observed: Observed<'_>) -> KeyStatus {
+    /// `published`: whether the registry holds the own record as the keys are now.
+    pub fn status(&self, observed: Observed<'_>, published: bool) -> KeyStatus {
         KeyStatus {
             public_key: self.public_key().to_string(),
             next_public_key: self.next_public_key().map(|k| k.to_string()),
@@ -212,6 +213,7 @@ impl NodeKeys {
                 .as_ref()
                 .map(|r| RotationView::new(r, observed)),
             last_rotation: self.last.clone(),
+            published,
             last_error: self.last_error.clone(),
         }
     }
@@ -249,7 +251,7 @@ mod tests {
         assert_eq!(keys.public_key(), old);
 
         let peers: BTreeSet<String> = ["n2".to_string()].into();
-        let status = keys.status(observed(&peers));
+        let status = keys.status(observed(&peers), true);
         assert_eq!(status.next_public_key, Some(next.to_string()));
         assert_eq!(status.rotation.as_ref().unwrap().pending_peers, vec!["n2"]);
 
@@ -264,7 +266,7 @@ mod tests {
             .unwrap();
         assert_eq!(keys.public_key(), next);
         assert!(keys.next().is_none() && keys.rotation().is_none());
-        let status = keys.status(observed(&peers));
+        let status = keys.status(observed(&peers), true);
         let last = status.last_rotation.unwrap();
         assert_eq!((last.epoch, last.reason), (1, CompletionReason::GraceEnded));
         assert_eq!(last.unmoved_peers, vec!["n2"]);
@@ -308,7 +310,7 @@ mod tests {
         assert!(error.contains("rotation.json"), "{error}");
         assert!(keys.rotation().is_none() && keys.next().is_none());
         let peers = BTreeSet::new();
-        assert_eq!(keys.status(observed(&peers)).last_error, Some(error));
+        assert_eq!(keys.status(observed(&peers), true).last_error, Some(error));
     }
 
     #[test]
