@@ -279,11 +279,13 @@ mod tests {
                 epoch: 4,
                 started_at: 1,
                 grace_secs: 60,
+                announced_at: Some(1),
                 peers_moved: 1,
                 peers_total: 3,
                 pending_peers: vec!["n3".into(), "n4".into()],
             }),
             last_rotation: None,
+            published: true,
             last_error: None,
         };
         let text = render(&status(), false, Some(&keys));

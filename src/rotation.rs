@@ -3,7 +3,9 @@
 //! nothing else here touches the outside world.
 //!
 //! A rotation completes when every peer of the current mesh has completed a handshake with
-//! the next key, or when its grace period ends, whichever comes first.
+//! the next key, or when its grace period ends, whichever comes first; never before its
+//! announcement has been published (peers learn the next key only from the record), and the
+//! grace period counts from that first publication, not from the start.
 
 use std::collections::BTreeSet;
 
@@ -20,11 +22,15 @@ pub struct Rotation {
     /// Unix seconds.
     pub started_at: u64,
     pub grace_secs: u64,
+    /// When the announcement was first published (Unix seconds); `None` until then.
+    pub announced_at: Option<u64>,
 }
 
 impl Rotation {
-    pub fn deadline(&self) -> u64 {
-        self.started_at.saturating_add(self.grace_secs)
+    /// When the grace period ends: none before the announcement is published.
+    pub fn deadline(&self) -> Option<u64> {
+        self.announced_at
+            .map(|at| at.saturating_add(self.grace_secs))
     }
 }
 
@@ -78,6 +84,10 @@ fn unmoved(rotation: &Rotation, observed: &Observed<'_>) -> Vec<String> {
 
 /// Decides whether `rotation` completes now.
 pub fn decide(rotation: &Rotation, observed: Observed<'_>) -> Decision {
+    let Some(deadline) = rotation.deadline() else {
+        // Not published: nobody has been told the next key yet.
+        return Decision::Wait;
+    };
     let unmoved = unmoved(rotation, &observed);
     // The datapath's progress must be about this mesh: same peers, this next key.
     let progress_current = observed.progress.is_some_and(|p| {
@@ -95,7 +105,7 @@ pub fn decide(rotation: &Rotation, observed: Observed<'_>) -> Decision {
             unmoved,
         };
     }
-    if observed.now >= rotation.deadline() {
+    if observed.now >= deadline {
         return Decision::Complete {
             reason: CompletionReason::GraceEnded,
             unmoved,
@@ -131,8 +141,18 @@ pub struct KeyStatus {
     pub next_scheduled_rotation: Option<u64>,
     pub rotation: Option<RotationView>,
     pub last_rotation: Option<CompletedView>,
-    /// The last thing that went wrong while rotating (cleared when a rotation completes).
+    /// Whether the registry holds the own record as the keys are now (an agent from before
+    /// this field published before it answered: true).
+    #[serde(default = "published_by_default")]
+    pub published: bool,
+    /// The last thing that went wrong while rotating or publishing the record (a rotation
+    /// error is cleared when a rotation begins or completes, a publish error once the record
+    /// is published).
     pub last_error: Option<String>,
+}
+
+fn published_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +161,9 @@ pub struct RotationView {
     pub epoch: u64,
     pub started_at: u64,
     pub grace_secs: u64,
+    /// When the announcement was first published: the grace period counts from then.
+    #[serde(default)]
+    pub announced_at: Option<u64>,
     pub peers_moved: usize,
     pub peers_total: usize,
     pub pending_peers: Vec<String>,
@@ -162,6 +185,7 @@ impl RotationView {
             epoch: rotation.epoch,
             started_at: rotation.started_at,
             grace_secs: rotation.grace_secs,
+            announced_at: rotation.announced_at,
             peers_moved: observed.peers.len() - unmoved.len(),
             peers_total: observed.peers.len(),
             pending_peers: unmoved,
@@ -173,17 +197,29 @@ impl KeyStatus {
     /// The human form of `weft key status`.
     pub fn to_table(&self, now: u64) -> String {
         let mut out = format!(
-            "public key:  {}\nkey epoch:   {}\n",
-            self.public_key, self.key_epoch
+            "public key:  {}\nkey epoch:   {}\nrecord:      {}\n",
+            self.public_key,
+            self.key_epoch,
+            if self.published {
+                "published"
+            } else {
+                "not published yet"
+            }
         );
         match (&self.next_public_key, &self.rotation) {
             (Some(next), Some(rotation)) => {
-                let left = rotation
-                    .started_at
-                    .saturating_add(rotation.grace_secs)
-                    .saturating_sub(now);
+                let grace = match rotation.announced_at {
+                    Some(at) => format!(
+                        "grace ends in {}s",
+                        at.saturating_add(rotation.grace_secs).saturating_sub(now)
+                    ),
+                    None => format!(
+                        "grace of {}s starts once the announcement is published",
+                        rotation.grace_secs
+                    ),
+                };
                 out.push_str(&format!(
-                    "next key:    {next}\nrotating:    epoch {}, {}/{} peers moved, grace ends in {left}s\n",
+                    "next key:    {next}\nrotating:    epoch {}, {}/{} peers moved, {grace}\n",
                     rotation.epoch, rotation.peers_moved, rotation.peers_total
                 ));
                 if !rotation.pending_peers.is_empty() {
@@ -236,6 +272,7 @@ mod tests {
             next_public_key: "NEXT".into(),
             started_at: 1000,
             grace_secs: 60,
+            announced_at: Some(1000),
         }
     }
 
@@ -293,6 +330,109 @@ mod tests {
                 unmoved: vec!["n3".into()]
             }
         );
+    }
+
+    #[test]
+    fn the_grace_period_counts_from_the_first_publication_not_the_start() {
+        let peers = names(&["n2"]);
+        let mut rotation = rotation();
+        // Publishing failed from the start (at 1000) until long past the grace period.
+        rotation.announced_at = None;
+        assert_eq!(rotation.deadline(), None);
+        assert_eq!(
+            decide(&rotation, observe(&peers, None, 1000 + 3600)),
+            Decision::Wait,
+            "an unpublished rotation completed"
+        );
+        // A node without peers has nobody to wait for, but nobody was told either.
+        let none = BTreeSet::new();
+        let empty = progress("NEXT", &[], &[]);
+        assert_eq!(
+            decide(&rotation, observe(&none, Some(&empty), 1000 + 3600)),
+            Decision::Wait
+        );
+        // The first successful publish: peers get the whole grace period from now on.
+        let published = 1000 + 3600;
+        rotation.announced_at = Some(published);
+        assert_eq!(
+            decide(&rotation, observe(&peers, None, published)),
+            Decision::Wait,
+            "completed on the tick of the first publish"
+        );
+        assert_eq!(
+            decide(&rotation, observe(&peers, None, published + 59)),
+            Decision::Wait
+        );
+        assert!(matches!(
+            decide(&rotation, observe(&peers, None, published + 60)),
+            Decision::Complete {
+                reason: CompletionReason::GraceEnded,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_table_tells_when_the_grace_period_ends_or_that_it_has_not_started() {
+        let peers = names(&["n2"]);
+        let mut rotation = rotation();
+        rotation.announced_at = Some(1010);
+        let status = |rotation: &Rotation| KeyStatus {
+            public_key: "OLD".into(),
+            next_public_key: Some("NEXT".into()),
+            key_epoch: 3,
+            current_since: 0,
+            next_scheduled_rotation: None,
+            rotation: Some(RotationView::new(rotation, observe(&peers, None, 1020))),
+            last_rotation: None,
+            published: true,
+            last_error: None,
+        };
+        let table = status(&rotation).to_table(1020);
+        assert!(table.contains("grace ends in 50s"), "{table}");
+        rotation.announced_at = None;
+        let table = status(&rotation).to_table(1020);
+        assert!(
+            table.contains("grace of 60s starts once the announcement is published"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_table_and_json_say_whether_the_record_is_published_and_why_not() {
+        let mut status = KeyStatus {
+            public_key: "OLD".into(),
+            next_public_key: None,
+            key_epoch: 3,
+            current_since: 0,
+            next_scheduled_rotation: None,
+            rotation: None,
+            last_rotation: None,
+            published: false,
+            last_error: Some("publishing the own record failed: timeout".into()),
+        };
+        let table = status.to_table(0);
+        assert!(
+            table.contains("record:      not published yet\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("last error:  publishing the own record failed: timeout\n"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["published"], false);
+        assert_eq!(
+            json["lastError"],
+            "publishing the own record failed: timeout"
+        );
+        status.published = true;
+        assert!(status.to_table(0).contains("record:      published\n"));
+        // The answer of an agent that does not report it (it published before answering).
+        let mut json = serde_json::to_value(&status).unwrap();
+        json.as_object_mut().unwrap().remove("published");
+        let read: KeyStatus = serde_json::from_value(json).unwrap();
+        assert!(read.published);
     }
 
     #[test]

@@ -55,6 +55,42 @@ fn key_generate_refuses_to_overwrite_without_force() {
 }
 
 #[test]
+fn key_generate_force_waits_for_a_pending_rotation_and_restarts_the_key_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("keys");
+    let key_dir_arg = key_dir.to_str().unwrap();
+    let store = weft_keys::KeyStore::new(&key_dir);
+    let first = stdout(&weft(&["key", "generate", "--key-dir", key_dir_arg]));
+    // A rotation announced by the agent (the key directory is what it leaves).
+    store.begin_rotation(1, 300).unwrap();
+    let refused = weft(&["key", "generate", "--key-dir", key_dir_arg, "--force"]);
+    assert!(!refused.status.success(), "replaced the key mid-rotation");
+    let message = stderr(&refused);
+    assert!(message.contains("rotation is in progress"), "{message}");
+    assert!(message.contains("weft key status"), "{message}");
+    let shown = stdout(&weft(&["key", "show", "--key-dir", key_dir_arg]));
+    assert_eq!(shown, first, "a refused generate changed the key");
+    assert!(store.next_key_path().exists());
+
+    // Once the rotation completed (its key age recorded), a forced generate replaces the key
+    // and the age restarts with the new key.
+    store.complete_rotation(1000).unwrap();
+    let forced = weft(&["key", "generate", "--key-dir", key_dir_arg, "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let key = store.load().unwrap();
+    assert_eq!(stdout(&forced).trim(), key.public_key().to_string());
+    let age = store.load_rotation(&key).unwrap().current_since;
+    let written = std::fs::metadata(store.private_key_path())
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(age, written, "the replaced key kept the old key's age");
+}
+
+#[test]
 fn key_show_rejects_a_world_readable_key_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let key_dir = dir.path().to_str().unwrap();
@@ -213,6 +249,21 @@ fn key_rotate_rejects_a_bad_grace_naming_the_argument() {
     // A well-formed duration gets past the parser to the (missing) agent.
     let out = weft(&["key", "rotate", "--run-dir", run_dir, "--grace", "2m"]);
     assert_no_agent(&out, "--grace 2m");
+}
+
+#[test]
+fn key_rotate_refuses_a_grace_with_a_fraction_of_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().to_str().unwrap();
+    for grace in ["1500ms", "90s 250ms"] {
+        let out = weft(&["key", "rotate", "--run-dir", run_dir, "--grace", grace]);
+        let message = stderr(&out);
+        // Refused by the argument parser, not silently cut to whole seconds and sent.
+        assert_eq!(out.status.code(), Some(2), "--grace {grace}: {message}");
+        assert!(message.contains("--grace"), "{message}");
+        assert!(message.contains("whole seconds"), "{message}");
+        assert!(!message.contains("no weft agent"), "{message}");
+    }
 }
 
 #[test]

@@ -737,6 +737,100 @@ fn a_key_rotation_goes_through_the_annotation_and_leaves_other_annotations_alone
     );
 }
 
+#[test]
+fn a_rotation_while_the_api_is_away_says_so_and_gets_its_whole_grace_once_published() {
+    use std::io::BufRead as _;
+    let mut n1 = Node1::new("wk-rotaway");
+    cluster(&mut n1);
+    n1.start_agent();
+    n1.wait_for_peers("n2 from the API", &[("n2", &public_key(2))]);
+    let key_status = |n1: &Node1| -> Option<Value> {
+        let out = Command::new(weft_bin())
+            .args([
+                "key",
+                "status",
+                "--output",
+                "json",
+                "--run-dir",
+                &n1.run_dir(),
+            ])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let annotation = |n1: &Node1| -> Option<Value> {
+        let node = n1.api().object("Node", "n1")?;
+        serde_json::from_str(node["metadata"]["annotations"]["weft.dev/node"].as_str()?).ok()
+    };
+    wait_for(Duration::from_secs(20), "the record published", || {
+        key_status(&n1)?["published"].as_bool()?.then_some(())
+    });
+
+    // The API server is unreachable from now on: the rotation is announced locally only, and
+    // `weft key rotate --wait` says so and why, then keeps waiting.
+    n1.api().set_unreachable(true);
+    let mut rotate = Command::new(weft_bin())
+        .args(["key", "rotate", "--wait", "--grace", "3s"])
+        .args(["--run-dir", &n1.run_dir()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(rotate.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.contains("announced locally, not yet published: publishing the own record failed"),
+        "{first}\nagent log:\n{}",
+        n1.log()
+    );
+    let status = key_status(&n1).unwrap();
+    assert_eq!(status["published"], false, "{status}");
+    assert!(status["lastError"].is_string(), "{status}");
+    assert!(status["rotation"]["announcedAt"].is_null(), "{status}");
+    assert!(annotation(&n1).unwrap().get("nextPublicKey").is_none());
+    // Past the grace period (counted from the start) while nobody could be told.
+    std::thread::sleep(Duration::from_secs(4));
+    let status = key_status(&n1).unwrap();
+    assert!(
+        status["rotation"].is_object(),
+        "completed unpublished: {status}"
+    );
+
+    n1.api().set_unreachable(false);
+    let announced_at = wait_for(
+        Duration::from_secs(30),
+        "the announcement published",
+        || {
+            let status = key_status(&n1)?;
+            status["rotation"]["announcedAt"].as_u64()
+        },
+    );
+    let done = rotate.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(stdout.contains("complete: public key"), "{stdout}");
+    // `--wait` returned only once the completed record was published.
+    let status = key_status(&n1).unwrap();
+    let new = status["publicKey"].as_str().unwrap().to_string();
+    let record = annotation(&n1).unwrap();
+    assert_eq!(record["publicKey"], new.as_str(), "{record}");
+    assert!(record.get("nextPublicKey").is_none(), "{record}");
+    assert_eq!(status["published"], true, "{status}");
+    assert!(status["lastError"].is_null(), "{status}");
+    // The peers got the whole grace period from the first publication.
+    let completed_at = status["lastRotation"]["completedAt"].as_u64().unwrap();
+    assert!(
+        completed_at >= announced_at + 3,
+        "completed at {completed_at}, announced at {announced_at}: {status}"
+    );
+}
+
 fn node_with(name: &str, ip: &str, pod_cidr: &str, record: &str) -> Value {
     node(name, ip, pod_cidr, json!({"weft.dev/node": record}))
 }

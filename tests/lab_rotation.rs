@@ -17,13 +17,13 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(60);
 /// How long a control-plane change (a record, a peer key) gets to reach the other agents.
 const PROPAGATE: Duration = Duration::from_secs(20);
-/// The background ping: 6000 packets 5 ms apart (ping's timer granularity makes that about
-/// 200 per second, 30 s in all; at least 100 per second is asserted), started 2 s before the
-/// rotation, so it covers the rotation (a few seconds, even with a node restarted in the
-/// middle) and the time after the old key is retired.
-const PING_COUNT: u32 = 6000;
-const PING_INTERVAL: &str = "0.005";
-const MIN_PING_RATE: f64 = 100.0;
+/// The background ping: 4500 packets 10 ms apart (100 per second, so at least 45 s in all; a
+/// loaded machine only makes it last longer), started 2 s before the rotation. It must still
+/// be running when the rotation has completed and then send its whole count without a loss:
+/// so it covered the rotation (a few seconds, even with a node restarted in the middle) and
+/// the time after the old key is retired. Its rate is not asserted (a timing on shared cores).
+const PING_COUNT: u32 = 4500;
+const PING_INTERVAL: &str = "0.01";
 const LEAD_IN: Duration = Duration::from_secs(2);
 const STREAM_PORT: u16 = 9000;
 /// The stream client stops by itself after this long if the test never stops it.
@@ -207,8 +207,9 @@ fn start_traffic(lab: &Lab) -> Traffic {
 }
 
 impl Traffic {
-    /// Called right after the rotation completed: the ping must still be running (it covered
-    /// the whole rotation); then lets it finish and stops the stream. Neither may lose anything.
+    /// Called right after the rotation completed: the ping must still be running (it was
+    /// running before the rotation began, so it covers the whole rotation); then lets it send
+    /// its whole count and stops the stream. Neither may lose anything.
     fn finish(mut self) {
         assert!(
             self.ping.running(),
@@ -217,15 +218,15 @@ impl Traffic {
         let ping = self.ping.finish();
         let stream = self.stream.finish();
         println!("ping: {}\nstream: {stream:?}", ping.summary());
-        assert!(
-            ping.lossless(),
-            "ping lost packets during the rotation: {}",
+        assert_eq!(
+            ping.transmitted,
+            u64::from(PING_COUNT),
+            "the ping stopped before sending its whole count: {}",
             ping.summary()
         );
         assert!(
-            ping.rate_per_second() >= MIN_PING_RATE,
-            "the ping sent only {:.0} packets per second: {}",
-            ping.rate_per_second(),
+            ping.lossless(),
+            "ping lost packets during the rotation: {}",
             ping.summary()
         );
         assert!(stream.bytes_sent > 0, "the stream sent nothing: {stream:?}");

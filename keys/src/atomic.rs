@@ -26,8 +26,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result?;
+    sync_dir(dir, path)
+}
+
+/// Makes the rename into `path` durable.
+fn sync_dir(dir: &Path, path: &Path) -> io::Result<()> {
+    if dir_sync_fault(path) {
+        return Err(io::Error::other("injected directory fsync failure"));
+    }
     File::open(dir)?.sync_all()
 }
+
+#[cfg(not(test))]
+fn dir_sync_fault(_path: &Path) -> bool {
+    false
+}
+
+#[cfg(test)]
+use tests::dir_sync_fault;
 
 fn write_then_rename(temp: &PathBuf, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     // A temp file left by a crashed earlier attempt of this same process id is stale.
@@ -44,9 +60,36 @@ fn write_then_rename(temp: &PathBuf, path: &Path, bytes: &[u8], mode: u32) -> io
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::os::unix::fs::PermissionsExt;
+
+    thread_local! {
+        /// A target whose directory fsync fails after the rename (this thread only).
+        static FAIL_DIR_SYNC: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    /// Makes the directory fsync after renaming into `path` fail on this thread (`None`: stop).
+    pub(crate) fn fail_dir_sync(path: Option<PathBuf>) {
+        FAIL_DIR_SYNC.with(|slot| *slot.borrow_mut() = path);
+    }
+
+    pub(super) fn dir_sync_fault(path: &Path) -> bool {
+        FAIL_DIR_SYNC.with(|slot| slot.borrow().as_deref() == Some(path))
+    }
+
+    #[test]
+    fn an_injected_dir_sync_failure_comes_after_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.json");
+        fail_dir_sync(Some(path.clone()));
+        let result = write_atomic(&path, b"new", 0o600);
+        fail_dir_sync(None);
+        assert!(result.is_err());
+        // The rename happened: the caller has to deal with a file it was told failed.
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
 
     #[test]
     fn replaces_content_with_mode_and_leaves_no_temp_files() {

@@ -41,6 +41,11 @@ pub enum KeyError {
         path.display()
     )]
     RotationInProgress { path: PathBuf },
+    #[error(
+        "a key rotation is in progress ({} exists): replacing the key now would strand the next key its peers were told about; let the rotation complete (`weft key status` shows its progress; an agent that is not running completes it when it starts), then run this again",
+        path.display()
+    )]
+    ReplaceWhileRotating { path: PathBuf },
     #[error("{}: {reason}", path.display())]
     RotationState { path: PathBuf, reason: &'static str },
     #[error("invalid key: {0}")]

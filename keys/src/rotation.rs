@@ -2,7 +2,9 @@
 //!
 //! Files in the key directory: `private.key` (current), `next.key` (only while rotating) and
 //! `rotation.json` (`{"epoch":N,"currentSince":T,"pending":null|{"nextPublicKey":..,
-//! "startedAt":..,"graceSecs":..}}`; `currentSince`: when the current key became current).
+//! "startedAt":..,"graceSecs":..,"announcedAt":..}}`; `currentSince`: when the current key
+//! became current; `announcedAt`: when the announcement was first published, absent until
+//! then: the grace period counts from it).
 //! Every write is atomic and each step has one commit point, so a crash anywhere leaves a
 //! state `load_rotation` resolves without losing a key that peers may already know:
 //!
@@ -31,10 +33,13 @@ const MAX_STATE_FILE_BYTES: u64 = 4096;
 #[derive(Debug)]
 pub struct PendingRotation {
     pub next: PrivateKey,
-    /// Unix seconds when the rotation was announced.
+    /// Unix seconds when the rotation began (the next key was stored).
     pub started_at: u64,
-    /// How long peers get to move to the next key before it becomes current regardless.
+    /// How long peers get to move to the next key before it becomes current regardless,
+    /// counted from `announced_at`.
     pub grace_secs: u64,
+    /// Unix seconds when the announcement was first published (`None`: not yet).
+    pub announced_at: Option<u64>,
 }
 
 /// The rotation state of a key directory.
@@ -65,6 +70,8 @@ struct PendingFile {
     next_public_key: String,
     started_at: u64,
     grace_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    announced_at: Option<u64>,
 }
 
 impl KeyStore {
@@ -79,6 +86,7 @@ impl KeyStore {
     /// Reads the rotation state for `current` (the loaded `private.key`), finishing or undoing
     /// what a crash left half-done (see the module documentation).
     pub fn load_rotation(&self, current: &PrivateKey) -> Result<RotationState, KeyError> {
+        self.sweep_stale_temps()?;
         let mut state = self.read_state()?;
         let next_path = self.next_key_path();
         let next = match self.load_file(&next_path) {
@@ -102,6 +110,7 @@ impl KeyStore {
                         next,
                         started_at: pending.started_at,
                         grace_secs: pending.grace_secs,
+                        announced_at: pending.announced_at,
                     }),
                 });
             }
@@ -159,14 +168,18 @@ impl KeyStore {
             next_public_key: next.public_key().to_string(),
             started_at,
             grace_secs,
+            announced_at: None,
         });
         self.write_state(&state)?;
         let path = self.next_key_path();
         let mut text = Zeroizing::new(next.to_base64().as_str().to_owned());
         text.push('\n');
         if let Err(source) = atomic::write_atomic(&path, text.as_bytes(), 0o600) {
-            // Withdraw the pending entry (the raised epoch stays: epochs never go down), so a
-            // later rotation is not refused for one that never started.
+            // The write may have failed after its rename (the directory fsync): remove a
+            // next.key that got into place (none was there before), then withdraw the pending
+            // entry (the raised epoch stays: epochs never go down), so a later rotation is not
+            // refused for one that never started.
+            let _ = std::fs::remove_file(&path);
             state.pending = None;
             let _ = self.write_state(&state);
             return Err(KeyError::Io { path, source });
@@ -178,8 +191,23 @@ impl KeyStore {
                 next,
                 started_at,
                 grace_secs,
+                announced_at: None,
             }),
         })
+    }
+
+    /// Records when the pending rotation's announcement was first published (the grace period
+    /// counts from then). A time already recorded is kept; without a pending rotation this
+    /// does nothing.
+    pub fn mark_announced(&self, at: u64) -> Result<(), KeyError> {
+        let mut state = self.read_state()?;
+        match state.pending.as_mut() {
+            Some(pending) if pending.announced_at.is_none() => {
+                pending.announced_at = Some(at);
+                self.write_state(&state)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Makes the next key the current one: `next.key` replaces `private.key` (one rename, so
@@ -226,6 +254,26 @@ impl KeyStore {
         state.current_since = Some(now);
         self.write_state(&state)?;
         Ok(next)
+    }
+
+    /// Before `private.key` is replaced outside a rotation: refuses while a rotation is
+    /// pending, and drops the recorded key age so the new key's age is its file's (a crash
+    /// before the key is written leaves the old key aged by its file, which is its own age).
+    pub(crate) fn prepare_replace(&self) -> Result<(), KeyError> {
+        let mut state = self.read_state()?;
+        let next_path = self.next_key_path();
+        if state.pending.is_some() || next_path.exists() {
+            let path = if next_path.exists() {
+                next_path
+            } else {
+                self.rotation_state_path()
+            };
+            return Err(KeyError::ReplaceWhileRotating { path });
+        }
+        if state.current_since.take().is_some() {
+            self.write_state(&state)?;
+        }
+        Ok(())
     }
 
     /// The public key the pending rotation announced, if any (no private key is read).
@@ -286,206 +334,5 @@ impl KeyStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> (tempfile::TempDir, KeyStore, PrivateKey) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::new(dir.path().join("keys"));
-        let current = store.generate(false).unwrap();
-        (dir, store, current)
-    }
-
-    /// A file's modification time in Unix seconds, read independently of the store.
-    fn modified_secs(path: &std::path::Path) -> u64 {
-        std::fs::metadata(path)
-            .unwrap()
-            .modified()
-            .unwrap()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
-    fn files(store: &KeyStore) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(store.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn a_fresh_store_is_at_epoch_zero_with_nothing_pending() {
-        let (_dir, store, current) = store();
-        let state = store.load_rotation(&current).unwrap();
-        assert_eq!(state.epoch, 0);
-        assert!(state.pending.is_none());
-        // A key no rotation made is as old as its file.
-        assert_eq!(
-            state.current_since,
-            modified_secs(&store.private_key_path())
-        );
-    }
-
-    #[test]
-    fn begin_then_complete_replaces_the_key_and_raises_the_epoch() {
-        let (_dir, store, current) = store();
-        let old_text = std::fs::read_to_string(store.private_key_path()).unwrap();
-        let begun = store.begin_rotation(1000, 300).unwrap();
-        let next_public = begun.pending.as_ref().unwrap().next.public_key();
-        assert_eq!(begun.epoch, 1);
-        assert_ne!(next_public, current.public_key());
-        assert_eq!(files(&store), ["next.key", "private.key", "rotation.json"]);
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(store.next_key_path())
-                .unwrap()
-                .permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(store.announced_next_key().unwrap(), Some(next_public));
-
-        // Loading again (a restart) resumes the same rotation.
-        let resumed = store.load_rotation(&current).unwrap();
-        let pending = resumed.pending.unwrap();
-        assert_eq!(pending.next.public_key(), next_public);
-        assert_eq!((pending.started_at, pending.grace_secs), (1000, 300));
-
-        let now_current = store.complete_rotation(5000).unwrap();
-        assert_eq!(now_current.public_key(), next_public);
-        assert_eq!(store.load().unwrap().public_key(), next_public);
-        assert_eq!(files(&store), ["private.key", "rotation.json"]);
-        for name in files(&store) {
-            let text = std::fs::read_to_string(store.dir().join(name)).unwrap();
-            assert!(
-                !text.contains(old_text.trim()),
-                "the old private key is still on disk"
-            );
-        }
-        let after = store.load_rotation(&now_current).unwrap();
-        assert_eq!(after.epoch, 1);
-        assert_eq!(after.current_since, 5000);
-        assert!(after.pending.is_none());
-        assert_eq!(store.begin_rotation(2000, 300).unwrap().epoch, 2);
-    }
-
-    #[test]
-    fn a_second_rotation_while_one_is_pending_is_refused() {
-        let (_dir, store, _current) = store();
-        store.begin_rotation(1, 1).unwrap();
-        let error = store.begin_rotation(2, 1).unwrap_err();
-        assert!(matches!(error, KeyError::RotationInProgress { .. }));
-        assert!(error.to_string().contains("already in progress"));
-    }
-
-    #[test]
-    fn a_crash_after_the_rename_reads_as_completed() {
-        let (_dir, store, _old) = store();
-        // An earlier rotation completed at t=5000 (so the state holds an old key age).
-        store.begin_rotation(1, 1).unwrap();
-        store.complete_rotation(5000).unwrap();
-        let next = store.begin_rotation(6000, 1).unwrap().pending.unwrap().next;
-        // The rename of complete_rotation happened, the state write did not.
-        std::fs::rename(store.next_key_path(), store.private_key_path()).unwrap();
-        let current = store.load().unwrap();
-        assert_eq!(current.public_key(), next.public_key());
-        let state = store.load_rotation(&current).unwrap();
-        assert!(state.pending.is_none());
-        assert_eq!(state.epoch, 2);
-        // The key's age is the renamed file's, not the old key's (which would make a
-        // scheduled rotation start again at once).
-        assert_eq!(
-            state.current_since,
-            modified_secs(&store.private_key_path())
-        );
-        assert_eq!(store.announced_next_key().unwrap(), None);
-    }
-
-    #[test]
-    fn a_crash_before_next_key_was_written_drops_the_unannounced_rotation() {
-        let (_dir, store, current) = store();
-        store.begin_rotation(1, 1).unwrap();
-        std::fs::remove_file(store.next_key_path()).unwrap();
-        let state = store.load_rotation(&current).unwrap();
-        assert!(state.pending.is_none());
-        assert_eq!(store.load().unwrap().public_key(), current.public_key());
-        // The epoch never goes down, so the next rotation gets a fresh one.
-        assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
-    }
-
-    #[test]
-    fn a_next_key_nobody_announced_is_deleted() {
-        let (_dir, store, current) = store();
-        std::fs::write(store.next_key_path(), "garbage").unwrap();
-        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
-        std::fs::set_permissions(store.next_key_path(), mode).unwrap();
-        // Garbage in next.key is refused as a key before anything else.
-        assert!(store.load_rotation(&current).is_err());
-        std::fs::write(
-            store.next_key_path(),
-            PrivateKey::generate().to_base64().as_str(),
-        )
-        .unwrap();
-        let state = store.load_rotation(&current).unwrap();
-        assert!(state.pending.is_none());
-        assert!(!store.next_key_path().exists());
-    }
-
-    #[test]
-    fn a_corrupt_state_file_is_a_clear_error() {
-        let (_dir, store, current) = store();
-        std::fs::write(store.rotation_state_path(), "{not json").unwrap();
-        let error = store.load_rotation(&current).unwrap_err();
-        assert!(error.to_string().contains("rotation.json"), "{error}");
-    }
-
-    #[test]
-    fn a_next_key_that_does_not_match_the_announcement_is_refused() {
-        let (_dir, store, current) = store();
-        store.begin_rotation(1, 1).unwrap();
-        std::fs::write(
-            store.next_key_path(),
-            PrivateKey::generate().to_base64().as_str(),
-        )
-        .unwrap();
-        assert!(matches!(
-            store.load_rotation(&current),
-            Err(KeyError::RotationState { .. })
-        ));
-        assert!(store.complete_rotation(5000).is_err());
-        assert_eq!(store.load().unwrap().public_key(), current.public_key());
-    }
-
-    #[test]
-    fn completing_again_after_a_failure_past_the_rename_finishes_the_rotation() {
-        let (_dir, store, _old) = store();
-        let next = store.begin_rotation(1, 1).unwrap().pending.unwrap().next;
-        // The rename happened, the state write did not (say the disk filled up).
-        std::fs::rename(store.next_key_path(), store.private_key_path()).unwrap();
-        let current = store.complete_rotation(5000).unwrap();
-        assert_eq!(current.public_key(), next.public_key());
-        assert_eq!(store.announced_next_key().unwrap(), None);
-        assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
-    }
-
-    #[test]
-    fn a_failed_next_key_write_withdraws_the_rotation() {
-        let (_dir, store, current) = store();
-        // A directory where the temp file for next.key goes makes that write fail (after
-        // rotation.json was written), even for root.
-        let blocker = store
-            .dir()
-            .join(format!(".next.key.{}.tmp", std::process::id()));
-        std::fs::create_dir(&blocker).unwrap();
-        let error = store.begin_rotation(1, 1).unwrap_err();
-        assert!(error.to_string().contains("next.key"), "{error}");
-        assert_eq!(store.announced_next_key().unwrap(), None);
-        assert!(!store.next_key_path().exists());
-        std::fs::remove_dir(&blocker).unwrap();
-        let state = store.load_rotation(&current).unwrap();
-        assert!(state.pending.is_none());
-        // Not refused as "already in progress", and the epoch never goes down.
-        assert_eq!(store.begin_rotation(2, 1).unwrap().epoch, 2);
-    }
-}
+#[path = "rotation_tests.rs"]
+mod tests;

@@ -36,8 +36,39 @@ impl KeyStore {
     }
 
     /// Loads the private key, refusing files others can read and anything that is not a key.
+    /// Temp files that an interrupted write left behind are removed first.
     pub fn load(&self) -> Result<PrivateKey, KeyError> {
+        self.sweep_stale_temps()?;
         self.load_file(&self.private_key_path())
+    }
+
+    /// Removes the temp files (`.<file>.<pid>.tmp`, see [`atomic::write_atomic`]) that a write
+    /// of this store interrupted by a crash left behind: they may hold private key bytes. The
+    /// temp file of another process that is still running is left alone (it may be a write in
+    /// progress); this process's own are stale (its writes and loads never overlap).
+    pub(crate) fn sweep_stale_temps(&self) -> Result<(), KeyError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| KeyError::Io { path, source }
+        };
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&self.dir))?;
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+                continue;
+            };
+            if is_file && !process_running(pid) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads one key file of this store with the same checks as `load`.
@@ -88,11 +119,15 @@ impl KeyStore {
         decode_key(&path, &text)
     }
 
-    /// Generates and stores a new key. Refuses to replace an existing one unless `force`.
+    /// Generates and stores a new key. Refuses to replace an existing one unless `force`, and
+    /// even then while a rotation is pending; a replaced key's age starts over.
     pub fn generate(&self, force: bool) -> Result<PrivateKey, KeyError> {
         let path = self.private_key_path();
-        if !force && path.exists() {
-            return Err(KeyError::AlreadyExists { path });
+        if path.exists() {
+            if !force {
+                return Err(KeyError::AlreadyExists { path });
+            }
+            self.prepare_replace()?;
         }
         self.create_dir()?;
         let key = PrivateKey::generate();
@@ -145,6 +180,31 @@ impl KeyStore {
             }),
         }
     }
+}
+
+/// The files of a key store that are written through a temp file.
+const STORE_FILES: [&str; 3] = [PRIVATE_KEY_FILE, "next.key", "rotation.json"];
+
+/// The process id in the name of a temp file of one of the store's files.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let (file, pid) = name
+        .strip_prefix('.')?
+        .strip_suffix(".tmp")?
+        .rsplit_once('.')?;
+    if !STORE_FILES.contains(&file) || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether a process other than this one with that id is running. Without /proc nothing can
+/// be told, and every other process counts as running.
+fn process_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return false;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 fn decode_key(path: &Path, text: &str) -> Result<PrivateKey, KeyError> {
@@ -279,6 +339,52 @@ mod tests {
         .unwrap();
         let message = store.load().unwrap_err().to_string();
         assert!(!message.contains(key.to_base64().as_str()));
+    }
+
+    /// A process id no process can have (above the kernel's largest `pid_max`).
+    const DEAD_PID: u32 = 4_194_304;
+
+    #[test]
+    fn temp_files_of_the_store_are_recognised_by_name() {
+        assert_eq!(temp_file_pid(".next.key.42.tmp"), Some(42));
+        assert_eq!(temp_file_pid(".private.key.1.tmp"), Some(1));
+        assert_eq!(temp_file_pid(".rotation.json.7.tmp"), Some(7));
+        for other in [
+            ".other.42.tmp",
+            "next.key.42.tmp",
+            ".next.key.x.tmp",
+            ".next.key.+4.tmp",
+        ] {
+            assert_eq!(temp_file_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn load_sweeps_temp_files_a_crashed_write_left() {
+        let (_tmp, store) = store();
+        let key = store.generate(false).unwrap();
+        let secret = key.to_base64().as_str().to_owned();
+        let dead = store.dir().join(format!(".next.key.{DEAD_PID}.tmp"));
+        let own = store
+            .dir()
+            .join(format!(".private.key.{}.tmp", std::process::id()));
+        // pid 1 always runs: its write may be in progress.
+        let live = store.dir().join(".rotation.json.1.tmp");
+        let unrelated = store.dir().join(".notes.1234.tmp");
+        for path in [&dead, &own, &live, &unrelated] {
+            std::fs::write(path, &secret).unwrap();
+        }
+        assert_eq!(store.load().unwrap().public_key(), key.public_key());
+        assert!(!dead.exists(), "the temp file of a dead process stayed");
+        assert!(!own.exists(), "a stale temp file of this process id stayed");
+        assert!(
+            live.exists(),
+            "the temp file of a running process was removed"
+        );
+        assert!(
+            unrelated.exists(),
+            "a file that is not the store's was removed"
+        );
     }
 
     #[test]

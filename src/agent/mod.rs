@@ -6,16 +6,17 @@ mod backend;
 pub mod config;
 pub mod health;
 mod node_keys;
+mod publisher;
 mod rotation_driver;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::datapath::stats::DatapathStatus;
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
 use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::policy::PolicySet;
@@ -25,11 +26,13 @@ use crate::rotation::KeyStatus;
 use crate::route_source::{RouteSourceConfig, watch_routes};
 use crate::routes::LearnedRoute;
 use crate::status::{RejectionView, Status, Synced};
-use admin::{AdminError, AdminHandler, AdminRequest};
+use admin::AdminError;
 use backend::Backend;
 use config::AgentConfig;
 use node_keys::NodeKeys;
+use publisher::Publisher;
 use rotation_driver::{RotationDriver, RotationEnv};
+pub(crate) use shared::SharedStatus;
 
 /// How often a pending key rotation is checked for completion.
 const ROTATION_TICK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -68,161 +71,6 @@ pub enum AgentError {
         source: std::io::Error,
     },
 }
-
-/// What the admin API reads: the latest status, replaced after every recomputation, and the
-/// datapath's live counters.
-#[derive(Default)]
-pub(crate) struct SharedStatus {
-    /// `None` while starting (before the own record exists).
-    status: RwLock<Option<Status>>,
-    datapath: OnceLock<watch::Receiver<DatapathStatus>>,
-    policy: RwLock<Option<Arc<PolicySet>>>,
-    /// Whether a policy source is configured (readiness then waits for its first rule set).
-    policy_expected: AtomicBool,
-    keys: RwLock<Option<KeyStatus>>,
-    rotate: OnceLock<mpsc::Sender<RotateRequest>>,
-    /// Why the last datapath update failed (it is being retried), if it did.
-    apply_error: RwLock<Option<String>>,
-    /// While starting, what the agent waits for (the own Node's podCIDRs, ...).
-    waiting: RwLock<Option<String>>,
-}
-
-impl SharedStatus {
-    /// The latest status with the datapath's live counters.
-    pub(crate) fn snapshot(&self) -> Result<Status, String> {
-        let mut status = self
-            .status
-            .read()
-            .map_err(|_| "status lock poisoned".to_string())?
-            .clone()
-            .ok_or_else(|| self.starting())?;
-        status.datapath = self.datapath.get().map(|d| d.borrow().clone());
-        Ok(status)
-    }
-
-    pub(crate) fn set_waiting(&self, reason: Option<&str>) {
-        if let Ok(mut slot) = self.waiting.write() {
-            *slot = reason.map(String::from);
-        }
-    }
-
-    /// Why the own record is not built yet.
-    fn starting(&self) -> String {
-        match self.waiting.read().ok().and_then(|w| w.clone()) {
-            Some(reason) => format!("starting: {reason}"),
-            None => STARTING.to_string(),
-        }
-    }
-
-    pub(crate) fn datapath_stopped(&self) -> bool {
-        self.datapath
-            .get()
-            .is_some_and(|d| d.has_changed().is_err())
-    }
-
-    /// Ready once the registry, the kernel routes and (if configured) the policy source have
-    /// each been read at least once. After that the agent stays ready while the API server is
-    /// away: it keeps enforcing its last known mesh and policy.
-    pub(crate) fn readiness(&self) -> Result<(), String> {
-        // Only the synced flags are needed: no copy of the whole status.
-        let synced = self
-            .status
-            .read()
-            .map_err(|_| "status lock poisoned".to_string())?
-            .as_ref()
-            .map(|status| status.synced)
-            .ok_or_else(|| self.starting())?;
-        let mut waiting = Vec::new();
-        if !synced.registry {
-            waiting.push("registry");
-        }
-        if !synced.routes {
-            waiting.push("routes");
-        }
-        let policy_loaded = self.policy.read().map(|p| p.is_some()).unwrap_or(false);
-        if self.policy_expected.load(Ordering::Relaxed) && !policy_loaded {
-            waiting.push("policy");
-        }
-        if self.datapath_stopped() {
-            return Err("the datapath stopped".into());
-        }
-        if let Ok(slot) = self.apply_error.read()
-            && let Some(error) = slot.as_ref()
-        {
-            return Err(format!("applying the mesh to the datapath failed: {error}"));
-        }
-        if waiting.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("not synced yet: {}", waiting.join(", ")))
-        }
-    }
-}
-
-impl AdminHandler for SharedStatus {
-    async fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
-        match request {
-            AdminRequest::KeyStatus => {
-                let keys = self
-                    .keys
-                    .read()
-                    .map_err(|_| "key status lock poisoned".to_string())?
-                    .clone()
-                    .ok_or(STARTING)?;
-                serde_json::to_value(&keys).map_err(|e| e.to_string())
-            }
-            AdminRequest::KeyRotate { grace_secs } => {
-                let sender = self.rotate.get().ok_or(STARTING)?.clone();
-                let (reply, answer) = oneshot::channel();
-                let request = RotateRequest {
-                    grace: std::time::Duration::from_secs(grace_secs),
-                    reply,
-                };
-                let stopping = |_| "the agent is stopping".to_string();
-                sender.send(request).await.map_err(stopping)?;
-                let keys = answer
-                    .await
-                    .map_err(|_| "the agent is stopping".to_string())??;
-                serde_json::to_value(&keys).map_err(|e| e.to_string())
-            }
-            AdminRequest::Status => {
-                let status = self.snapshot()?;
-                serde_json::to_value(&status).map_err(|e| e.to_string())
-            }
-            AdminRequest::PolicyCheck {
-                from,
-                to,
-                port,
-                protocol,
-            } => {
-                let policy = self
-                    .policy
-                    .read()
-                    .map_err(|_| "policy lock poisoned".to_string())?
-                    .clone()
-                    .ok_or("no policy source is configured or loaded (--policy-dir)")?;
-                let ip = |key: &str| {
-                    policy
-                        .pod_ip(key)
-                        .ok_or_else(|| format!("no Pod {key} with an address is known"))
-                };
-                let flow = crate::policy::Flow {
-                    src: ip(&from)?,
-                    dst: ip(&to)?,
-                    protocol: crate::policy::Protocol::parse(Some(&protocol.to_uppercase()))?,
-                    dst_port: port,
-                };
-                let verdict = policy.check(&flow);
-                Ok(serde_json::json!({
-                    "allowed": verdict.is_allowed(),
-                    "verdict": verdict.to_string(),
-                }))
-            }
-        }
-    }
-}
-
-const STARTING: &str = "starting: the own record is not built yet (waiting for the registry)";
 
 /// Builds this node's record from its keys and settings, validated by the same strict parser
 /// every other node applies to it.
@@ -299,38 +147,18 @@ async fn serve_node(
         addresses: config.addresses.clone(),
         record: own_record(&config, public_key, keys.next_public_key(), keys.epoch())?,
     };
-    let datapath = match &config.datapath {
-        Some(settings) => Some(
-            Datapath::start(
-                DatapathConfig {
-                    interface: settings.interface.clone(),
-                    listen_port: config.listen_port,
-                    fwmark: settings.fwmark,
-                    table: settings.route_table,
-                    rule_priority: settings.rule_priority,
-                    underlay_mtu: settings.underlay_mtu,
-                    underlay_address: config.addresses.first().copied(),
-                    local_blocks: config.blocks.clone(),
-                    encryption: settings.encryption,
-                    uapi_socket: settings.uapi_socket.clone(),
-                    conntrack_max: settings.conntrack_max,
-                },
-                keys.current(),
-                keys.next(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let published = match (&registry, registry.publish(&own).await) {
-        (_, Ok(())) => true,
-        // The API server may be away: publishing is retried every second.
-        (Backend::Kube { .. }, Err(error)) => {
-            tracing::warn!(%error, "publishing the own record failed; will retry");
-            false
+    let datapath = start_datapath(&config, &keys).await?;
+    // The file registry is local: a record it cannot take is a configuration error. After
+    // that (and from the start with Kubernetes, whose API server may be away) records are
+    // published by the publisher task, so the loop below never waits on the registry.
+    let published = match &registry {
+        Backend::File(_) => {
+            registry.publish(&own).await?;
+            true
         }
-        (Backend::File(_), Err(error)) => return Err(error.into()),
+        Backend::Kube { .. } => false,
     };
+    let publisher = Publisher::spawn(registry.clone(), own.clone(), published);
 
     let (nodes_tx, mut nodes) = watch::channel(None::<RegistrySnapshot>);
     let (routes_tx, mut routes) = watch::channel(None::<Vec<LearnedRoute>>);
@@ -393,10 +221,10 @@ async fn serve_node(
     let mut failure = None;
     // A datapath update that failed (half-applied routes) is retried until it succeeds.
     let mut apply_failed = false;
-    let mut rotation = RotationDriver::new(keys, published);
+    let mut rotation = RotationDriver::new(keys, &publisher);
     let env = RotationEnv {
         config: &config,
-        registry: &registry,
+        publisher: &publisher,
         datapath: datapath.as_ref(),
         shared: &shared,
     };
@@ -489,16 +317,16 @@ async fn serve_node(
             *slot = Some(status);
         }
         // After our own record changed (a key rotation step) the snapshot predates the
-        // publish; the registry's next change event checks it again.
-        if debounce && synced.registry && !snapshot.holds(&own) {
+        // publish; the registry's next change event checks it again. While the publisher is
+        // still at it, there is nothing to add.
+        if debounce && synced.registry && !snapshot.holds(&own) && publisher.is_published() {
             tracing::warn!(node = %own.name, "own record missing or changed in the registry; publishing it again");
-            if let Err(error) = registry.publish(&own).await {
-                tracing::error!(%error, "re-publishing own record failed");
-            }
+            publisher.publish(own.clone());
         }
     }
 
     tracing::info!("agent stopping");
+    drop(publisher);
     registry_task.abort();
     routes_task.abort();
     if let Some(task) = policy_task {
@@ -512,6 +340,35 @@ async fn serve_node(
         datapath.shutdown().await;
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Starts the datapath (unless running the control plane only) with the node's keys.
+async fn start_datapath(
+    config: &AgentConfig,
+    keys: &NodeKeys,
+) -> Result<Option<Datapath>, DatapathError> {
+    let Some(settings) = &config.datapath else {
+        return Ok(None);
+    };
+    let datapath = Datapath::start(
+        DatapathConfig {
+            interface: settings.interface.clone(),
+            listen_port: config.listen_port,
+            fwmark: settings.fwmark,
+            table: settings.route_table,
+            rule_priority: settings.rule_priority,
+            underlay_mtu: settings.underlay_mtu,
+            underlay_address: config.addresses.first().copied(),
+            local_blocks: config.blocks.clone(),
+            encryption: settings.encryption,
+            uapi_socket: settings.uapi_socket.clone(),
+            conntrack_max: settings.conntrack_max,
+        },
+        keys.current(),
+        keys.next(),
+    )
+    .await?;
+    Ok(Some(datapath))
 }
 
 async fn datapath_stopped(datapath: Option<&Datapath>) {

@@ -45,6 +45,7 @@ impl NodeKeys {
                     next_public_key: pending.next.public_key().to_string(),
                     started_at: pending.started_at,
                     grace_secs: pending.grace_secs,
+                    announced_at: pending.announced_at,
                 };
                 (Some(pending.next), Some(rotation))
             }
@@ -130,10 +131,37 @@ impl NodeKeys {
             next_public_key: pending.next.public_key().to_string(),
             started_at: pending.started_at,
             grace_secs: pending.grace_secs,
+            announced_at: pending.announced_at,
         });
         self.next = Some(pending.next);
         self.last_error = None;
         Ok(rotation)
+    }
+
+    /// The pending rotation's announcement has been published (at `now`), unless that was
+    /// recorded already: the grace period counts from the first publication. The time is kept
+    /// in the key directory, so a restart does not start the grace period over.
+    pub fn mark_announced(&mut self, now: u64) {
+        let Some(rotation) = self.rotation.as_mut() else {
+            return;
+        };
+        if rotation.announced_at.is_some() {
+            return;
+        }
+        rotation.announced_at = Some(now);
+        let epoch = rotation.epoch;
+        tracing::info!(
+            epoch,
+            announced_at = now,
+            "key rotation announcement published"
+        );
+        if let Err(error) = self.store.mark_announced(now) {
+            // Kept in memory all the same; after a restart the grace period starts over at the
+            // first publication then (longer, never shorter).
+            self.failed(format!(
+                "cannot record when the announcement was published: {error}"
+            ));
+        }
     }
 
     /// Makes the next key current on disk (the old private key leaves the directory). The
@@ -172,7 +200,8 @@ impl NodeKeys {
         error
     }
 
-    pub fn status(&self, observed: Observed<'_>) -> KeyStatus {
+    /// `published`: whether the registry holds the own record as the keys are now.
+    pub fn status(&self, observed: Observed<'_>, published: bool) -> KeyStatus {
         KeyStatus {
             public_key: self.public_key().to_string(),
             next_public_key: self.next_public_key().map(|k| k.to_string()),
@@ -184,6 +213,7 @@ impl NodeKeys {
                 .as_ref()
                 .map(|r| RotationView::new(r, observed)),
             last_rotation: self.last.clone(),
+            published,
             last_error: self.last_error.clone(),
         }
     }
@@ -221,7 +251,7 @@ mod tests {
         assert_eq!(keys.public_key(), old);
 
         let peers: BTreeSet<String> = ["n2".to_string()].into();
-        let status = keys.status(observed(&peers));
+        let status = keys.status(observed(&peers), true);
         assert_eq!(status.next_public_key, Some(next.to_string()));
         assert_eq!(status.rotation.as_ref().unwrap().pending_peers, vec!["n2"]);
 
@@ -236,11 +266,25 @@ mod tests {
             .unwrap();
         assert_eq!(keys.public_key(), next);
         assert!(keys.next().is_none() && keys.rotation().is_none());
-        let status = keys.status(observed(&peers));
+        let status = keys.status(observed(&peers), true);
         let last = status.last_rotation.unwrap();
         assert_eq!((last.epoch, last.reason), (1, CompletionReason::GraceEnded));
         assert_eq!(last.unmoved_peers, vec!["n2"]);
         assert_eq!(status.key_epoch, 1);
+    }
+
+    #[test]
+    fn the_first_publication_is_recorded_once_and_survives_a_restart() {
+        let (dir, mut keys) = keys();
+        let rotation = keys.begin(Duration::from_secs(60)).unwrap();
+        assert_eq!(rotation.announced_at, None);
+        assert_eq!(rotation.deadline(), None);
+        keys.mark_announced(5000);
+        keys.mark_announced(6000);
+        assert_eq!(keys.rotation().unwrap().announced_at, Some(5000));
+        let (resumed, _) = NodeKeys::load(KeyStore::new(dir.path().join("keys")), None).unwrap();
+        assert_eq!(resumed.rotation().unwrap().announced_at, Some(5000));
+        assert_eq!(resumed.rotation().unwrap().deadline(), Some(5060));
     }
 
     #[test]
@@ -266,7 +310,7 @@ mod tests {
         assert!(error.contains("rotation.json"), "{error}");
         assert!(keys.rotation().is_none() && keys.next().is_none());
         let peers = BTreeSet::new();
-        assert_eq!(keys.status(observed(&peers)).last_error, Some(error));
+        assert_eq!(keys.status(observed(&peers), true).last_error, Some(error));
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::rotation::KeyStatus;
 const POLL: Duration = Duration::from_millis(250);
 /// How long `--wait` waits beyond the grace period before giving up.
 const WAIT_SLACK: Duration = Duration::from_secs(30);
+/// How long `weft key rotate` waits for the agent to publish the announcement (or to say why
+/// it cannot) before it reports it not published.
+const PUBLISH_WAIT: Duration = Duration::from_secs(15);
 
 async fn key_status(run_dir: &Path) -> Result<KeyStatus, AdminError> {
     let value = admin::request(run_dir, &AdminRequest::KeyStatus).await?;
@@ -40,16 +43,30 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
         bail!("the agent accepted the rotation but reports none in progress");
     };
     let epoch = rotation.epoch;
-    println!(
-        "key rotation to epoch {epoch} announced: next public key {next} ({}/{} peers moved, grace {})",
-        rotation.peers_moved,
-        rotation.peers_total,
-        humantime::format_duration(grace)
-    );
+    let next = next.clone();
+    // The agent publishes in the background: give it a moment to get the record out (or to
+    // say why it cannot).
+    let status = until_published(run_dir, started).await;
+    let progress = status
+        .rotation
+        .as_ref()
+        .map(|r| format!("{}/{} peers moved, ", r.peers_moved, r.peers_total))
+        .unwrap_or_default();
+    let shown_grace = humantime::format_duration(grace);
+    if status.published {
+        println!(
+            "key rotation to epoch {epoch} announced: next public key {next} ({progress}grace {shown_grace})"
+        );
+    } else {
+        println!(
+            "key rotation to epoch {epoch} announced locally, not yet published: {}; the agent keeps trying, and the grace period ({shown_grace}) starts once it is published (next public key {next})",
+            not_published_reason(&status)
+        );
+    }
     if !wait {
         return Ok(());
     }
-    let give_up = tokio::time::Instant::now() + grace + WAIT_SLACK;
+    let give_up = tokio::time::Instant::now() + PUBLISH_WAIT + grace + WAIT_SLACK;
     loop {
         tokio::time::sleep(POLL).await;
         let status = match key_status(run_dir).await {
@@ -58,7 +75,7 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
                 "lost the agent before the rotation to epoch {epoch} completed ({error}); it resumes the rotation from its key directory when it starts again"
             ),
         };
-        if status.key_epoch >= epoch && status.rotation.is_none() {
+        if completed(&status, epoch) && status.published {
             let detail = match &status.last_rotation {
                 Some(last) if last.epoch == epoch && !last.unmoved_peers.is_empty() => format!(
                     " (grace ended; {} re-handshake once they read the record)",
@@ -74,14 +91,57 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
             return Ok(());
         }
         if tokio::time::Instant::now() >= give_up {
-            let why = status
-                .last_error
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
+            let state = if completed(&status, epoch) {
+                "completed, but its record is not published"
+            } else if status
+                .rotation
+                .as_ref()
+                .is_some_and(|r| r.announced_at.is_none())
+            {
+                "has not completed: its announcement is not published"
+            } else {
+                "has not completed"
+            };
+            let why = if status.published {
+                status
+                    .last_error
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            } else {
+                format!(": {}", not_published_reason(&status))
+            };
             bail!(
-                "the rotation to epoch {epoch} did not complete within the grace period and {}s{why}",
+                "gave up waiting: the rotation to epoch {epoch} {state} within the grace period and {}s{why}",
                 WAIT_SLACK.as_secs()
             );
         }
     }
+}
+
+/// Whether the rotation to `epoch` has completed.
+fn completed(status: &KeyStatus, epoch: u64) -> bool {
+    status.key_epoch >= epoch && status.rotation.is_none()
+}
+
+/// Why the record is not published, as far as the agent knows.
+fn not_published_reason(status: &KeyStatus) -> String {
+    status
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "the registry has not taken the record yet".into())
+}
+
+/// Polls the key status until the record is published or the agent reports why not, for at
+/// most `PUBLISH_WAIT`; returns the last status seen.
+async fn until_published(run_dir: &Path, mut status: KeyStatus) -> KeyStatus {
+    let give_up = tokio::time::Instant::now() + PUBLISH_WAIT;
+    while !status.published && status.last_error.is_none() && tokio::time::Instant::now() < give_up
+    {
+        tokio::time::sleep(POLL).await;
+        match key_status(run_dir).await {
+            Ok(now) => status = now,
+            Err(_) => break,
+        }
+    }
+    status
 }

@@ -102,6 +102,19 @@ fn parse_port(text: &str) -> Result<(u16, String), String> {
     }
 }
 
+/// A grace period: a duration in whole seconds. A fraction of a second is refused rather than
+/// dropped, so the grace period is never shorter than asked for.
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    let grace = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if grace.subsec_nanos() != 0 {
+        return Err(format!(
+            "the grace period is kept in whole seconds, and {text} is not (try {}s)",
+            grace.as_secs().max(1)
+        ));
+    }
+    Ok(grace)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Generate the node's private key and print its public key.
@@ -127,7 +140,8 @@ pub enum KeyCommand {
         run_dir: PathBuf,
         /// How long peers get to move to the next key before it becomes the only one anyway
         /// (peers that have not moved by then re-handshake once they read the record).
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        /// Whole seconds (the agent keeps the grace period in seconds).
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_grace)]
         grace: std::time::Duration,
         /// Wait until the rotation completes; exit non-zero if it cannot.
         #[arg(long)]
@@ -272,5 +286,25 @@ async fn shutdown_signal() {
             tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grace_period_is_whole_seconds_or_refused() {
+        assert_eq!(parse_grace("2m"), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(
+            parse_grace("1s 500ms"),
+            Err("the grace period is kept in whole seconds, and 1s 500ms is not (try 1s)".into())
+        );
+        let error = parse_grace("500ms").unwrap_err();
+        assert!(
+            error.contains("whole seconds") && error.contains("try 1s"),
+            "{error}"
+        );
+        assert!(parse_grace("nonsense").is_err());
     }
 }

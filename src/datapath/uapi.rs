@@ -75,11 +75,29 @@ fn hex_of_base64(key: &str) -> Option<String> {
     )
 }
 
-/// The `get=1` answer (without the final blank line).
-pub fn render_get(source: &UapiSource, now: SystemTime) -> String {
+/// The whole `get=1` answer (ending with `errno=0` and the blank line). It holds the private
+/// key, so it is built in one zeroized buffer allocated at its final size (a buffer that grew
+/// would leave copies of the key behind in freed memory); the rest is rendered first.
+pub fn render_get(source: &UapiSource, now: SystemTime) -> Zeroizing<String> {
+    let rest = render_public(source, now);
+    let key = source.private_key_hex.get();
+    const PREFIX: &str = "private_key=";
+    const TRAILER: &str = "errno=0\n\n";
+    let mut out = Zeroizing::new(String::with_capacity(
+        PREFIX.len() + key.len() + 1 + rest.len() + TRAILER.len(),
+    ));
+    out.push_str(PREFIX);
+    out.push_str(&key);
+    out.push('\n');
+    out.push_str(&rest);
+    out.push_str(TRAILER);
+    out
+}
+
+/// Everything in the `get=1` answer after the private key.
+fn render_public(source: &UapiSource, now: SystemTime) -> String {
     let status = source.status.borrow().clone();
     let mut out = String::new();
-    let _ = writeln!(out, "private_key={}", source.private_key_hex.get().as_str());
     let _ = writeln!(out, "listen_port={}", status.listen_port);
     if source.fwmark != 0 {
         let _ = writeln!(out, "fwmark={}", source.fwmark);
@@ -147,14 +165,14 @@ async fn serve_connection(stream: UnixStream, source: &UapiSource) -> std::io::R
         let answer = match line.trim_end() {
             "get=1" => {
                 skip_to_blank_line(&mut reader).await?;
-                format!("{}errno=0\n\n", render_get(source, SystemTime::now()))
+                render_get(source, SystemTime::now())
             }
             "set=1" => {
                 skip_to_blank_line(&mut reader).await?;
-                format!("errno={EPERM}\n\n")
+                Zeroizing::new(format!("errno={EPERM}\n\n"))
             }
             "" => continue,
-            _ => format!("errno={EINVAL}\n\n"),
+            _ => Zeroizing::new(format!("errno={EINVAL}\n\n")),
         };
         write.write_all(answer.as_bytes()).await?;
     }
@@ -201,7 +219,19 @@ mod tests {
             status,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let text = render_get(&source, now);
+        // Zeroized when dropped: it holds the private key.
+        let text: Zeroizing<String> = render_get(&source, now);
+        assert!(text.starts_with(&format!(
+            "private_key={}\nlisten_port=51820\n",
+            "00".repeat(32)
+        )));
+        assert!(
+            text.ends_with("\nprotocol_version=1\nerrno=0\n\n"),
+            "{}",
+            text.as_str()
+        );
+        // Built at its final size: no reallocation left a copy of the key behind.
+        assert_eq!(text.len(), text.capacity());
         assert!(text.contains(&format!("public_key={}\n", "ab".repeat(32))));
         assert!(text.contains("endpoint=198.18.0.2:51820\n"));
         assert!(text.contains("last_handshake_time_sec=995\n"));

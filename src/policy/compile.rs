@@ -480,7 +480,11 @@ mod tests {
         let set = PolicySet::compile(&[policy], &[namespace], &pods);
         assert_eq!(set.pods.len(), 200);
         assert_eq!(set.rules.len(), 1);
-        assert!(set.pods.iter().all(|p| p.ingress.as_deref() == Some(&[0][..])));
+        assert!(
+            set.pods
+                .iter()
+                .all(|p| p.ingress.as_deref() == Some(&[0][..]))
+        );
         let Peers::Some { pods: peers, .. } = &set.rules[0].peers else {
             panic!("the rule should list its peers");
         };

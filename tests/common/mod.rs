@@ -540,20 +540,6 @@ impl PingReport {
         self.transmitted > 0 && self.transmitted == self.received
     }
 
-    /// Echo requests per second over the whole run, from ping's summary ("time 9996ms").
-    pub fn rate_per_second(&self) -> f64 {
-        let millis: Option<f64> = self
-            .output
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .and_then(|l| l.split("time ").nth(1))
-            .and_then(|t| t.trim().trim_end_matches("ms").parse().ok());
-        match millis {
-            Some(ms) if ms > 0.0 => self.transmitted.saturating_sub(1) as f64 * 1000.0 / ms,
-            _ => 0.0,
-        }
-    }
-
     /// The summary and the first missing replies, for assertion messages.
     pub fn summary(&self) -> String {
         let tail: Vec<&str> = self.output.lines().rev().take(3).collect();

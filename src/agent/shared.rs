@@ -1,0 +1,169 @@
+//! What the agent's loop shares with the admin API, health and metrics: the latest status,
+//! the key status, the policy rule set, and the way in for `weft key rotate`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::RotateRequest;
+use super::admin::{AdminHandler, AdminRequest};
+use crate::datapath::stats::DatapathStatus;
+use crate::policy::PolicySet;
+use crate::rotation::KeyStatus;
+use crate::status::Status;
+
+/// What the admin API reads: the latest status, replaced after every recomputation, and the
+/// datapath's live counters.
+#[derive(Default)]
+pub(crate) struct SharedStatus {
+    /// `None` while starting (before the own record exists).
+    pub(super) status: RwLock<Option<Status>>,
+    pub(super) datapath: OnceLock<watch::Receiver<DatapathStatus>>,
+    pub(super) policy: RwLock<Option<Arc<PolicySet>>>,
+    /// Whether a policy source is configured (readiness then waits for its first rule set).
+    pub(super) policy_expected: AtomicBool,
+    pub(super) keys: RwLock<Option<KeyStatus>>,
+    pub(super) rotate: OnceLock<mpsc::Sender<RotateRequest>>,
+    /// Why the last datapath update failed (it is being retried), if it did.
+    pub(super) apply_error: RwLock<Option<String>>,
+    /// While starting, what the agent waits for (the own Node's podCIDRs, ...).
+    pub(super) waiting: RwLock<Option<String>>,
+}
+
+impl SharedStatus {
+    /// The latest status with the datapath's live counters.
+    pub(crate) fn snapshot(&self) -> Result<Status, String> {
+        let mut status = self
+            .status
+            .read()
+            .map_err(|_| "status lock poisoned".to_string())?
+            .clone()
+            .ok_or_else(|| self.starting())?;
+        status.datapath = self.datapath.get().map(|d| d.borrow().clone());
+        Ok(status)
+    }
+
+    pub(crate) fn set_waiting(&self, reason: Option<&str>) {
+        if let Ok(mut slot) = self.waiting.write() {
+            *slot = reason.map(String::from);
+        }
+    }
+
+    /// Why the own record is not built yet.
+    fn starting(&self) -> String {
+        match self.waiting.read().ok().and_then(|w| w.clone()) {
+            Some(reason) => format!("starting: {reason}"),
+            None => STARTING.to_string(),
+        }
+    }
+
+    pub(crate) fn datapath_stopped(&self) -> bool {
+        self.datapath
+            .get()
+            .is_some_and(|d| d.has_changed().is_err())
+    }
+
+    /// Ready once the registry, the kernel routes and (if configured) the policy source have
+    /// each been read at least once. After that the agent stays ready while the API server is
+    /// away: it keeps enforcing its last known mesh and policy.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        // Only the synced flags are needed: no copy of the whole status.
+        let synced = self
+            .status
+            .read()
+            .map_err(|_| "status lock poisoned".to_string())?
+            .as_ref()
+            .map(|status| status.synced)
+            .ok_or_else(|| self.starting())?;
+        let mut waiting = Vec::new();
+        if !synced.registry {
+            waiting.push("registry");
+        }
+        if !synced.routes {
+            waiting.push("routes");
+        }
+        let policy_loaded = self.policy.read().map(|p| p.is_some()).unwrap_or(false);
+        if self.policy_expected.load(Ordering::Relaxed) && !policy_loaded {
+            waiting.push("policy");
+        }
+        if self.datapath_stopped() {
+            return Err("the datapath stopped".into());
+        }
+        if let Ok(slot) = self.apply_error.read()
+            && let Some(error) = slot.as_ref()
+        {
+            return Err(format!("applying the mesh to the datapath failed: {error}"));
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not synced yet: {}", waiting.join(", ")))
+        }
+    }
+}
+
+impl AdminHandler for SharedStatus {
+    async fn handle(&self, request: AdminRequest) -> Result<serde_json::Value, String> {
+        match request {
+            AdminRequest::KeyStatus => {
+                let keys = self
+                    .keys
+                    .read()
+                    .map_err(|_| "key status lock poisoned".to_string())?
+                    .clone()
+                    .ok_or(STARTING)?;
+                serde_json::to_value(&keys).map_err(|e| e.to_string())
+            }
+            AdminRequest::KeyRotate { grace_secs } => {
+                let sender = self.rotate.get().ok_or(STARTING)?.clone();
+                let (reply, answer) = oneshot::channel();
+                let request = RotateRequest {
+                    grace: std::time::Duration::from_secs(grace_secs),
+                    reply,
+                };
+                let stopping = |_| "the agent is stopping".to_string();
+                sender.send(request).await.map_err(stopping)?;
+                let keys = answer
+                    .await
+                    .map_err(|_| "the agent is stopping".to_string())??;
+                serde_json::to_value(&keys).map_err(|e| e.to_string())
+            }
+            AdminRequest::Status => {
+                let status = self.snapshot()?;
+                serde_json::to_value(&status).map_err(|e| e.to_string())
+            }
+            AdminRequest::PolicyCheck {
+                from,
+                to,
+                port,
+                protocol,
+            } => {
+                let policy = self
+                    .policy
+                    .read()
+                    .map_err(|_| "policy lock poisoned".to_string())?
+                    .clone()
+                    .ok_or("no policy source is configured or loaded (--policy-dir)")?;
+                let ip = |key: &str| {
+                    policy
+                        .pod_ip(key)
+                        .ok_or_else(|| format!("no Pod {key} with an address is known"))
+                };
+                let flow = crate::policy::Flow {
+                    src: ip(&from)?,
+                    dst: ip(&to)?,
+                    protocol: crate::policy::Protocol::parse(Some(&protocol.to_uppercase()))?,
+                    dst_port: port,
+                };
+                let verdict = policy.check(&flow);
+                Ok(serde_json::json!({
+                    "allowed": verdict.is_allowed(),
+                    "verdict": verdict.to_string(),
+                }))
+            }
+        }
+    }
+}
+
+const STARTING: &str = "starting: the own record is not built yet (waiting for the registry)";
