@@ -4,8 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::duplex::Duplex;
 use common::{Lab, Servers, run, tcp_reaches, tcp_server, wait_for};
 
 fn write_policy(lab: &Lab, file: &str, yaml: &str) {
@@ -91,6 +92,84 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
     wait_for(Duration::from_secs(15), "the policies to go away", || {
         lab.ping(&n1p1, &n2p1_ip, 1).then_some(())
     });
+}
+
+/// Node `k`'s `policy_ingress` drops from its peers, and the rule set version in force.
+fn ingress_drops_and_version(lab: &Lab, k: usize) -> Option<(u64, u64)> {
+    let status = lab.status(k)?;
+    let datapath = &status["datapath"];
+    let drops = datapath["peers"]
+        .as_array()?
+        .iter()
+        .filter_map(|p| p["drops"]["policy_ingress"].as_u64())
+        .sum();
+    Some((drops, datapath["policy"]["version"].as_u64()?))
+}
+
+#[test]
+fn revoking_ingress_stops_an_established_stream_while_the_server_keeps_sending() {
+    let lab = Lab::up("wtrev", 2);
+    wait_for(Duration::from_secs(60), "the mesh", || {
+        ((1..=2).all(|k| lab.peers(k).is_some_and(|p| p.len() == 1))).then_some(())
+    });
+    let (n1p1, _) = lab.pods(1)[0].clone();
+    let (n2p1, n2p1_ip) = lab.pods(2)[0].clone();
+    // n1-p1 streams to n2-p1 and n2-p1 streams back on the same connection: n2-p1's packets
+    // leave through weft at n2 all the time.
+    let duplex = Duplex::start(
+        &n2p1,
+        &n2p1_ip,
+        9100,
+        &n1p1,
+        format!("/run/{}/duplex-progress", lab.name).into(),
+    );
+    wait_for(Duration::from_secs(15), "the stream to flow", || {
+        (duplex.received()? > 4096).then_some(())
+    });
+    let (drops_before, version_before) = ingress_drops_and_version(&lab, 2).unwrap();
+
+    write_policy(
+        &lab,
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-n2-p1, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  policyTypes: [Ingress]\n",
+    );
+    wait_for(Duration::from_secs(15), "the deny policy to apply", || {
+        let (_, version) = ingress_drops_and_version(&lab, 2)?;
+        (version > version_before).then_some(())
+    });
+    let applied = Instant::now();
+
+    // Within a few seconds the server receives nothing more, for good.
+    let quiet = Duration::from_secs(2);
+    let (mut last, mut since) = (duplex.received().unwrap(), Instant::now());
+    while since.elapsed() < quiet {
+        assert!(
+            applied.elapsed() < Duration::from_secs(8),
+            "the stream still carried data {:?} after the policy was applied ({last} bytes)",
+            applied.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = duplex.received().unwrap();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        duplex.received().unwrap(),
+        last,
+        "the revoked stream came back"
+    );
+
+    let (drops, _) = ingress_drops_and_version(&lab, 2).unwrap();
+    assert!(drops > drops_before, "the denied packets were not counted");
+    let policy = lab.status(2).unwrap()["datapath"]["policy"].clone();
+    assert!(
+        policy["denied"]["lab/n2-p1"]["ingress"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "denials are not counted per Pod: {policy}"
+    );
 }
 
 #[test]

@@ -22,8 +22,9 @@ use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::prefix_table::PrefixTable;
 use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
 use crate::mesh::Peer;
-use crate::policy::conntrack::{Conntrack, FlowKey, Tracked};
-use crate::policy::{Direction, Flow, PolicySet, Protocol, Verdict};
+use crate::policy::conntrack::FlowKey;
+use crate::policy::gate::{Admission, PolicyGate};
+use crate::policy::{Direction, PolicySet};
 use std::time::Instant;
 
 /// Largest datagram or packet handled; also the size of each reusable buffer.
@@ -43,7 +44,7 @@ pub enum Command {
     /// The desired peers, as the mesh computation produced them.
     Peers(BTreeMap<String, Peer>),
     /// A new NetworkPolicy rule set: in force for new flows at once, and for tracked flows at
-    /// their next packet.
+    /// their next decrypted packet (which may revoke them).
     Policy(Arc<PolicySet>),
     /// This node's static keys: the current one, and the next one while rotating (handshakes
     /// to either are accepted; peers are reached on the newest).
@@ -69,10 +70,9 @@ pub struct Engine {
     /// `DROP_LOG_INTERVAL`, as a summary, never per packet).
     pub(super) logged_drops: BTreeMap<String, u64>,
     pub(super) last_drop_log: Option<std::time::Instant>,
-    pub(super) policy: Arc<PolicySet>,
-    pub(super) policy_version: u64,
+    /// NetworkPolicy on decrypted packets: the rule set in force and connection tracking.
+    pub(super) gate: PolicyGate,
     pub(super) policy_counters: PolicyCounters,
-    pub(super) conntrack: Conntrack,
 }
 
 /// Canonical form of an address received on a dual-stack socket.
@@ -134,8 +134,8 @@ impl Engine {
                         let _ = applied.send(());
                     }
                     Some(Command::Policy(policy)) => {
-                        self.policy = policy;
-                        self.policy_version += 1;
+                        self.gate.set_policy(policy);
+                        tracing::info!(version = self.gate.version(), "policy rule set in force");
                         self.publish_status();
                     }
                     None => break,
@@ -172,7 +172,7 @@ impl Engine {
                     slot.counters.tx_bytes += packet.len() as u64;
                     if let Some(t) = transport(packet) {
                         let key = flow_key(source, destination, t);
-                        self.conntrack.record_outbound(key, Instant::now());
+                        self.gate.record_outbound(key, Instant::now());
                     }
                     let bytes: &[u8] = bytes;
                     let udp = &self.udp;
@@ -310,9 +310,7 @@ impl Engine {
         }
     }
 
-    /// NetworkPolicy for a decrypted packet: tracked flows (replies to what we sent, inbound
-    /// flows allowed under the current rule set) pass; everything else is checked against the
-    /// rule set and, if allowed, tracked.
+    /// NetworkPolicy for a decrypted packet (see [`PolicyGate::admit`]), counted.
     fn policy_allows(
         &mut self,
         source: IpAddr,
@@ -323,43 +321,21 @@ impl Engine {
             return Err(DropReason::NotIp);
         };
         let key = flow_key(source, destination, t);
-        let now = Instant::now();
-        match self.conntrack.lookup_inbound(&key, now) {
-            Tracked::Reply => {
-                self.policy_counters.count(PolicyOutcome::TrackedReply);
-                return Ok(());
-            }
-            Tracked::Allowed { version } if version == self.policy_version => {
-                self.policy_counters.count(PolicyOutcome::TrackedAllowed);
-                return Ok(());
-            }
-            Tracked::Allowed { .. } | Tracked::Miss => {}
-        }
-        let flow = Flow {
-            src: source,
-            dst: destination,
-            protocol: Protocol::from_number(t.protocol),
-            dst_port: t.dst_port,
-        };
-        match self.policy.check(&flow) {
-            Verdict::Denied { direction, pod } => {
+        let outcome = match self.gate.admit(&key, Instant::now()) {
+            Admission::TrackedReply => PolicyOutcome::TrackedReply,
+            Admission::TrackedAllowed => PolicyOutcome::TrackedAllowed,
+            Admission::SamePod => PolicyOutcome::SamePod,
+            Admission::Allowed => PolicyOutcome::Allowed,
+            Admission::Denied { direction, pod } => {
                 self.policy_counters.count_denial(pod, direction);
-                self.conntrack.forget(&key);
-                Err(match direction {
+                return Err(match direction {
                     Direction::Ingress => DropReason::PolicyIngress,
                     Direction::Egress => DropReason::PolicyEgress,
-                })
-            }
-            verdict => {
-                self.policy_counters.count(if verdict == Verdict::SamePod {
-                    PolicyOutcome::SamePod
-                } else {
-                    PolicyOutcome::Allowed
                 });
-                self.conntrack.record_inbound(key, self.policy_version, now);
-                Ok(())
             }
-        }
+        };
+        self.policy_counters.count(outcome);
+        Ok(())
     }
 
     async fn run_timers(&mut self, out: &mut [u8]) {
@@ -403,11 +379,12 @@ impl Engine {
             })
             .collect();
         let drops = self.drops.to_map();
-        let (flows, evictions) = (self.conntrack.len(), self.conntrack.evictions);
+        let conntrack = self.gate.conntrack();
+        let (flows, evictions) = (conntrack.len(), conntrack.evictions);
+        let capacity = conntrack.capacity();
         let policy = self
             .policy_counters
-            .status(&self.policy, self.policy_version);
-        let capacity = self.conntrack.capacity();
+            .status(self.gate.policy(), self.gate.version());
         let key_rotation = self.peers.key_moves();
         self.status.send_modify(|status| {
             status.key_rotation = key_rotation;

@@ -202,13 +202,11 @@ impl Datapath {
             status: status_tx,
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
-            policy: Arc::new(crate::policy::PolicySet::default()),
-            policy_version: 0,
-            policy_counters: policy_stats::PolicyCounters::default(),
-            conntrack: crate::policy::conntrack::Conntrack::new(
+            gate: crate::policy::gate::PolicyGate::new(crate::policy::conntrack::Conntrack::new(
                 config.conntrack_max,
                 crate::policy::conntrack::Timeouts::default(),
-            ),
+            )),
+            policy_counters: policy_stats::PolicyCounters::default(),
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));

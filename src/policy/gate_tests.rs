@@ -1,0 +1,147 @@
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::policy::conntrack::{IPPROTO_TCP, Timeouts};
+
+/// Pods `lab/c` (10.244.1.2, remote) and `lab/s` (10.244.2.2, local to the gate's node).
+fn world(policies: &[Value]) -> Arc<PolicySet> {
+    let pod = |name: &str, ip: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "lab", "labels": {"pod": name}},
+            "status": {"podIP": ip}
+        }))
+        .unwrap()
+    };
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "lab"}})).unwrap();
+    let policies: Vec<NetworkPolicy> = policies
+        .iter()
+        .map(|p| serde_json::from_value(p.clone()).unwrap())
+        .collect();
+    let set = PolicySet::compile(
+        &policies,
+        &[namespace],
+        &[pod("c", "10.244.1.2"), pod("s", "10.244.2.2")],
+    );
+    assert!(set.rejected.is_empty(), "{:?}", set.rejected);
+    Arc::new(set)
+}
+
+/// Isolates Pod `pod` in `direction` ("Ingress" or "Egress") with no rule allowing anything.
+fn isolate(pod: &str, direction: &str) -> Value {
+    json!({
+        "metadata": {"name": format!("isolate-{pod}-{direction}"), "namespace": "lab"},
+        "spec": {"podSelector": {"matchLabels": {"pod": pod}}, "policyTypes": [direction]}
+    })
+}
+
+fn gate() -> PolicyGate {
+    PolicyGate::new(Conntrack::new(
+        NonZeroUsize::new(64).unwrap(),
+        Timeouts::default(),
+    ))
+}
+
+/// `lab/c`:40000 -> `lab/s`:80 over TCP: inbound at the gate's node.
+fn c_to_s() -> FlowKey {
+    FlowKey {
+        protocol: IPPROTO_TCP,
+        src: "10.244.1.2".parse().unwrap(),
+        dst: "10.244.2.2".parse().unwrap(),
+        src_port: 40000,
+        dst_port: 80,
+    }
+}
+
+const DENIED_S_INGRESS: Admission<'static> = Admission::Denied {
+    direction: Direction::Ingress,
+    pod: "lab/s",
+};
+
+#[test]
+fn revoking_ingress_stops_an_inbound_flow_even_while_the_local_pod_keeps_sending() {
+    let mut gate = gate();
+    let t0 = Instant::now();
+    gate.set_policy(world(&[]));
+    let inbound = c_to_s();
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+    gate.record_outbound(inbound.reversed(), t0);
+    assert_eq!(gate.admit(&inbound, t0), Admission::TrackedAllowed);
+
+    gate.set_policy(world(&[isolate("s", "Ingress")]));
+    for ms in 0..5 {
+        let now = t0 + Duration::from_millis(ms);
+        // The server keeps streaming to the client: that must not turn the client's packets
+        // into replies of a flow the server opened.
+        gate.record_outbound(inbound.reversed(), now);
+        assert_eq!(gate.admit(&inbound, now), DENIED_S_INGRESS, "packet {ms}");
+    }
+
+    // A later rule set that allows it again lets the same flow through.
+    gate.set_policy(world(&[]));
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+    assert_eq!(gate.admit(&inbound, t0), Admission::TrackedAllowed);
+}
+
+#[test]
+fn revoking_the_remote_pods_egress_stops_its_flow_too() {
+    let mut gate = gate();
+    let t0 = Instant::now();
+    gate.set_policy(world(&[]));
+    let inbound = c_to_s();
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+
+    gate.set_policy(world(&[isolate("c", "Egress")]));
+    let denied = Admission::Denied {
+        direction: Direction::Egress,
+        pod: "lab/c",
+    };
+    assert_eq!(gate.admit(&inbound, t0), denied);
+    gate.record_outbound(inbound.reversed(), t0);
+    assert_eq!(gate.admit(&inbound, t0), denied);
+}
+
+#[test]
+fn replies_to_a_flow_opened_here_are_judged_again_when_the_rule_set_changes() {
+    let mut gate = gate();
+    let t0 = Instant::now();
+    // `lab/s` is isolated for ingress: the client's packets pass only as replies.
+    gate.set_policy(world(&[isolate("s", "Ingress")]));
+    let reply = c_to_s();
+    gate.record_outbound(reply.reversed(), t0);
+    assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+
+    // An unrelated change: the flow it answers is still allowed.
+    gate.set_policy(world(&[isolate("s", "Ingress"), isolate("c", "Egress")]));
+    assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+
+    // The egress of the Pod that opened the flow is revoked: its replies stop, and sending
+    // more on the flow does not bring them back.
+    gate.set_policy(world(&[isolate("s", "Ingress"), isolate("s", "Egress")]));
+    assert_eq!(gate.admit(&reply, t0), DENIED_S_INGRESS);
+    gate.record_outbound(reply.reversed(), t0 + Duration::from_secs(1));
+    assert_eq!(gate.admit(&reply, t0), DENIED_S_INGRESS);
+
+    // Allowed again.
+    gate.set_policy(world(&[isolate("s", "Ingress")]));
+    assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+    assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+}
+
+#[test]
+fn a_reply_policy_allows_on_its_own_passes_whatever_the_flow_it_answers() {
+    let mut gate = gate();
+    let t0 = Instant::now();
+    gate.set_policy(world(&[]));
+    let reply = c_to_s();
+    gate.record_outbound(reply.reversed(), t0);
+    // `lab/s` may no longer send anything, but nothing isolates its ingress.
+    gate.set_policy(world(&[isolate("s", "Egress")]));
+    assert_eq!(gate.admit(&reply, t0), Admission::Allowed);
+    assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+}
