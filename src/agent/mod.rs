@@ -249,6 +249,23 @@ pub async fn run(
     result
 }
 
+/// Where NetworkPolicy comes from.
+enum PolicySource {
+    /// `--policy-dir`.
+    Dir(std::path::PathBuf),
+    /// The Kubernetes API: the kube registry without `--policy-dir`.
+    Api(kube::Client),
+}
+
+fn policy_source(config: &AgentConfig, registry: &Backend) -> Option<PolicySource> {
+    let dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
+    match (dir, registry.kube_client()) {
+        (Some(dir), _) => Some(PolicySource::Dir(dir)),
+        (None, Some(client)) => Some(PolicySource::Api(client)),
+        (None, None) => None,
+    }
+}
+
 async fn serve_node(
     mut config: AgentConfig,
     shared: Arc<SharedStatus>,
@@ -274,6 +291,7 @@ async fn serve_node(
         addresses: config.addresses.clone(),
         record: own_record(&config, public_key, keys.next_public_key(), keys.epoch())?,
     };
+    let policy_source = policy_source(&config, &registry);
     let datapath = match &config.datapath {
         Some(settings) => Some(
             Datapath::start(
@@ -289,6 +307,7 @@ async fn serve_node(
                     encryption: settings.encryption,
                     uapi_socket: settings.uapi_socket.clone(),
                     conntrack_max: settings.conntrack_max,
+                    policy_required: policy_source.is_some(),
                 },
                 keys.current(),
                 keys.next(),
@@ -323,17 +342,12 @@ async fn serve_node(
     };
     let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
     let (policy_tx, mut policies) = watch::channel(None::<Arc<PolicySet>>);
-    let policy_dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
-    let policy_task = match (policy_dir, registry.kube_client()) {
-        (Some(dir), _) => Some(tokio::spawn(crate::policy::source::watch_dir(
-            dir, policy_tx,
-        ))),
-        // With the kube registry and no --policy-dir, NetworkPolicy comes from the API.
-        (None, Some(client)) => Some(tokio::spawn(crate::kube::policy::watch_policy(
-            client, policy_tx,
-        ))),
-        _ => None,
-    };
+    let policy_task = policy_source.map(|source| match source {
+        PolicySource::Dir(dir) => tokio::spawn(crate::policy::source::watch_dir(dir, policy_tx)),
+        PolicySource::Api(client) => {
+            tokio::spawn(crate::kube::policy::watch_policy(client, policy_tx))
+        }
+    });
 
     let empty = Mesh {
         peers: BTreeMap::new(),

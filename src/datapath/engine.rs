@@ -333,6 +333,7 @@ impl Engine {
                     Direction::Egress => DropReason::PolicyEgress,
                 });
             }
+            Admission::NotSynced => return Err(DropReason::PolicyNotSynced),
         };
         self.policy_counters.count(outcome);
         Ok(())

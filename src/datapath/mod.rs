@@ -66,6 +66,9 @@ pub struct DatapathConfig {
     pub uapi_socket: std::path::PathBuf,
     /// Most flows connection tracking holds; when full, the least recently used is evicted.
     pub conntrack_max: std::num::NonZeroUsize,
+    /// A NetworkPolicy source is configured: decrypted packets are dropped until its first
+    /// rule set is in force (without one, nothing is isolated).
+    pub policy_required: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,10 +205,13 @@ impl Datapath {
             status: status_tx,
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
-            gate: crate::policy::gate::PolicyGate::new(crate::policy::conntrack::Conntrack::new(
-                config.conntrack_max,
-                crate::policy::conntrack::Timeouts::default(),
-            )),
+            gate: crate::policy::gate::PolicyGate::new(
+                crate::policy::conntrack::Conntrack::new(
+                    config.conntrack_max,
+                    crate::policy::conntrack::Timeouts::default(),
+                ),
+                config.policy_required,
+            ),
             policy_counters: policy_stats::PolicyCounters::default(),
         };
         let (commands, receiver) = mpsc::channel(16);

@@ -27,10 +27,13 @@ pub enum DropReason {
     PolicyIngress,
     /// NetworkPolicy: the source Pod is isolated for egress and nothing allows this.
     PolicyEgress,
+    /// NetworkPolicy: a policy source is configured and its first rule set is not in force
+    /// yet, so nothing decrypted is delivered.
+    PolicyNotSynced,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         Self::SourceNotAllowed,
         Self::DestinationNotLocal,
         Self::NoPeer,
@@ -42,6 +45,7 @@ impl DropReason {
         Self::NotIp,
         Self::PolicyIngress,
         Self::PolicyEgress,
+        Self::PolicyNotSynced,
     ];
 
     /// Stable name, as in `weft status` and metrics.
@@ -58,6 +62,7 @@ impl DropReason {
             Self::NotIp => "not_ip",
             Self::PolicyIngress => "policy_ingress",
             Self::PolicyEgress => "policy_egress",
+            Self::PolicyNotSynced => "policy_not_synced",
         }
     }
 

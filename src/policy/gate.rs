@@ -1,6 +1,7 @@
 //! The policy decision for one decrypted packet: connection tracking first, then the rule set
 //! in force. Pure (no IO, time passed in) and allocation-free per packet.
 //!
+//! - When a policy source is configured, nothing passes until its first rule set is in force.
 //! - A reply to a flow this node opened passes while that flow was last judged allowed under
 //!   the rule set in force; after a change it is judged again: it passes if the flow it
 //!   answers is allowed, or if policy allows the reply on its own.
@@ -29,21 +30,27 @@ pub enum Admission<'a> {
     Allowed,
     /// `pod` is isolated in `direction` and nothing allows the packet.
     Denied { direction: Direction, pod: &'a str },
+    /// A policy source is configured and its first rule set is not in force yet.
+    NotSynced,
 }
 
 pub struct PolicyGate {
     set: Arc<PolicySet>,
     /// Counts rule set changes: 0 before the first.
     version: u64,
+    /// A policy source is configured: nothing passes before its first rule set.
+    required: bool,
     conntrack: Conntrack,
 }
 
 impl PolicyGate {
-    /// A gate with no rule set yet: everything passes until [`PolicyGate::set_policy`].
-    pub fn new(conntrack: Conntrack) -> Self {
+    /// A gate with no rule set yet: with `required` (a policy source is configured) nothing
+    /// passes until [`PolicyGate::set_policy`]; without, everything passes.
+    pub fn new(conntrack: Conntrack, required: bool) -> Self {
         Self {
             set: Arc::new(PolicySet::default()),
             version: 0,
+            required,
             conntrack,
         }
     }
@@ -67,6 +74,11 @@ impl PolicyGate {
         &self.conntrack
     }
 
+    /// Whether packets are judged (rather than dropped for want of a rule set).
+    pub fn synced(&self) -> bool {
+        !self.required || self.version > 0
+    }
+
     /// Records a packet this node sends into the mesh (see [`Conntrack::record_outbound`]).
     pub fn record_outbound(&mut self, key: FlowKey, now: Instant) {
         self.conntrack.record_outbound(key, self.version, now);
@@ -74,6 +86,9 @@ impl PolicyGate {
 
     /// Judges a decrypted packet of flow `key` (source: the remote side).
     pub fn admit(&mut self, key: &FlowKey, now: Instant) -> Admission<'_> {
+        if !self.synced() {
+            return Admission::NotSynced;
+        }
         let current = Judged {
             version: self.version,
             revoked: false,

@@ -40,11 +40,9 @@ fn isolate(pod: &str, direction: &str) -> Value {
     })
 }
 
-fn gate() -> PolicyGate {
-    PolicyGate::new(Conntrack::new(
-        NonZeroUsize::new(64).unwrap(),
-        Timeouts::default(),
-    ))
+fn gate(required: bool) -> PolicyGate {
+    let conntrack = Conntrack::new(NonZeroUsize::new(64).unwrap(), Timeouts::default());
+    PolicyGate::new(conntrack, required)
 }
 
 /// `lab/c`:40000 -> `lab/s`:80 over TCP: inbound at the gate's node.
@@ -65,7 +63,7 @@ const DENIED_S_INGRESS: Admission<'static> = Admission::Denied {
 
 #[test]
 fn revoking_ingress_stops_an_inbound_flow_even_while_the_local_pod_keeps_sending() {
-    let mut gate = gate();
+    let mut gate = gate(false);
     let t0 = Instant::now();
     gate.set_policy(world(&[]));
     let inbound = c_to_s();
@@ -90,7 +88,7 @@ fn revoking_ingress_stops_an_inbound_flow_even_while_the_local_pod_keeps_sending
 
 #[test]
 fn revoking_the_remote_pods_egress_stops_its_flow_too() {
-    let mut gate = gate();
+    let mut gate = gate(false);
     let t0 = Instant::now();
     gate.set_policy(world(&[]));
     let inbound = c_to_s();
@@ -108,7 +106,7 @@ fn revoking_the_remote_pods_egress_stops_its_flow_too() {
 
 #[test]
 fn replies_to_a_flow_opened_here_are_judged_again_when_the_rule_set_changes() {
-    let mut gate = gate();
+    let mut gate = gate(false);
     let t0 = Instant::now();
     // `lab/s` is isolated for ingress: the client's packets pass only as replies.
     gate.set_policy(world(&[isolate("s", "Ingress")]));
@@ -135,7 +133,7 @@ fn replies_to_a_flow_opened_here_are_judged_again_when_the_rule_set_changes() {
 
 #[test]
 fn a_reply_policy_allows_on_its_own_passes_whatever_the_flow_it_answers() {
-    let mut gate = gate();
+    let mut gate = gate(false);
     let t0 = Instant::now();
     gate.set_policy(world(&[]));
     let reply = c_to_s();
@@ -144,4 +142,34 @@ fn a_reply_policy_allows_on_its_own_passes_whatever_the_flow_it_answers() {
     gate.set_policy(world(&[isolate("s", "Egress")]));
     assert_eq!(gate.admit(&reply, t0), Admission::Allowed);
     assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+}
+
+#[test]
+fn nothing_passes_before_the_first_rule_set_when_a_source_is_configured() {
+    let mut gate = gate(true);
+    let t0 = Instant::now();
+    let inbound = c_to_s();
+    assert!(!gate.synced());
+    assert_eq!(gate.admit(&inbound, t0), Admission::NotSynced);
+    // Not even replies to flows opened before the rule set arrived.
+    gate.record_outbound(inbound.reversed(), t0);
+    assert_eq!(gate.admit(&inbound, t0), Admission::NotSynced);
+
+    gate.set_policy(world(&[isolate("s", "Ingress")]));
+    assert!(gate.synced());
+    // The reply is judged under the first rule set: the flow it answers is allowed.
+    assert_eq!(gate.admit(&inbound, t0), Admission::TrackedReply);
+    let other = FlowKey {
+        src_port: 40001,
+        ..inbound
+    };
+    assert_eq!(gate.admit(&other, t0), DENIED_S_INGRESS);
+}
+
+#[test]
+fn without_a_policy_source_everything_passes_from_the_start() {
+    let mut gate = gate(false);
+    assert!(gate.synced());
+    assert_eq!(gate.admit(&c_to_s(), Instant::now()), Admission::Allowed);
+    assert_eq!(gate.version(), 0);
 }
