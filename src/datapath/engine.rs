@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use boringtun::noise::TunnResult;
+use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -166,14 +166,17 @@ impl Engine {
             slot.counters.drops.count(DropReason::NoPeer);
             return;
         };
-        match session.tunn.encapsulate(packet, out) {
+        let sealed = seal(
+            &mut self.gate,
+            &mut session.tunn,
+            (source, destination),
+            packet,
+            out,
+        );
+        match sealed {
             TunnResult::WriteToNetwork(bytes) => match endpoint {
                 Some(to) => {
                     slot.counters.tx_bytes += packet.len() as u64;
-                    if let Some(t) = transport(packet) {
-                        let key = flow_key(source, destination, t);
-                        self.gate.record_outbound(key, Instant::now());
-                    }
                     let bytes: &[u8] = bytes;
                     let udp = &self.udp;
                     send_on(udp, self.udp_v6, bytes, to).await;
@@ -430,6 +433,23 @@ impl Engine {
     }
 }
 
+/// Records the flow of `packet` (from `addresses.0` to `addresses.1`), then encrypts it. The
+/// flow is recorded first, whatever encapsulation returns: a packet boringtun queues while a
+/// handshake is in progress (`Done` now) is sent later, once the handshake completes, and its
+/// reply must be recognised then.
+fn seal<'o>(
+    gate: &mut PolicyGate,
+    tunn: &mut Tunn,
+    addresses: (IpAddr, IpAddr),
+    packet: &[u8],
+    out: &'o mut [u8],
+) -> TunnResult<'o> {
+    if let Some(t) = transport(packet) {
+        gate.record_outbound(flow_key(addresses.0, addresses.1, t), Instant::now());
+    }
+    tunn.encapsulate(packet, out)
+}
+
 fn flow_key(src: IpAddr, dst: IpAddr, transport: Transport) -> FlowKey {
     FlowKey {
         protocol: transport.protocol,
@@ -459,3 +479,7 @@ async fn send_on(udp: &UdpSocket, v6: bool, bytes: &[u8], to: SocketAddr) {
         tracing::debug!(%error, %to, "UDP send failed");
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
