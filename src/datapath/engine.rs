@@ -16,15 +16,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tun_rs::AsyncDevice;
 
-use super::packet::{Transport, addresses, transport};
+use super::packet::addresses;
+use super::packet_policy::PacketPolicy;
 use super::peers::{Incoming, PeerTable};
-use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::prefix_table::PrefixTable;
 use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
 use crate::mesh::Peer;
-use crate::policy::conntrack::FlowKey;
-use crate::policy::gate::{Admission, PolicyGate};
-use crate::policy::{Direction, PolicySet};
+use crate::policy::PolicySet;
 use std::time::Instant;
 
 /// Largest datagram or packet handled; also the size of each reusable buffer.
@@ -70,9 +68,8 @@ pub struct Engine {
     /// `DROP_LOG_INTERVAL`, as a summary, never per packet).
     pub(super) logged_drops: BTreeMap<String, u64>,
     pub(super) last_drop_log: Option<std::time::Instant>,
-    /// NetworkPolicy on decrypted packets: the rule set in force and connection tracking.
-    pub(super) gate: PolicyGate,
-    pub(super) policy_counters: PolicyCounters,
+    /// NetworkPolicy: the rule set in force, connection tracking, fragments, counters.
+    pub(super) policy: PacketPolicy,
 }
 
 /// Canonical form of an address received on a dual-stack socket.
@@ -134,8 +131,8 @@ impl Engine {
                         let _ = applied.send(());
                     }
                     Some(Command::Policy(policy)) => {
-                        self.gate.set_policy(policy);
-                        tracing::info!(version = self.gate.version(), "policy rule set in force");
+                        self.policy.gate.set_policy(policy);
+                        tracing::info!(version = self.policy.gate.version(), "policy rule set in force");
                         self.publish_status();
                     }
                     None => break,
@@ -167,7 +164,7 @@ impl Engine {
             return;
         };
         let sealed = seal(
-            &mut self.gate,
+            &mut self.policy,
             &mut session.tunn,
             (source, destination),
             packet,
@@ -294,7 +291,10 @@ impl Engine {
             Some((_, destination)) if self.local_blocks.lookup(destination).is_none() => {
                 Err(DropReason::DestinationNotLocal)
             }
-            Some((source, destination)) => self.policy_allows(source, destination, packet),
+            Some((source, destination)) => {
+                self.policy
+                    .inbound(source, destination, packet, Instant::now())
+            }
         };
         let Some(slot) = self.peers.slot_mut(index) else {
             return;
@@ -311,35 +311,6 @@ impl Engine {
                 tracing::debug!(peer = %slot.peer.name, reason = reason.code(), "dropped a decrypted packet");
             }
         }
-    }
-
-    /// NetworkPolicy for a decrypted packet (see [`PolicyGate::admit`]), counted.
-    fn policy_allows(
-        &mut self,
-        source: IpAddr,
-        destination: IpAddr,
-        packet: &[u8],
-    ) -> Result<(), DropReason> {
-        let Some(t) = transport(packet) else {
-            return Err(DropReason::NotIp);
-        };
-        let key = flow_key(source, destination, t);
-        let outcome = match self.gate.admit(&key, Instant::now()) {
-            Admission::TrackedReply => PolicyOutcome::TrackedReply,
-            Admission::TrackedAllowed => PolicyOutcome::TrackedAllowed,
-            Admission::SamePod => PolicyOutcome::SamePod,
-            Admission::Allowed => PolicyOutcome::Allowed,
-            Admission::Denied { direction, pod } => {
-                self.policy_counters.count_denial(pod, direction);
-                return Err(match direction {
-                    Direction::Ingress => DropReason::PolicyIngress,
-                    Direction::Egress => DropReason::PolicyEgress,
-                });
-            }
-            Admission::NotSynced => return Err(DropReason::PolicyNotSynced),
-        };
-        self.policy_counters.count(outcome);
-        Ok(())
     }
 
     async fn run_timers(&mut self, out: &mut [u8]) {
@@ -383,12 +354,13 @@ impl Engine {
             })
             .collect();
         let drops = self.drops.to_map();
-        let conntrack = self.gate.conntrack();
+        let conntrack = self.policy.gate.conntrack();
         let (flows, evictions) = (conntrack.len(), conntrack.evictions);
         let capacity = conntrack.capacity();
         let policy = self
-            .policy_counters
-            .status(self.gate.policy(), self.gate.version());
+            .policy
+            .counters
+            .status(self.policy.gate.policy(), self.policy.gate.version());
         let key_rotation = self.peers.key_moves();
         self.status.send_modify(|status| {
             status.key_rotation = key_rotation;
@@ -438,26 +410,14 @@ impl Engine {
 /// handshake is in progress (`Done` now) is sent later, once the handshake completes, and its
 /// reply must be recognised then.
 fn seal<'o>(
-    gate: &mut PolicyGate,
+    policy: &mut PacketPolicy,
     tunn: &mut Tunn,
     addresses: (IpAddr, IpAddr),
     packet: &[u8],
     out: &'o mut [u8],
 ) -> TunnResult<'o> {
-    if let Some(t) = transport(packet) {
-        gate.record_outbound(flow_key(addresses.0, addresses.1, t), Instant::now());
-    }
+    policy.outbound(addresses.0, addresses.1, packet, Instant::now());
     tunn.encapsulate(packet, out)
-}
-
-fn flow_key(src: IpAddr, dst: IpAddr, transport: Transport) -> FlowKey {
-    FlowKey {
-        protocol: transport.protocol,
-        src,
-        dst,
-        src_port: transport.src_port,
-        dst_port: transport.dst_port,
-    }
 }
 
 fn is_link_local(addr: IpAddr) -> bool {

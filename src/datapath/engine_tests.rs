@@ -3,7 +3,9 @@ use std::num::NonZeroUsize;
 use boringtun::x25519;
 
 use super::*;
+use crate::datapath::fragments::FragmentTable;
 use crate::policy::conntrack::{Conntrack, Timeouts};
+use crate::policy::gate::PolicyGate;
 
 /// An IPv4 UDP packet from 10.244.2.2:`sport` to 10.244.1.2:53.
 fn udp_packet(sport: u16) -> [u8; 28] {
@@ -26,17 +28,26 @@ fn packets_queued_during_a_handshake_are_recorded_as_flows_opened_here() {
     let peer = x25519::PublicKey::from(&x25519::StaticSecret::from([2; 32]));
     let mut tunn = Tunn::new(own, peer, None, None, 1 << 8, None);
     let conntrack = Conntrack::new(NonZeroUsize::new(16).unwrap(), Timeouts::default());
-    let mut gate = PolicyGate::new(conntrack, false);
+    let mut policy = PacketPolicy::new(
+        PolicyGate::new(conntrack, false),
+        FragmentTable::new(16, Duration::from_secs(30)),
+    );
     let addresses = ("10.244.2.2".parse().unwrap(), "10.244.1.2".parse().unwrap());
     let mut out = vec![0u8; 2048];
 
     // No session yet: the first packet is queued and starts the handshake...
-    let first = seal(&mut gate, &mut tunn, addresses, &udp_packet(1000), &mut out);
+    let first = seal(
+        &mut policy,
+        &mut tunn,
+        addresses,
+        &udp_packet(1000),
+        &mut out,
+    );
     assert!(matches!(first, TunnResult::WriteToNetwork(_)));
     // ...and the next ones are queued behind it, with nothing to send now.
     for sport in [1001, 1002] {
         let queued = seal(
-            &mut gate,
+            &mut policy,
             &mut tunn,
             addresses,
             &udp_packet(sport),
@@ -44,5 +55,5 @@ fn packets_queued_during_a_handshake_are_recorded_as_flows_opened_here() {
         );
         assert!(matches!(queued, TunnResult::Done), "packet {sport}");
     }
-    assert_eq!(gate.conntrack().len(), 3);
+    assert_eq!(policy.gate.conntrack().len(), 3);
 }

@@ -3,8 +3,10 @@
 //! packet loop and `kernel` for routes and rules.
 
 mod engine;
+pub mod fragments;
 pub mod kernel;
 pub mod packet;
+pub mod packet_policy;
 pub mod peers;
 pub mod policy_stats;
 pub mod prefix_table;
@@ -30,6 +32,10 @@ use stats::{DatapathStatus, DropCounters};
 
 /// Handshakes per second before boringtun demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Fragmented datagrams whose first fragment's verdict is remembered, and for how long (the
+/// kernel's IPv4 reassembly timeout).
+const FRAGMENT_DATAGRAMS: usize = 1024;
+const FRAGMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What happens to a BGP-routed Pod prefix that has no valid peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -205,14 +211,16 @@ impl Datapath {
             status: status_tx,
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
-            gate: crate::policy::gate::PolicyGate::new(
-                crate::policy::conntrack::Conntrack::new(
-                    config.conntrack_max,
-                    crate::policy::conntrack::Timeouts::default(),
+            policy: packet_policy::PacketPolicy::new(
+                crate::policy::gate::PolicyGate::new(
+                    crate::policy::conntrack::Conntrack::new(
+                        config.conntrack_max,
+                        crate::policy::conntrack::Timeouts::default(),
+                    ),
+                    config.policy_required,
                 ),
-                config.policy_required,
+                fragments::FragmentTable::new(FRAGMENT_DATAGRAMS, FRAGMENT_TIMEOUT),
             ),
-            policy_counters: policy_stats::PolicyCounters::default(),
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));

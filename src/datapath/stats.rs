@@ -30,10 +30,13 @@ pub enum DropReason {
     /// NetworkPolicy: a policy source is configured and its first rule set is not in force
     /// yet, so nothing decrypted is delivered.
     PolicyNotSynced,
+    /// NetworkPolicy: a later fragment of a datagram whose first fragment was not judged (or
+    /// is no longer remembered), so its verdict is unknown.
+    UnknownFragment,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         Self::SourceNotAllowed,
         Self::DestinationNotLocal,
         Self::NoPeer,
@@ -46,6 +49,7 @@ impl DropReason {
         Self::PolicyIngress,
         Self::PolicyEgress,
         Self::PolicyNotSynced,
+        Self::UnknownFragment,
     ];
 
     /// Stable name, as in `weft status` and metrics.
@@ -63,6 +67,7 @@ impl DropReason {
             Self::PolicyIngress => "policy_ingress",
             Self::PolicyEgress => "policy_egress",
             Self::PolicyNotSynced => "policy_not_synced",
+            Self::UnknownFragment => "unknown_fragment",
         }
     }
 

@@ -1,44 +1,9 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde_json::{Value, json};
-
 use super::*;
 use crate::policy::conntrack::{IPPROTO_TCP, Timeouts};
-
-/// Pods `lab/c` (10.244.1.2, remote) and `lab/s` (10.244.2.2, local to the gate's node).
-fn world(policies: &[Value]) -> Arc<PolicySet> {
-    let pod = |name: &str, ip: &str| -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "lab", "labels": {"pod": name}},
-            "status": {"podIP": ip}
-        }))
-        .unwrap()
-    };
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "lab"}})).unwrap();
-    let policies: Vec<NetworkPolicy> = policies
-        .iter()
-        .map(|p| serde_json::from_value(p.clone()).unwrap())
-        .collect();
-    let set = PolicySet::compile(
-        &policies,
-        &[namespace],
-        &[pod("c", "10.244.1.2"), pod("s", "10.244.2.2")],
-    );
-    assert!(set.rejected.is_empty(), "{:?}", set.rejected);
-    Arc::new(set)
-}
-
-/// Isolates Pod `pod` in `direction` ("Ingress" or "Egress") with no rule allowing anything.
-fn isolate(pod: &str, direction: &str) -> Value {
-    json!({
-        "metadata": {"name": format!("isolate-{pod}-{direction}"), "namespace": "lab"},
-        "spec": {"podSelector": {"matchLabels": {"pod": pod}}, "policyTypes": [direction]}
-    })
-}
+use crate::policy::test_support::{isolate, world};
 
 fn gate(required: bool) -> PolicyGate {
     let conntrack = Conntrack::new(NonZeroUsize::new(64).unwrap(), Timeouts::default());

@@ -18,4 +18,6 @@ pub use model::{Flow, PodInfo, Protocol};
 #[doc(hidden)]
 pub mod reference;
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
