@@ -98,8 +98,9 @@ impl PolicyGate {
             Tracked::Reply(judged) if judged == current => return Admission::TrackedReply,
             Tracked::Inbound(judged) if judged == current => return Admission::TrackedAllowed,
             Tracked::Reply(judged) => {
-                // Judged under an older rule set (or revoked under it): the reply of a flow
-                // that is still allowed passes.
+                // Judged under an older rule set: the reply of a flow that is still allowed
+                // passes. Otherwise (and if revoked under this one) the reply passes only if
+                // policy allows it on its own.
                 if judged.version != self.version && set.check(&flow(&key.reversed())).is_allowed()
                 {
                     self.conntrack.judge(key, self.version, true);
