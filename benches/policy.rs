@@ -114,10 +114,11 @@ fn bench(c: &mut Criterion) {
                 src_port: port,
                 ..key.reversed()
             },
+            1,
             now,
         );
     }
-    conntrack.record_outbound(key.reversed(), now);
+    conntrack.record_outbound(key.reversed(), 1, now);
     c.bench_function("conntrack hit", |b| {
         b.iter(|| black_box(conntrack.lookup_inbound(black_box(&key), now)))
     });

@@ -122,6 +122,23 @@ pub async fn run(
     result
 }
 
+/// Where NetworkPolicy comes from.
+enum PolicySource {
+    /// `--policy-dir`.
+    Dir(std::path::PathBuf),
+    /// The Kubernetes API: the kube registry without `--policy-dir`.
+    Api(kube::Client),
+}
+
+fn policy_source(config: &AgentConfig, registry: &Backend) -> Option<PolicySource> {
+    let dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
+    match (dir, registry.kube_client()) {
+        (Some(dir), _) => Some(PolicySource::Dir(dir)),
+        (None, Some(client)) => Some(PolicySource::Api(client)),
+        (None, None) => None,
+    }
+}
+
 async fn serve_node(
     mut config: AgentConfig,
     shared: Arc<SharedStatus>,
@@ -147,7 +164,8 @@ async fn serve_node(
         addresses: config.addresses.clone(),
         record: own_record(&config, public_key, keys.next_public_key(), keys.epoch())?,
     };
-    let datapath = start_datapath(&config, &keys).await?;
+    let policy_source = policy_source(&config, &registry);
+    let datapath = start_datapath(&config, &keys, policy_source.is_some()).await?;
     // The file registry is local: a record it cannot take is a configuration error. After
     // that (and from the start with Kubernetes, whose API server may be away) records are
     // published by the publisher task, so the loop below never waits on the registry.
@@ -176,17 +194,12 @@ async fn serve_node(
     };
     let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
     let (policy_tx, mut policies) = watch::channel(None::<Arc<PolicySet>>);
-    let policy_dir = config.datapath.as_ref().and_then(|d| d.policy_dir.clone());
-    let policy_task = match (policy_dir, registry.kube_client()) {
-        (Some(dir), _) => Some(tokio::spawn(crate::policy::source::watch_dir(
-            dir, policy_tx,
-        ))),
-        // With the kube registry and no --policy-dir, NetworkPolicy comes from the API.
-        (None, Some(client)) => Some(tokio::spawn(crate::kube::policy::watch_policy(
-            client, policy_tx,
-        ))),
-        _ => None,
-    };
+    let policy_task = policy_source.map(|source| match source {
+        PolicySource::Dir(dir) => tokio::spawn(crate::policy::source::watch_dir(dir, policy_tx)),
+        PolicySource::Api(client) => {
+            tokio::spawn(crate::kube::policy::watch_policy(client, policy_tx))
+        }
+    });
 
     let empty = Mesh {
         peers: BTreeMap::new(),
@@ -343,9 +356,12 @@ async fn serve_node(
 }
 
 /// Starts the datapath (unless running the control plane only) with the node's keys.
+/// Starts the datapath if configured; with `policy_required` it delivers nothing decrypted
+/// until the first rule set is in force.
 async fn start_datapath(
     config: &AgentConfig,
     keys: &NodeKeys,
+    policy_required: bool,
 ) -> Result<Option<Datapath>, DatapathError> {
     let Some(settings) = &config.datapath else {
         return Ok(None);
@@ -363,6 +379,7 @@ async fn start_datapath(
             encryption: settings.encryption,
             uapi_socket: settings.uapi_socket.clone(),
             conntrack_max: settings.conntrack_max,
+            policy_required,
         },
         keys.current(),
         keys.next(),

@@ -10,20 +10,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use boringtun::noise::TunnResult;
+use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tun_rs::AsyncDevice;
 
-use super::packet::{Transport, addresses, transport};
+use super::packet::addresses;
+use super::packet_policy::PacketPolicy;
 use super::peers::{Incoming, PeerTable};
-use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::prefix_table::PrefixTable;
 use super::stats::{DatapathStatus, DropCounters, DropReason, PeerTraffic};
 use crate::mesh::Peer;
-use crate::policy::conntrack::{Conntrack, FlowKey, Tracked};
-use crate::policy::{Direction, Flow, PolicySet, Protocol, Verdict};
+use crate::policy::PolicySet;
 use std::time::Instant;
 
 /// Largest datagram or packet handled; also the size of each reusable buffer.
@@ -43,7 +42,7 @@ pub enum Command {
     /// The desired peers, as the mesh computation produced them.
     Peers(BTreeMap<String, Peer>),
     /// A new NetworkPolicy rule set: in force for new flows at once, and for tracked flows at
-    /// their next packet.
+    /// their next decrypted packet (which may revoke them).
     Policy(Arc<PolicySet>),
     /// This node's static keys: the current one, and the next one while rotating (handshakes
     /// to either are accepted; peers are reached on the newest).
@@ -69,10 +68,8 @@ pub struct Engine {
     /// `DROP_LOG_INTERVAL`, as a summary, never per packet).
     pub(super) logged_drops: BTreeMap<String, u64>,
     pub(super) last_drop_log: Option<std::time::Instant>,
-    pub(super) policy: Arc<PolicySet>,
-    pub(super) policy_version: u64,
-    pub(super) policy_counters: PolicyCounters,
-    pub(super) conntrack: Conntrack,
+    /// NetworkPolicy: the rule set in force, connection tracking, fragments, counters.
+    pub(super) policy: PacketPolicy,
 }
 
 /// Canonical form of an address received on a dual-stack socket.
@@ -134,8 +131,8 @@ impl Engine {
                         let _ = applied.send(());
                     }
                     Some(Command::Policy(policy)) => {
-                        self.policy = policy;
-                        self.policy_version += 1;
+                        self.policy.gate.set_policy(policy);
+                        tracing::info!(version = self.policy.gate.version(), "policy rule set in force");
                         self.publish_status();
                     }
                     None => break,
@@ -166,14 +163,17 @@ impl Engine {
             slot.counters.drops.count(DropReason::NoPeer);
             return;
         };
-        match session.tunn.encapsulate(packet, out) {
+        let sealed = seal(
+            &mut self.policy,
+            &mut session.tunn,
+            (source, destination),
+            packet,
+            out,
+        );
+        match sealed {
             TunnResult::WriteToNetwork(bytes) => match endpoint {
                 Some(to) => {
                     slot.counters.tx_bytes += packet.len() as u64;
-                    if let Some(t) = transport(packet) {
-                        let key = flow_key(source, destination, t);
-                        self.conntrack.record_outbound(key, Instant::now());
-                    }
                     let bytes: &[u8] = bytes;
                     let udp = &self.udp;
                     send_on(udp, self.udp_v6, bytes, to).await;
@@ -291,7 +291,10 @@ impl Engine {
             Some((_, destination)) if self.local_blocks.lookup(destination).is_none() => {
                 Err(DropReason::DestinationNotLocal)
             }
-            Some((source, destination)) => self.policy_allows(source, destination, packet),
+            Some((source, destination)) => {
+                self.policy
+                    .inbound(source, destination, packet, Instant::now())
+            }
         };
         let Some(slot) = self.peers.slot_mut(index) else {
             return;
@@ -306,58 +309,6 @@ impl Engine {
             Err(reason) => {
                 slot.counters.drops.count(reason);
                 tracing::debug!(peer = %slot.peer.name, reason = reason.code(), "dropped a decrypted packet");
-            }
-        }
-    }
-
-    /// NetworkPolicy for a decrypted packet: tracked flows (replies to what we sent, inbound
-    /// flows allowed under the current rule set) pass; everything else is checked against the
-    /// rule set and, if allowed, tracked.
-    fn policy_allows(
-        &mut self,
-        source: IpAddr,
-        destination: IpAddr,
-        packet: &[u8],
-    ) -> Result<(), DropReason> {
-        let Some(t) = transport(packet) else {
-            return Err(DropReason::NotIp);
-        };
-        let key = flow_key(source, destination, t);
-        let now = Instant::now();
-        match self.conntrack.lookup_inbound(&key, now) {
-            Tracked::Reply => {
-                self.policy_counters.count(PolicyOutcome::TrackedReply);
-                return Ok(());
-            }
-            Tracked::Allowed { version } if version == self.policy_version => {
-                self.policy_counters.count(PolicyOutcome::TrackedAllowed);
-                return Ok(());
-            }
-            Tracked::Allowed { .. } | Tracked::Miss => {}
-        }
-        let flow = Flow {
-            src: source,
-            dst: destination,
-            protocol: Protocol::from_number(t.protocol),
-            dst_port: t.dst_port,
-        };
-        match self.policy.check(&flow) {
-            Verdict::Denied { direction, pod } => {
-                self.policy_counters.count_denial(pod, direction);
-                self.conntrack.forget(&key);
-                Err(match direction {
-                    Direction::Ingress => DropReason::PolicyIngress,
-                    Direction::Egress => DropReason::PolicyEgress,
-                })
-            }
-            verdict => {
-                self.policy_counters.count(if verdict == Verdict::SamePod {
-                    PolicyOutcome::SamePod
-                } else {
-                    PolicyOutcome::Allowed
-                });
-                self.conntrack.record_inbound(key, self.policy_version, now);
-                Ok(())
             }
         }
     }
@@ -403,11 +354,13 @@ impl Engine {
             })
             .collect();
         let drops = self.drops.to_map();
-        let (flows, evictions) = (self.conntrack.len(), self.conntrack.evictions);
+        let conntrack = self.policy.gate.conntrack();
+        let (flows, evictions) = (conntrack.len(), conntrack.evictions);
+        let capacity = conntrack.capacity();
         let policy = self
-            .policy_counters
-            .status(&self.policy, self.policy_version);
-        let capacity = self.conntrack.capacity();
+            .policy
+            .counters
+            .status(self.policy.gate.policy(), self.policy.gate.version());
         let key_rotation = self.peers.key_moves();
         self.status.send_modify(|status| {
             status.key_rotation = key_rotation;
@@ -452,14 +405,19 @@ impl Engine {
     }
 }
 
-fn flow_key(src: IpAddr, dst: IpAddr, transport: Transport) -> FlowKey {
-    FlowKey {
-        protocol: transport.protocol,
-        src,
-        dst,
-        src_port: transport.src_port,
-        dst_port: transport.dst_port,
-    }
+/// Records the flow of `packet` (from `addresses.0` to `addresses.1`), then encrypts it. The
+/// flow is recorded first, whatever encapsulation returns: a packet boringtun queues while a
+/// handshake is in progress (`Done` now) is sent later, once the handshake completes, and its
+/// reply must be recognised then.
+fn seal<'o>(
+    policy: &mut PacketPolicy,
+    tunn: &mut Tunn,
+    addresses: (IpAddr, IpAddr),
+    packet: &[u8],
+    out: &'o mut [u8],
+) -> TunnResult<'o> {
+    policy.outbound(addresses.0, addresses.1, packet, Instant::now());
+    tunn.encapsulate(packet, out)
 }
 
 fn is_link_local(addr: IpAddr) -> bool {
@@ -481,3 +439,7 @@ async fn send_on(udp: &UdpSocket, v6: bool, bytes: &[u8], to: SocketAddr) {
         tracing::debug!(%error, %to, "UDP send failed");
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -3,8 +3,10 @@
 //! packet loop and `kernel` for routes and rules.
 
 mod engine;
+pub mod fragments;
 pub mod kernel;
 pub mod packet;
+pub mod packet_policy;
 pub mod peers;
 pub mod policy_stats;
 pub mod prefix_table;
@@ -30,6 +32,10 @@ use stats::{DatapathStatus, DropCounters};
 
 /// Handshakes per second before boringtun demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Fragmented datagrams whose first fragment's verdict is remembered, and for how long (the
+/// kernel's IPv4 reassembly timeout).
+const FRAGMENT_DATAGRAMS: usize = 1024;
+const FRAGMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What happens to a BGP-routed Pod prefix that has no valid peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -66,6 +72,9 @@ pub struct DatapathConfig {
     pub uapi_socket: std::path::PathBuf,
     /// Most flows connection tracking holds; when full, the least recently used is evicted.
     pub conntrack_max: std::num::NonZeroUsize,
+    /// A NetworkPolicy source is configured: decrypted packets are dropped until its first
+    /// rule set is in force (without one, nothing is isolated).
+    pub policy_required: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,12 +218,15 @@ impl Datapath {
             status: status_tx,
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
-            policy: Arc::new(crate::policy::PolicySet::default()),
-            policy_version: 0,
-            policy_counters: policy_stats::PolicyCounters::default(),
-            conntrack: crate::policy::conntrack::Conntrack::new(
-                config.conntrack_max,
-                crate::policy::conntrack::Timeouts::default(),
+            policy: packet_policy::PacketPolicy::new(
+                crate::policy::gate::PolicyGate::new(
+                    crate::policy::conntrack::Conntrack::new(
+                        config.conntrack_max,
+                        crate::policy::conntrack::Timeouts::default(),
+                    ),
+                    config.policy_required,
+                ),
+                fragments::FragmentTable::new(FRAGMENT_DATAGRAMS, FRAGMENT_TIMEOUT),
             ),
         };
         let (commands, receiver) = mpsc::channel(16);

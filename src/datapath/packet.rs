@@ -1,4 +1,5 @@
-//! Just enough IP header parsing for the datapath: source and destination addresses.
+//! Just enough IP header parsing for the datapath: source and destination addresses, and
+//! the transport (protocol, ports, fragment position; IPv6 extension headers walked).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -20,12 +21,33 @@ pub fn addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
 }
 
 /// The transport of an IP packet: protocol number and, for TCP, UDP and SCTP, the ports
-/// (zero for other protocols and for non-first fragments, which carry no ports).
+/// (zero for other protocols and for later fragments, which carry no transport header), and
+/// where the packet sits in a fragmented datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
     pub protocol: u8,
     pub src_port: u16,
     pub dst_port: u16,
+    pub fragment: Fragment,
+}
+
+/// Which fragmented datagram a fragment belongs to (with its source and destination): the
+/// identification and the protocol field the fragments share (IPv4: the header's protocol;
+/// IPv6: the fragment header's next header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FragmentId {
+    pub id: u32,
+    pub protocol: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented (IPv6 atomic fragments included).
+    Whole,
+    /// The first fragment: it carries the transport header.
+    First(FragmentId),
+    /// A later fragment: no transport header, so no ports.
+    Later(FragmentId),
 }
 
 const TCP: u8 = 6;
@@ -33,18 +55,25 @@ const UDP: u8 = 17;
 const SCTP: u8 = 132;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
+/// IPv6 extension headers walked to find the transport header.
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DESTINATION_OPTIONS: u8 = 60;
+/// Most IPv6 extension headers walked; a packet with more is not parsed.
+const MAX_EXTENSION_HEADERS: usize = 8;
 
+/// The transport of an IPv4 or IPv6 packet, or `None` if it is not one or its IP headers are
+/// truncated or malformed (an IPv4 header shorter than 20 bytes, a truncated IPv6 extension
+/// header, more than [`MAX_EXTENSION_HEADERS`] of them).
 pub fn transport(packet: &[u8]) -> Option<Transport> {
     let (protocol, offset, fragment) = match packet.first()? >> 4 {
-        4 => {
-            let header = usize::from(packet.first()? & 0x0f) * 4;
-            let fragment_offset = u16::from_be_bytes([*packet.get(6)? & 0x1f, *packet.get(7)?]);
-            (*packet.get(9)?, header, fragment_offset != 0)
-        }
-        6 => (*packet.get(6)?, 40, false),
+        4 => ipv4(packet)?,
+        6 => ipv6(packet)?,
         _ => return None,
     };
-    let header = |len: usize| packet.get(offset..offset + len).filter(|_| !fragment);
+    let later = matches!(fragment, Fragment::Later(_));
+    let header = |len: usize| packet.get(offset..offset + len).filter(|_| !later);
     let (src_port, dst_port) = match protocol {
         TCP | UDP | SCTP => match header(4) {
             Some(p) => (
@@ -70,7 +99,68 @@ pub fn transport(packet: &[u8]) -> Option<Transport> {
         protocol,
         src_port,
         dst_port,
+        fragment,
     })
+}
+
+/// (protocol, offset of the transport header, fragment) of an IPv4 packet.
+fn ipv4(packet: &[u8]) -> Option<(u8, usize, Fragment)> {
+    let header = usize::from(packet.first()? & 0x0f) * 4;
+    if header < 20 {
+        return None;
+    }
+    let protocol = *packet.get(9)?;
+    let id = u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]);
+    let flags_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]);
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let id = FragmentId {
+        id: u32::from(id),
+        protocol,
+    };
+    let fragment = match (flags_offset & 0x1fff, more_fragments) {
+        (0, false) => Fragment::Whole,
+        (0, true) => Fragment::First(id),
+        _ => Fragment::Later(id),
+    };
+    Some((protocol, header, fragment))
+}
+
+/// (protocol, offset of the transport header, fragment) of an IPv6 packet: walks hop-by-hop,
+/// routing, destination options and fragment headers. For a later fragment the protocol is
+/// the fragment header's next header.
+fn ipv6(packet: &[u8]) -> Option<(u8, usize, Fragment)> {
+    let mut next = *packet.get(6)?;
+    let mut offset = 40;
+    let mut fragment = Fragment::Whole;
+    // Up to MAX_EXTENSION_HEADERS extension headers, then the transport header.
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        match next {
+            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
+                let length = (usize::from(*packet.get(offset + 1)?) + 1) * 8;
+                next = *packet.get(offset)?;
+                offset += length;
+            }
+            FRAGMENT => {
+                let h = packet.get(offset..offset + 8)?;
+                let id = FragmentId {
+                    id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                    protocol: h[0],
+                };
+                let fragment_offset = u16::from_be_bytes([h[2], h[3]]) >> 3;
+                let more_fragments = h[3] & 1 != 0;
+                next = h[0];
+                offset += 8;
+                if fragment_offset != 0 {
+                    return Some((next, offset, Fragment::Later(id)));
+                }
+                if more_fragments {
+                    fragment = Fragment::First(id);
+                }
+            }
+            _ => return Some((next, offset, fragment)),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -101,37 +191,49 @@ mod tests {
         assert_eq!(addresses(&[]), None);
     }
 
+    fn tcp(src_port: u16, dst_port: u16, fragment: Fragment) -> Option<Transport> {
+        Some(Transport {
+            protocol: 6,
+            src_port,
+            dst_port,
+            fragment,
+        })
+    }
+
     #[test]
-    fn reads_tcp_ports_and_skips_fragments() {
+    fn reads_ipv4_ports_and_fragment_positions() {
         let mut v4 = [0u8; 28];
         v4[0] = 0x45;
+        v4[4..6].copy_from_slice(&[0x12, 0x34]); // identification
         v4[9] = 6;
         v4[20..24].copy_from_slice(&[0x30, 0x39, 0x00, 0x50]);
-        assert_eq!(
-            transport(&v4),
-            Some(Transport {
-                protocol: 6,
-                src_port: 12345,
-                dst_port: 80
-            })
-        );
-        v4[7] = 1; // a later fragment: no ports
-        assert_eq!(
-            transport(&v4),
-            Some(Transport {
-                protocol: 6,
-                src_port: 0,
-                dst_port: 0
-            })
-        );
-        v4[9] = 1; // ICMP echo request, identifier 12345
+        assert_eq!(transport(&v4), tcp(12345, 80, Fragment::Whole));
+        let id = FragmentId {
+            id: 0x1234,
+            protocol: 6,
+        };
+        v4[6] = 0x20; // more fragments, offset 0: the first fragment, with the ports
+        assert_eq!(transport(&v4), tcp(12345, 80, Fragment::First(id)));
+        v4[7] = 1; // offset 8 bytes: a later fragment, no ports
+        assert_eq!(transport(&v4), tcp(0, 0, Fragment::Later(id)));
+        v4[6] = 0; // the last fragment is a later one too
+        assert_eq!(transport(&v4), tcp(0, 0, Fragment::Later(id)));
+        v4[6] = 0x40; // don't fragment
         v4[7] = 0;
+        assert_eq!(transport(&v4), tcp(12345, 80, Fragment::Whole));
+        // A header length below 20 bytes is not IPv4.
+        v4[0] = 0x44;
+        assert_eq!(transport(&v4), None);
+        v4[0] = 0x45;
+
+        v4[9] = 1; // ICMP echo request, identifier 12345
         v4[20..28].copy_from_slice(&[8, 0, 0, 0, 0x30, 0x39, 0, 1]);
         let icmp = |src_port, dst_port| {
             Some(Transport {
                 protocol: 1,
                 src_port,
                 dst_port,
+                fragment: Fragment::Whole,
             })
         };
         assert_eq!(transport(&v4), icmp(12345, 0));
@@ -141,9 +243,120 @@ mod tests {
         assert_eq!(transport(&v4), icmp(0, 0));
     }
 
+    /// An IPv6 packet: the fixed header with `first` as next header, then `headers`
+    /// (extension headers and the transport header, as bytes).
+    fn ipv6(first: u8, headers: &[&[u8]]) -> Vec<u8> {
+        let mut packet = vec![0u8; 40];
+        packet[0] = 0x60;
+        packet[6] = first;
+        for header in headers {
+            packet.extend_from_slice(header);
+        }
+        packet
+    }
+
+    /// An extension header of 8 bytes (hop-by-hop, routing, destination options).
+    fn extension(next: u8) -> [u8; 8] {
+        [next, 0, 0, 0, 0, 0, 0, 0]
+    }
+
+    fn fragment_header(next: u8, offset_units: u16, more: bool, id: u32) -> [u8; 8] {
+        let field = (offset_units << 3) | u16::from(more);
+        let [a, b] = field.to_be_bytes();
+        let [c, d, e, f] = id.to_be_bytes();
+        [next, 0, a, b, c, d, e, f]
+    }
+
+    const TCP_PORTS: [u8; 4] = [0x30, 0x39, 0x00, 0x50];
+
+    #[test]
+    fn walks_ipv6_extension_headers_to_the_transport_header() {
+        assert_eq!(
+            transport(&ipv6(6, &[&TCP_PORTS])),
+            tcp(12345, 80, Fragment::Whole)
+        );
+        // Hop-by-hop, then a 16-byte destination options header, then a routing header.
+        let mut long_options = [0u8; 16];
+        long_options[0] = 43;
+        long_options[1] = 1; // (1 + 1) * 8 bytes
+        let packet = ipv6(
+            0,
+            &[&extension(60), &long_options, &extension(6), &TCP_PORTS],
+        );
+        assert_eq!(transport(&packet), tcp(12345, 80, Fragment::Whole));
+        // ICMPv6 echo request behind a destination options header.
+        let echo = [128, 0, 0, 0, 0x30, 0x39, 0, 1];
+        assert_eq!(
+            transport(&ipv6(60, &[&extension(58), &echo])),
+            Some(Transport {
+                protocol: 58,
+                src_port: 12345,
+                dst_port: 0,
+                fragment: Fragment::Whole,
+            })
+        );
+        // A truncated extension header, or too many of them: not parsed.
+        assert_eq!(transport(&ipv6(0, &[&[6]])), None);
+        let chain = |headers: usize| {
+            let mut chain: Vec<[u8; 8]> = (1..headers).map(|_| extension(60)).collect();
+            chain.push(extension(6));
+            let mut parts: Vec<&[u8]> = chain.iter().map(|h| &h[..]).collect();
+            parts.push(&TCP_PORTS);
+            transport(&ipv6(60, &parts))
+        };
+        assert_eq!(
+            chain(MAX_EXTENSION_HEADERS),
+            tcp(12345, 80, Fragment::Whole)
+        );
+        assert_eq!(chain(MAX_EXTENSION_HEADERS + 1), None);
+    }
+
+    #[test]
+    fn reads_ipv6_fragment_positions() {
+        let id = FragmentId {
+            id: 0xdead_beef,
+            protocol: 6,
+        };
+        let first = ipv6(44, &[&fragment_header(6, 0, true, id.id), &TCP_PORTS]);
+        assert_eq!(transport(&first), tcp(12345, 80, Fragment::First(id)));
+        let later = ipv6(44, &[&fragment_header(6, 3, true, id.id), &TCP_PORTS]);
+        assert_eq!(transport(&later), tcp(0, 0, Fragment::Later(id)));
+        let last = ipv6(44, &[&fragment_header(6, 3, false, id.id), &TCP_PORTS]);
+        assert_eq!(transport(&last), tcp(0, 0, Fragment::Later(id)));
+        // An atomic fragment (offset 0, no more fragments) is a whole packet.
+        let atomic = ipv6(44, &[&fragment_header(6, 0, false, id.id), &TCP_PORTS]);
+        assert_eq!(transport(&atomic), tcp(12345, 80, Fragment::Whole));
+        // Extension headers after the fragment header, in the first fragment, are walked;
+        // the datagram is identified by the fragment header's next header.
+        let first = ipv6(
+            0,
+            &[
+                &extension(44),
+                &fragment_header(60, 0, true, 7),
+                &extension(6),
+                &TCP_PORTS,
+            ],
+        );
+        let id = FragmentId {
+            id: 7,
+            protocol: 60,
+        };
+        assert_eq!(transport(&first), tcp(12345, 80, Fragment::First(id)));
+        let later = ipv6(44, &[&fragment_header(60, 10, false, 7), &[0; 16]]);
+        assert_eq!(
+            transport(&later),
+            Some(Transport {
+                protocol: 60,
+                src_port: 0,
+                dst_port: 0,
+                fragment: Fragment::Later(id),
+            })
+        );
+    }
+
     proptest! {
         #[test]
-        fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..160)) {
             let _ = addresses(&bytes);
             let _ = transport(&bytes);
         }

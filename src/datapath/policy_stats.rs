@@ -24,16 +24,19 @@ pub enum PolicyOutcome {
     SamePod,
     /// Checked against the rule set and allowed.
     Allowed,
+    /// A later fragment of a datagram whose first fragment was allowed.
+    Fragment,
     DeniedIngress,
     DeniedEgress,
 }
 
 impl PolicyOutcome {
-    pub const ALL: [PolicyOutcome; 6] = [
+    pub const ALL: [PolicyOutcome; 7] = [
         Self::TrackedReply,
         Self::TrackedAllowed,
         Self::SamePod,
         Self::Allowed,
+        Self::Fragment,
         Self::DeniedIngress,
         Self::DeniedEgress,
     ];
@@ -45,6 +48,7 @@ impl PolicyOutcome {
             Self::TrackedAllowed => "tracked_allowed",
             Self::SamePod => "same_pod",
             Self::Allowed => "allowed",
+            Self::Fragment => "fragment",
             Self::DeniedIngress => "denied_ingress",
             Self::DeniedEgress => "denied_egress",
         }

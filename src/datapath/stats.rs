@@ -27,10 +27,16 @@ pub enum DropReason {
     PolicyIngress,
     /// NetworkPolicy: the source Pod is isolated for egress and nothing allows this.
     PolicyEgress,
+    /// NetworkPolicy: a policy source is configured and its first rule set is not in force
+    /// yet, so nothing decrypted is delivered.
+    PolicyNotSynced,
+    /// NetworkPolicy: a later fragment of a datagram whose first fragment was not judged (or
+    /// is no longer remembered), so its verdict is unknown.
+    UnknownFragment,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         Self::SourceNotAllowed,
         Self::DestinationNotLocal,
         Self::NoPeer,
@@ -42,6 +48,8 @@ impl DropReason {
         Self::NotIp,
         Self::PolicyIngress,
         Self::PolicyEgress,
+        Self::PolicyNotSynced,
+        Self::UnknownFragment,
     ];
 
     /// Stable name, as in `weft status` and metrics.
@@ -58,6 +66,8 @@ impl DropReason {
             Self::NotIp => "not_ip",
             Self::PolicyIngress => "policy_ingress",
             Self::PolicyEgress => "policy_egress",
+            Self::PolicyNotSynced => "policy_not_synced",
+            Self::UnknownFragment => "unknown_fragment",
         }
     }
 

@@ -1,6 +1,10 @@
-//! Connection tracking for policy: flows this node originated (so their replies pass) and
-//! inbound flows policy allowed (so their later packets skip the full check). Bounded: when
-//! full, the least recently used flow is evicted and counted. Time is passed in.
+//! Connection tracking for policy: flows this node opened (so their replies pass) and inbound
+//! flows policy allowed (so their later packets skip the full check). Every flow carries the
+//! rule set version it was last judged under; a flow judged denied after a rule set change is
+//! kept as *revoked*, so neither direction can bring it back (an outbound packet answering a
+//! revoked inbound flow does not open a flow of its own), until it has been idle for its
+//! timeout. Bounded: when full, the least recently used flow is evicted and counted. Time is
+//! passed in.
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -62,20 +66,32 @@ impl Timeouts {
     }
 }
 
+/// The last judgement of a tracked flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    /// The rule set version it was judged under (for a flow opened here and not judged since:
+    /// the version in force when it was opened).
+    pub version: u64,
+    /// Denied under `version`: its packets are dropped until it expires.
+    pub revoked: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     last_seen: Instant,
-    /// The policy version the flow was allowed under (`None`: we originated it).
-    policy_version: Option<u64>,
+    /// This node sent the flow's first packet (its key is the outbound direction); otherwise
+    /// the key is the inbound direction policy allowed.
+    opened_here: bool,
+    judged: Judged,
 }
 
 /// What a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracked {
-    /// A reply to a flow this node originated.
-    Reply,
-    /// A flow allowed inbound under policy version `version`.
-    Allowed { version: u64 },
+    /// A reply to a flow this node opened.
+    Reply(Judged),
+    /// A packet of an inbound flow policy allowed (or, if revoked, no longer allows).
+    Inbound(Judged),
     /// Not tracked (or expired).
     Miss,
 }
@@ -114,12 +130,26 @@ impl Conntrack {
         self.flows.put(key, entry);
     }
 
-    /// Records a flow this node sends (an encrypted outbound packet). A packet answering an
-    /// inbound flow is that flow's reply, not a flow of its own: it only refreshes the inbound
-    /// entry, so the inbound direction stays subject to policy changes.
-    pub fn record_outbound(&mut self, key: FlowKey, now: Instant) {
-        if let Some(entry) = self.flows.peek_mut(&key.reversed())
-            && entry.policy_version.is_some()
+    /// Records a packet this node sends (an encrypted outbound packet), with `version` the rule
+    /// set in force. A packet answering an inbound flow, allowed or revoked, is that flow's
+    /// reply, not a flow of its own: it only refreshes the inbound entry, so the inbound
+    /// direction stays subject to policy. A packet of a flow opened here refreshes it (a
+    /// revoked one stays revoked). Anything else opens a flow.
+    pub fn record_outbound(&mut self, key: FlowKey, version: u64, now: Instant) {
+        let timeout = self.timeouts.of(key.protocol);
+        let reverse = key.reversed();
+        if let Some(entry) = self.flows.get_mut(&reverse)
+            && !entry.opened_here
+        {
+            if now.duration_since(entry.last_seen) <= timeout {
+                entry.last_seen = now;
+                return;
+            }
+            self.flows.pop(&reverse);
+        }
+        if let Some(entry) = self.flows.get_mut(&key)
+            && entry.opened_here
+            && now.duration_since(entry.last_seen) <= timeout
         {
             entry.last_seen = now;
             return;
@@ -128,7 +158,11 @@ impl Conntrack {
             key,
             Entry {
                 last_seen: now,
-                policy_version: None,
+                opened_here: true,
+                judged: Judged {
+                    version,
+                    revoked: false,
+                },
             },
         );
     }
@@ -139,40 +173,59 @@ impl Conntrack {
             key,
             Entry {
                 last_seen: now,
-                policy_version: Some(version),
+                opened_here: false,
+                judged: Judged {
+                    version,
+                    revoked: false,
+                },
             },
         );
     }
 
-    /// Looks up an inbound packet: a reply to an outbound flow, or a known inbound flow.
-    /// Refreshes what it finds; forgets what has expired.
+    /// Looks up an inbound packet: a reply to a flow opened here, or a packet of an inbound
+    /// flow. Refreshes what it finds (revoked flows too: they stay revoked while in use);
+    /// forgets what has expired.
     pub fn lookup_inbound(&mut self, key: &FlowKey, now: Instant) -> Tracked {
         let timeout = self.timeouts.of(key.protocol);
         let reverse = key.reversed();
         if let Some(entry) = self.flows.get_mut(&reverse)
-            && entry.policy_version.is_none()
+            && entry.opened_here
         {
             if now.duration_since(entry.last_seen) <= timeout {
                 entry.last_seen = now;
-                return Tracked::Reply;
+                return Tracked::Reply(entry.judged);
             }
             self.flows.pop(&reverse);
         }
         if let Some(entry) = self.flows.get_mut(key)
-            && let Some(version) = entry.policy_version
+            && !entry.opened_here
         {
             if now.duration_since(entry.last_seen) <= timeout {
                 entry.last_seen = now;
-                return Tracked::Allowed { version };
+                return Tracked::Inbound(entry.judged);
             }
             self.flows.pop(key);
         }
         Tracked::Miss
     }
 
-    /// Forgets a flow (policy no longer allows it).
-    pub fn forget(&mut self, key: &FlowKey) {
-        self.flows.pop(key);
+    /// Records a new judgement of the tracked flow the inbound packet `key` belongs to (as
+    /// [`Conntrack::lookup_inbound`] found it): allowed, or revoked, under `version`. Nothing
+    /// happens if the packet belongs to no tracked flow.
+    pub fn judge(&mut self, key: &FlowKey, version: u64, allowed: bool) {
+        let judged = Judged {
+            version,
+            revoked: !allowed,
+        };
+        if let Some(entry) = self.flows.peek_mut(&key.reversed())
+            && entry.opened_here
+        {
+            entry.judged = judged;
+        } else if let Some(entry) = self.flows.peek_mut(key)
+            && !entry.opened_here
+        {
+            entry.judged = judged;
+        }
     }
 }
 
@@ -194,15 +247,32 @@ mod tests {
         Conntrack::new(NonZeroUsize::new(capacity).unwrap(), Timeouts::default())
     }
 
+    fn allowed(version: u64) -> Judged {
+        Judged {
+            version,
+            revoked: false,
+        }
+    }
+
+    fn revoked(version: u64) -> Judged {
+        Judged {
+            version,
+            revoked: true,
+        }
+    }
+
     #[test]
     fn replies_to_outbound_flows_are_tracked_until_they_expire() {
         let mut ct = table(8);
         let t0 = Instant::now();
-        ct.record_outbound(key(1000), t0);
-        assert_eq!(ct.lookup_inbound(&key(1000).reversed(), t0), Tracked::Reply);
+        ct.record_outbound(key(1000), 3, t0);
+        assert_eq!(
+            ct.lookup_inbound(&key(1000).reversed(), t0),
+            Tracked::Reply(allowed(3))
+        );
         // The same direction as the outbound flow is not a reply.
         assert_eq!(ct.lookup_inbound(&key(1000), t0), Tracked::Miss);
-        let late = t0 + Duration::from_secs(3601) + Duration::from_secs(3600);
+        let late = t0 + Duration::from_secs(3601);
         assert_eq!(
             ct.lookup_inbound(&key(1000).reversed(), late),
             Tracked::Miss
@@ -215,44 +285,100 @@ mod tests {
         let mut ct = table(8);
         let t0 = Instant::now();
         ct.record_inbound(key(1), 7, t0);
-        ct.record_outbound(key(1).reversed(), t0);
+        ct.record_outbound(key(1).reversed(), 7, t0);
         assert_eq!(ct.len(), 1);
         // The inbound direction is still an inbound flow (re-checked when policy changes).
-        assert_eq!(
-            ct.lookup_inbound(&key(1), t0),
-            Tracked::Allowed { version: 7 }
-        );
+        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(allowed(7)));
     }
 
     #[test]
-    fn inbound_flows_carry_their_policy_version() {
+    fn answering_a_revoked_inbound_flow_opens_no_flow_of_its_own() {
         let mut ct = table(8);
         let t0 = Instant::now();
         ct.record_inbound(key(1), 7, t0);
+        ct.judge(&key(1), 8, false);
+        // The local Pod keeps sending on the flow: its packets are not a flow it opened, so
+        // the remote side's packets never become replies.
+        for s in 1..=3 {
+            let t = t0 + Duration::from_secs(s);
+            ct.record_outbound(key(1).reversed(), 8, t);
+            assert_eq!(ct.lookup_inbound(&key(1), t), Tracked::Inbound(revoked(8)));
+        }
+        assert_eq!(ct.len(), 1);
+        // A later rule set may allow it again.
+        ct.judge(&key(1), 9, true);
+        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(allowed(9)));
+    }
+
+    #[test]
+    fn a_revoked_flow_opened_here_stays_revoked_while_the_local_side_sends() {
+        let mut ct = table(8);
+        let t0 = Instant::now();
+        ct.record_outbound(key(1), 1, t0);
+        let reply = key(1).reversed();
+        ct.judge(&reply, 2, false);
+        ct.record_outbound(key(1), 2, t0 + Duration::from_secs(1));
+        assert_eq!(ct.lookup_inbound(&reply, t0), Tracked::Reply(revoked(2)));
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn a_revoked_flow_is_forgotten_once_idle_for_its_timeout() {
+        let mut ct = table(8);
+        let t0 = Instant::now();
+        ct.record_inbound(key(1), 1, t0);
+        ct.judge(&key(1), 2, false);
+        // Kept alive by the local side until then.
+        let t1 = t0 + Duration::from_secs(3000);
+        ct.record_outbound(key(1).reversed(), 2, t1);
+        assert_eq!(ct.lookup_inbound(&key(1), t1), Tracked::Inbound(revoked(2)));
+        // Idle for longer than the TCP timeout: the next outbound packet opens a new flow.
+        let late = t1 + Duration::from_secs(3601);
+        ct.record_outbound(key(1).reversed(), 2, late);
+        assert_eq!(ct.lookup_inbound(&key(1), late), Tracked::Reply(allowed(2)));
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn judging_an_untracked_packet_changes_nothing() {
+        let mut ct = table(8);
+        let t0 = Instant::now();
+        ct.record_outbound(key(1), 1, t0);
+        // key(1) itself is the outbound direction, not a packet of the flow coming in.
+        ct.judge(&key(1), 2, false);
+        ct.judge(&key(2), 2, false);
         assert_eq!(
-            ct.lookup_inbound(&key(1), t0),
-            Tracked::Allowed { version: 7 }
+            ct.lookup_inbound(&key(1).reversed(), t0),
+            Tracked::Reply(allowed(1))
         );
-        ct.forget(&key(1));
-        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Miss);
+        assert_eq!(ct.len(), 1);
     }
 
     #[test]
     fn a_full_table_evicts_the_least_recently_used_and_counts_it() {
         let mut ct = table(2);
         let t0 = Instant::now();
-        ct.record_outbound(key(1), t0);
-        ct.record_outbound(key(2), t0);
+        ct.record_outbound(key(1), 0, t0);
+        ct.record_outbound(key(2), 0, t0);
         // Touch flow 1, so flow 2 is the least recently used.
-        assert_eq!(ct.lookup_inbound(&key(1).reversed(), t0), Tracked::Reply);
-        ct.record_outbound(key(3), t0);
+        assert!(matches!(
+            ct.lookup_inbound(&key(1).reversed(), t0),
+            Tracked::Reply(_)
+        ));
+        ct.record_outbound(key(3), 0, t0);
         assert_eq!(ct.evictions, 1);
         assert_eq!(ct.len(), 2);
         assert_eq!(ct.lookup_inbound(&key(2).reversed(), t0), Tracked::Miss);
-        assert_eq!(ct.lookup_inbound(&key(1).reversed(), t0), Tracked::Reply);
-        assert_eq!(ct.lookup_inbound(&key(3).reversed(), t0), Tracked::Reply);
+        assert!(matches!(
+            ct.lookup_inbound(&key(1).reversed(), t0),
+            Tracked::Reply(_)
+        ));
+        assert!(matches!(
+            ct.lookup_inbound(&key(3).reversed(), t0),
+            Tracked::Reply(_)
+        ));
         // Refreshing an existing flow is no eviction.
-        ct.record_outbound(key(3), t0);
+        ct.record_outbound(key(3), 0, t0);
         assert_eq!(ct.evictions, 1);
     }
 }

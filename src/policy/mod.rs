@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod conntrack;
+pub mod gate;
 pub mod model;
 pub mod selector;
 pub mod source;
@@ -17,5 +18,7 @@ pub use model::{Flow, PodInfo, Protocol};
 /// Not used by the agent.
 #[doc(hidden)]
 pub mod reference;
+#[cfg(test)]
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;

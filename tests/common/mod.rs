@@ -2,6 +2,8 @@
 //! when the test fails).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod duplex;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};

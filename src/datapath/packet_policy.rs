@@ -1,0 +1,118 @@
+//! NetworkPolicy as the datapath applies it to packets: what it encrypts is recorded in
+//! connection tracking; what it decrypts is judged by the [`PolicyGate`] and counted. A
+//! fragmented datagram is judged by its first fragment (the only one with ports); its later
+//! fragments take that verdict, and are dropped as `unknown_fragment` if there is none.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::fragments::{FragmentKey, FragmentTable};
+use super::packet::{Fragment, Transport, transport};
+use super::policy_stats::{PolicyCounters, PolicyOutcome};
+use super::stats::DropReason;
+use crate::policy::Direction;
+use crate::policy::conntrack::FlowKey;
+use crate::policy::gate::{Admission, PolicyGate};
+
+pub struct PacketPolicy {
+    pub gate: PolicyGate,
+    pub counters: PolicyCounters,
+    fragments: FragmentTable,
+}
+
+impl PacketPolicy {
+    pub fn new(gate: PolicyGate, fragments: FragmentTable) -> Self {
+        Self {
+            gate,
+            counters: PolicyCounters::default(),
+            fragments,
+        }
+    }
+
+    /// Records the flow of a packet this node sends (`source` to `destination`). A later
+    /// fragment has no ports and belongs to the flow its first fragment recorded.
+    pub fn outbound(&mut self, source: IpAddr, destination: IpAddr, packet: &[u8], now: Instant) {
+        if let Some(t) = transport(packet)
+            && !matches!(t.fragment, Fragment::Later(_))
+        {
+            self.gate
+                .record_outbound(flow_key(source, destination, t), now);
+        }
+    }
+
+    /// Judges a decrypted packet from `source` to the local `destination`, and counts it.
+    pub fn inbound(
+        &mut self,
+        source: IpAddr,
+        destination: IpAddr,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let Some(t) = transport(packet) else {
+            return Err(DropReason::NotIp);
+        };
+        let datagram = |id| FragmentKey {
+            src: source,
+            dst: destination,
+            id,
+        };
+        match t.fragment {
+            Fragment::Whole => self.admit(&flow_key(source, destination, t), now),
+            Fragment::First(id) => {
+                let verdict = self.admit(&flow_key(source, destination, t), now);
+                self.fragments.remember(datagram(id), verdict, now);
+                verdict
+            }
+            Fragment::Later(id) => {
+                let verdict = self
+                    .fragments
+                    .verdict(&datagram(id), now)
+                    .unwrap_or(Err(DropReason::UnknownFragment));
+                match verdict {
+                    Ok(()) => self.counters.count(PolicyOutcome::Fragment),
+                    Err(DropReason::PolicyIngress) => {
+                        self.counters.count(PolicyOutcome::DeniedIngress);
+                    }
+                    Err(DropReason::PolicyEgress) => {
+                        self.counters.count(PolicyOutcome::DeniedEgress);
+                    }
+                    Err(_) => {}
+                }
+                verdict
+            }
+        }
+    }
+
+    fn admit(&mut self, key: &FlowKey, now: Instant) -> Result<(), DropReason> {
+        let outcome = match self.gate.admit(key, now) {
+            Admission::TrackedReply => PolicyOutcome::TrackedReply,
+            Admission::TrackedAllowed => PolicyOutcome::TrackedAllowed,
+            Admission::SamePod => PolicyOutcome::SamePod,
+            Admission::Allowed => PolicyOutcome::Allowed,
+            Admission::Denied { direction, pod } => {
+                self.counters.count_denial(pod, direction);
+                return Err(match direction {
+                    Direction::Ingress => DropReason::PolicyIngress,
+                    Direction::Egress => DropReason::PolicyEgress,
+                });
+            }
+            Admission::NotSynced => return Err(DropReason::PolicyNotSynced),
+        };
+        self.counters.count(outcome);
+        Ok(())
+    }
+}
+
+fn flow_key(src: IpAddr, dst: IpAddr, transport: Transport) -> FlowKey {
+    FlowKey {
+        protocol: transport.protocol,
+        src,
+        dst,
+        src_port: transport.src_port,
+        dst_port: transport.dst_port,
+    }
+}
+
+#[cfg(test)]
+#[path = "packet_policy_tests.rs"]
+mod tests;

@@ -1,0 +1,157 @@
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::policy::conntrack::{Conntrack, Timeouts};
+use crate::policy::test_support::world;
+
+const C: [u8; 4] = [10, 244, 1, 2];
+const S: [u8; 4] = [10, 244, 2, 2];
+const MORE_FRAGMENTS: u16 = 0x2000;
+
+/// `lab/s` accepts TCP port 80 only, from anyone.
+fn policy() -> PacketPolicy {
+    let conntrack = Conntrack::new(NonZeroUsize::new(64).unwrap(), Timeouts::default());
+    let mut gate = PolicyGate::new(conntrack, true);
+    gate.set_policy(world(&[json!({
+        "metadata": {"name": "web", "namespace": "lab"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "s"}},
+            "ingress": [{"ports": [{"port": 80}]}]
+        }
+    })]));
+    PacketPolicy::new(gate, FragmentTable::new(64, Duration::from_secs(30)))
+}
+
+fn ip(octets: [u8; 4]) -> IpAddr {
+    IpAddr::from(octets)
+}
+
+/// An IPv4 packet from `C` to `S` with protocol `protocol`, identification `id`, the flags
+/// and fragment offset field `fragment`, and `payload` (the TCP ports for a first fragment).
+fn ipv4(protocol: u8, id: u16, fragment: u16, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0u8; 20];
+    packet[0] = 0x45;
+    packet[4..6].copy_from_slice(&id.to_be_bytes());
+    packet[6..8].copy_from_slice(&fragment.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = protocol;
+    packet[12..16].copy_from_slice(&C);
+    packet[16..20].copy_from_slice(&S);
+    packet.extend_from_slice(payload);
+    let length = packet.len() as u16;
+    packet[2..4].copy_from_slice(&length.to_be_bytes());
+    packet
+}
+
+fn tcp_ports(dst_port: u16) -> [u8; 20] {
+    let mut header = [0u8; 20];
+    header[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    header[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    header[12] = 0x50;
+    header
+}
+
+#[test]
+fn later_ipv4_fragments_take_the_verdict_of_their_first() {
+    let mut policy = policy();
+    let now = Instant::now();
+    let mut check = |packet: &[u8]| policy.inbound(ip(C), ip(S), packet, now);
+
+    // A datagram to port 80, in three fragments: all delivered (the later ones carry no
+    // ports, so judged on their own they would be denied).
+    assert_eq!(check(&ipv4(6, 1, MORE_FRAGMENTS, &tcp_ports(80))), Ok(()));
+    assert_eq!(check(&ipv4(6, 1, MORE_FRAGMENTS | 3, &[0; 24])), Ok(()));
+    assert_eq!(check(&ipv4(6, 1, 6, &[0; 8])), Ok(()));
+    // A datagram to port 81: every fragment denied.
+    let denied = Err(DropReason::PolicyIngress);
+    assert_eq!(check(&ipv4(6, 2, MORE_FRAGMENTS, &tcp_ports(81))), denied);
+    assert_eq!(check(&ipv4(6, 2, 3, &[0; 24])), denied);
+    // Later fragments whose first was never seen (another identification, or another
+    // protocol with the same identification): dropped.
+    let unknown = Err(DropReason::UnknownFragment);
+    assert_eq!(check(&ipv4(6, 3, 3, &[0; 24])), unknown);
+    assert_eq!(check(&ipv4(17, 1, 3, &[0; 24])), unknown);
+
+    let status = policy
+        .counters
+        .status(policy.gate.policy(), policy.gate.version());
+    assert_eq!(status.verdicts["allowed"], 1);
+    assert_eq!(status.verdicts["fragment"], 2);
+    assert_eq!(status.verdicts["denied_ingress"], 2);
+    assert_eq!(status.denied["lab/s"]["ingress"], 1);
+}
+
+const C6: &str = "fd00:10:244:1::2";
+const S6: &str = "fd00:10:244:2::2";
+
+/// An IPv6 packet from `C6` to `S6`: `first` as next header, then `rest`.
+fn ipv6(first: u8, rest: &[&[u8]]) -> Vec<u8> {
+    let mut packet = vec![0u8; 40];
+    packet[0] = 0x60;
+    packet[6] = first;
+    packet[7] = 64;
+    let c6: std::net::Ipv6Addr = C6.parse().unwrap();
+    let s6: std::net::Ipv6Addr = S6.parse().unwrap();
+    packet[8..24].copy_from_slice(&c6.octets());
+    packet[24..40].copy_from_slice(&s6.octets());
+    for part in rest {
+        packet.extend_from_slice(part);
+    }
+    let length = (packet.len() - 40) as u16;
+    packet[4..6].copy_from_slice(&length.to_be_bytes());
+    packet
+}
+
+fn options(next: u8) -> [u8; 8] {
+    [next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+fn fragment(next: u8, offset_units: u16, more: bool, id: u32) -> [u8; 8] {
+    let [a, b] = ((offset_units << 3) | u16::from(more)).to_be_bytes();
+    let [c, d, e, f] = id.to_be_bytes();
+    [next, 0, a, b, c, d, e, f]
+}
+
+#[test]
+fn ipv6_packets_are_judged_by_the_transport_header_behind_extension_headers() {
+    let mut policy = policy();
+    let now = Instant::now();
+    let (c6, s6): (IpAddr, IpAddr) = (C6.parse().unwrap(), S6.parse().unwrap());
+    let mut check = |packet: &[u8]| policy.inbound(c6, s6, packet, now);
+
+    // Hop-by-hop, then destination options, then TCP.
+    let to = |port| ipv6(0, &[&options(60), &options(6), &tcp_ports(port)]);
+    assert_eq!(check(&to(80)), Ok(()));
+    assert_eq!(check(&to(81)), Err(DropReason::PolicyIngress));
+
+    // Fragmented, with destination options before the fragment header.
+    let first = ipv6(
+        60,
+        &[&options(44), &fragment(6, 0, true, 9), &tcp_ports(80)],
+    );
+    assert_eq!(check(&first), Ok(()));
+    let later = ipv6(60, &[&options(44), &fragment(6, 5, false, 9), &[0; 16]]);
+    assert_eq!(check(&later), Ok(()));
+    let stray = ipv6(44, &[&fragment(6, 5, false, 10), &[0; 16]]);
+    assert_eq!(check(&stray), Err(DropReason::UnknownFragment));
+}
+
+#[test]
+fn later_fragments_record_no_flow_of_their_own() {
+    let mut policy = policy();
+    let now = Instant::now();
+    // Sent by `S` to `C`: the first fragment records the flow, the later ones (no ports)
+    // nothing.
+    let mut first = ipv4(6, 1, MORE_FRAGMENTS, &tcp_ports(80));
+    first[12..16].copy_from_slice(&S);
+    first[16..20].copy_from_slice(&C);
+    policy.outbound(ip(S), ip(C), &first, now);
+    let mut later = ipv4(6, 1, 3, &[0; 24]);
+    later[12..16].copy_from_slice(&S);
+    later[16..20].copy_from_slice(&C);
+    policy.outbound(ip(S), ip(C), &later, now);
+    assert_eq!(policy.gate.conntrack().len(), 1);
+}

@@ -1,0 +1,147 @@
+//! The policy decision for one decrypted packet: connection tracking first, then the rule set
+//! in force. Pure (no IO, time passed in) and allocation-free per packet.
+//!
+//! - When a policy source is configured, nothing passes until its first rule set is in force.
+//! - A reply to a flow this node opened passes while that flow was last judged allowed under
+//!   the rule set in force; after a change it is judged again: it passes if the flow it
+//!   answers is allowed, or if policy allows the reply on its own.
+//! - A packet of a tracked inbound flow passes while the flow was last judged allowed under
+//!   the rule set in force; after a change it is checked again.
+//! - A tracked flow found denied is kept as revoked: its packets are dropped until it has been
+//!   idle for its timeout (or a later rule set allows it again), whichever side keeps sending.
+//! - Anything else is checked against the rule set; if allowed, it is tracked.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::conntrack::{Conntrack, FlowKey, Judged, Tracked};
+use super::{Direction, Flow, PolicySet, Protocol, Verdict};
+
+/// What the gate decided for one decrypted packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission<'a> {
+    /// A reply to a flow this node opened.
+    TrackedReply,
+    /// A packet of an inbound flow already allowed under the rule set in force.
+    TrackedAllowed,
+    /// A Pod talking to itself.
+    SamePod,
+    /// Checked against the rule set and allowed.
+    Allowed,
+    /// `pod` is isolated in `direction` and nothing allows the packet.
+    Denied { direction: Direction, pod: &'a str },
+    /// A policy source is configured and its first rule set is not in force yet.
+    NotSynced,
+}
+
+pub struct PolicyGate {
+    set: Arc<PolicySet>,
+    /// Counts rule set changes: 0 before the first.
+    version: u64,
+    /// A policy source is configured: nothing passes before its first rule set.
+    required: bool,
+    conntrack: Conntrack,
+}
+
+impl PolicyGate {
+    /// A gate with no rule set yet: with `required` (a policy source is configured) nothing
+    /// passes until [`PolicyGate::set_policy`]; without, everything passes.
+    pub fn new(conntrack: Conntrack, required: bool) -> Self {
+        Self {
+            set: Arc::new(PolicySet::default()),
+            version: 0,
+            required,
+            conntrack,
+        }
+    }
+
+    /// Puts a new rule set in force: at once for new flows, and for tracked flows at their
+    /// next decrypted packet.
+    pub fn set_policy(&mut self, set: Arc<PolicySet>) {
+        self.set = set;
+        self.version += 1;
+    }
+
+    pub fn policy(&self) -> &PolicySet {
+        &self.set
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.conntrack
+    }
+
+    /// Whether packets are judged (rather than dropped for want of a rule set).
+    pub fn synced(&self) -> bool {
+        !self.required || self.version > 0
+    }
+
+    /// Records a packet this node sends into the mesh (see [`Conntrack::record_outbound`]).
+    pub fn record_outbound(&mut self, key: FlowKey, now: Instant) {
+        self.conntrack.record_outbound(key, self.version, now);
+    }
+
+    /// Judges a decrypted packet of flow `key` (source: the remote side).
+    pub fn admit(&mut self, key: &FlowKey, now: Instant) -> Admission<'_> {
+        if !self.synced() {
+            return Admission::NotSynced;
+        }
+        let current = Judged {
+            version: self.version,
+            revoked: false,
+        };
+        let set: &PolicySet = &self.set;
+        let verdict = match self.conntrack.lookup_inbound(key, now) {
+            Tracked::Reply(judged) if judged == current => return Admission::TrackedReply,
+            Tracked::Inbound(judged) if judged == current => return Admission::TrackedAllowed,
+            Tracked::Reply(judged) => {
+                // Judged under an older rule set: the reply of a flow that is still allowed
+                // passes. Otherwise (and if revoked under this one) the reply passes only if
+                // policy allows it on its own.
+                if judged.version != self.version && set.check(&flow(&key.reversed())).is_allowed()
+                {
+                    self.conntrack.judge(key, self.version, true);
+                    return Admission::TrackedReply;
+                }
+                let verdict = set.check(&flow(key));
+                self.conntrack
+                    .judge(key, self.version, verdict.is_allowed());
+                verdict
+            }
+            Tracked::Inbound(_) => {
+                let verdict = set.check(&flow(key));
+                self.conntrack
+                    .judge(key, self.version, verdict.is_allowed());
+                verdict
+            }
+            Tracked::Miss => {
+                let verdict = set.check(&flow(key));
+                if verdict.is_allowed() {
+                    self.conntrack.record_inbound(*key, self.version, now);
+                }
+                verdict
+            }
+        };
+        match verdict {
+            Verdict::SamePod => Admission::SamePod,
+            Verdict::Allowed { .. } => Admission::Allowed,
+            Verdict::Denied { direction, pod } => Admission::Denied { direction, pod },
+        }
+    }
+}
+
+fn flow(key: &FlowKey) -> Flow {
+    Flow {
+        src: key.src,
+        dst: key.dst,
+        protocol: Protocol::from_number(key.protocol),
+        dst_port: key.dst_port,
+    }
+}
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;
