@@ -35,7 +35,7 @@ pub fn render(status: &Status, ready: bool, keys: Option<&KeyStatus>) -> String 
     gauge(
         &mut registry,
         "weft_ready",
-        "1 once the registry, routes and policy have been read",
+        "1 while /readyz answers 200",
         i64::from(ready),
     );
     let synced = Family::<Labels, Gauge>::default();

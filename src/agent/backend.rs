@@ -59,6 +59,16 @@ impl Backend {
         }
     }
 
+    /// Whether `snapshot` shows this node as we publish it. The file registry stores our
+    /// addresses with the record; a Node's addresses are the kubelet's and cloud
+    /// controller's (weft only writes the annotation), so there only the record counts.
+    pub fn holds(&self, snapshot: &RegistrySnapshot, own: &OwnNode) -> bool {
+        match self {
+            Self::File(_) => snapshot.holds(own),
+            Self::Kube { .. } => snapshot.holds_record(own),
+        }
+    }
+
     /// The API client, when running against Kubernetes.
     pub fn kube_client(&self) -> Option<kube::Client> {
         match self {

@@ -247,11 +247,12 @@ pub struct DatapathSettings {
 impl DatapathSettings {
     /// Refuses settings that would let Pod traffic leave in clear or disturb the host.
     fn check(&self, blocks: &[IpNetwork]) -> Result<(), String> {
-        if self.encryption == Encryption::Required && self.pod_cidrs.is_empty() {
+        if self.pod_cidrs.is_empty() {
             return Err(
-                "--encryption required needs the cluster's Pod CIDRs (--pod-cidr, every \
-                 address family): without them weft cannot tell which prefixes it must keep \
-                 from leaving in clear"
+                "the datapath needs the cluster's Pod CIDRs (--pod-cidr, every address \
+                 family): weft routes and guards only addresses inside them, so no record can \
+                 pull other traffic into the tunnel, and with --encryption required nothing \
+                 inside them leaves in clear"
                     .into(),
             );
         }
@@ -427,6 +428,13 @@ impl AgentConfig {
             .or(file.uapi_socket)
             .unwrap_or_else(|| crate::datapath::uapi::default_socket_path(&interface));
         let policy_dir = args.policy_dir.clone().or(file.policy_dir);
+        if policy_dir.is_some() && (args.no_datapath || file.no_datapath) {
+            return Err(invalid(
+                "--policy-dir needs the datapath: policy is enforced on the packets it decrypts \
+                 (drop --no-datapath, or --policy-dir)"
+                    .into(),
+            ));
+        }
         let conntrack_max = args
             .conntrack_max
             .or(file.conntrack_max)

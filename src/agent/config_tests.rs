@@ -24,16 +24,23 @@ fn settings_that_would_leak_pod_traffic_are_refused() {
         ..args()
     };
     assert!(refused(&no_pod_cidrs).contains("--pod-cidr"));
+    // Preferred encryption too: the Pod CIDRs also bound what a record can pull into the
+    // tunnel.
     let preferred = AgentArgs {
         encryption: Some(Encryption::Preferred),
         ..no_pod_cidrs.clone()
     };
-    assert!(AgentConfig::merge(&preferred, ConfigFile::default()).is_ok());
+    assert!(refused(&preferred).contains("--pod-cidr"));
     let control_plane_only = AgentArgs {
         no_datapath: true,
         ..no_pod_cidrs
     };
     assert!(AgentConfig::merge(&control_plane_only, ConfigFile::default()).is_ok());
+    let policy_without_datapath = AgentArgs {
+        policy_dir: Some("/tmp/policy".into()),
+        ..control_plane_only
+    };
+    assert!(refused(&policy_without_datapath).contains("--policy-dir needs the datapath"));
 
     let mark_zero = AgentArgs {
         fwmark: Some(0),

@@ -232,8 +232,9 @@ async fn serve_node(
     let mut current: BTreeMap<String, Peer> = BTreeMap::new();
     let mut rejected: Vec<RejectionView> = Vec::new();
     let mut failure = None;
-    // A datapath update that failed (half-applied routes) is retried until it succeeds.
-    let mut apply_failed = false;
+    // A datapath update that failed (half-applied routes) is retried until it succeeds, at a
+    // fixed deadline (other arms firing in between do not push it back).
+    let mut retry_apply_at: Option<tokio::time::Instant> = None;
     let mut rotation = RotationDriver::new(keys, &publisher);
     let env = RotationEnv {
         config: &config,
@@ -275,7 +276,7 @@ async fn serve_node(
                 }
                 continue;
             }
-            _ = tokio::time::sleep(APPLY_RETRY), if apply_failed => false,
+            _ = sleep_until(retry_apply_at), if retry_apply_at.is_some() => false,
             _ = datapath_stopped(datapath.as_ref()) => {
                 // Exit so the supervisor restarts us; the unreachable backstops keep Pod
                 // traffic from leaving in clear meanwhile.
@@ -317,7 +318,9 @@ async fn serve_node(
         current = mesh.peers.clone();
         if let Some(datapath) = &datapath {
             let applied = datapath.update(&mesh, &guarded(&config, &entries)).await;
-            apply_failed = applied.is_err();
+            retry_apply_at = applied
+                .is_err()
+                .then(|| tokio::time::Instant::now() + APPLY_RETRY);
             if let Err(error) = &applied {
                 tracing::error!(%error, retry_in = ?APPLY_RETRY, "applying the mesh to the datapath failed");
             }
@@ -332,7 +335,11 @@ async fn serve_node(
         // After our own record changed (a key rotation step) the snapshot predates the
         // publish; the registry's next change event checks it again. While the publisher is
         // still at it, there is nothing to add.
-        if debounce && synced.registry && !snapshot.holds(&own) && publisher.is_published() {
+        if debounce
+            && synced.registry
+            && !registry.holds(&snapshot, &own)
+            && publisher.is_published()
+        {
             tracing::warn!(node = %own.name, "own record missing or changed in the registry; publishing it again");
             publisher.publish(own.clone());
         }
@@ -386,6 +393,14 @@ async fn start_datapath(
     )
     .await?;
     Ok(Some(datapath))
+}
+
+/// Sleeps until `deadline`; never returns without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn datapath_stopped(datapath: Option<&Datapath>) {

@@ -66,7 +66,7 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
     if !wait {
         return Ok(());
     }
-    let give_up = tokio::time::Instant::now() + PUBLISH_WAIT + grace + WAIT_SLACK;
+    let mut give_up = tokio::time::Instant::now() + PUBLISH_WAIT + grace + WAIT_SLACK;
     loop {
         tokio::time::sleep(POLL).await;
         let status = match key_status(run_dir).await {
@@ -75,6 +75,15 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
                 "lost the agent before the rotation to epoch {epoch} completed ({error}); it resumes the rotation from its key directory when it starts again"
             ),
         };
+        // The grace period runs from the announcement's first publication, which may come
+        // well after we started waiting (the API server was away): wait for all of it.
+        if let Some(announced) = status.rotation.as_ref().and_then(|r| r.announced_at) {
+            let ends = announced
+                .saturating_add(grace.as_secs())
+                .saturating_add(WAIT_SLACK.as_secs());
+            let left = ends.saturating_sub(crate::rotation::unix_now());
+            give_up = give_up.max(tokio::time::Instant::now() + Duration::from_secs(left));
+        }
         if completed(&status, epoch) && status.published {
             let detail = match &status.last_rotation {
                 Some(last) if last.epoch == epoch && !last.unmoved_peers.is_empty() => format!(

@@ -21,6 +21,10 @@ pub struct PolicyObjects {
     pub policies: Vec<NetworkPolicy>,
     /// (file, reason) for what could not be used.
     pub skipped: Vec<(String, String)>,
+    /// The directory or one of its files could not be read (as opposed to a file that was
+    /// read but holds something invalid): the objects are incomplete, and compiling them
+    /// could drop policies that still apply.
+    pub unreadable: bool,
 }
 
 /// Reads every `.yaml`, `.yml` and `.json` file of `dir` (multi-document YAML allowed).
@@ -32,6 +36,7 @@ pub fn read_dir(dir: &Path) -> PolicyObjects {
             objects
                 .skipped
                 .push((dir.display().to_string(), error.to_string()));
+            objects.unreadable = true;
             return objects;
         }
     };
@@ -51,6 +56,7 @@ pub fn read_dir(dir: &Path) -> PolicyObjects {
             Ok(text) => text,
             Err(error) => {
                 objects.skipped.push((shown, error.to_string()));
+                objects.unreadable |= error.kind() != std::io::ErrorKind::InvalidData;
                 continue;
             }
         };
@@ -179,7 +185,15 @@ pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>
                 objects.pods.len(),
                 objects.namespaces.len(),
             );
-            match publish(&sets, set) {
+            // Fail closed: an unreadable directory (or file) keeps the rule set in force, or
+            // none at all before the first, rather than one missing the policies it hides.
+            let published = if objects.unreadable {
+                tracing::warn!(dir = %dir.display(), "policy directory not fully readable; keeping the rule set in force");
+                None
+            } else {
+                publish(&sets, set)
+            };
+            match published {
                 Some(set) => {
                     warn_about(&set);
                     tracing::info!(
@@ -293,6 +307,30 @@ spec: {podSelector: {}}
             .unwrap();
         let set = receiver.borrow().clone().unwrap();
         assert!(set.knows("10.244.1.3".parse().unwrap()));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_directory_or_file_publishes_no_rule_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not-there");
+        assert!(read_dir(&missing).unreadable);
+        // A directory where a policy file should be: it cannot be read as a file.
+        std::fs::create_dir(dir.path().join("policy.yaml")).unwrap();
+        assert!(read_dir(dir.path()).unreadable);
+        // A file that is read but not UTF-8 is bad content, skipped like bad YAML.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("bad.yaml"), [0xff, 0xfe, 0x00]).unwrap();
+        let objects = read_dir(other.path());
+        assert!(!objects.unreadable && objects.skipped.len() == 1);
+
+        let (sets, receiver) = watch::channel(None);
+        let task = tokio::spawn(watch_dir(missing, sets));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            receiver.borrow().is_none(),
+            "an unreadable policy directory published a rule set (allowing everything)"
+        );
         task.abort();
     }
 

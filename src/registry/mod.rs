@@ -42,6 +42,13 @@ impl RegistrySnapshot {
         self.skipped.sort_by(|a, b| a.source.cmp(&b.source));
     }
 
+    /// Whether the registry holds `own`'s record as this node's (addresses aside).
+    pub fn holds_record(&self, own: &OwnNode) -> bool {
+        self.nodes
+            .iter()
+            .any(|node| node.name == own.name && node.record.as_ref() == Ok(&own.record))
+    }
+
     /// Whether the registry holds exactly `own` as this node's entry.
     /// Addresses compare as sets: registries list them sorted.
     pub fn holds(&self, own: &OwnNode) -> bool {
