@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use apiserver::ApiServer;
-use common::{require_root, run, run_ok, wait_for, weft_bin, weft_policy_check, weft_status};
+use common::{
+    require_root, run, run_ok, wait_for, weft_bin, weft_key_status, weft_policy_check, weft_status,
+};
 use serde_json::{Value, json};
 
 const HEALTH: &str = "127.0.0.1:9720";
@@ -110,6 +112,17 @@ impl Node1 {
 
     fn status(&self) -> Option<Value> {
         weft_status(&self.ns, &self.run_dir())
+    }
+
+    /// `weft key status --output json` against the agent, or `None` if it does not answer.
+    fn key_status(&self) -> Option<Value> {
+        weft_key_status(&self.ns, &self.run_dir())
+    }
+
+    /// The record in n1's weft.dev/node annotation, or `None` while there is none.
+    fn own_record(&self) -> Option<Value> {
+        let node = self.api().object("Node", "n1")?;
+        serde_json::from_str(node["metadata"]["annotations"]["weft.dev/node"].as_str()?).ok()
     }
 
     /// Peer name -> public key, once the agent answers.
@@ -221,6 +234,16 @@ fn cluster(node1: &mut Node1) {
             json!({"weft.dev/node": record(2, "10.244.2.0/24")}),
         ),
     );
+}
+
+/// Node n1 without a weft record, with an annotation of another owner.
+fn n1_without_record() -> Value {
+    node(
+        "n1",
+        "198.18.0.1",
+        "10.244.1.0/24",
+        json!({"keep.example/me": "yes"}),
+    )
 }
 
 fn own_public_key(node1: &Node1) -> String {
@@ -551,15 +574,7 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
     // Back: changes made meanwhile arrive, and a record lost meanwhile (the Node object
     // re-created without it) is published again.
     n1.api().delete("Node", "n2");
-    n1.api().upsert(
-        "Node",
-        node(
-            "n1",
-            "198.18.0.1",
-            "10.244.1.0/24",
-            json!({"keep.example/me": "yes"}),
-        ),
-    );
+    n1.api().upsert("Node", n1_without_record());
     n1.api().set_unreachable(false);
     n1.wait_for_peers("n2 gone after the API came back", &[]);
     wait_for_own_record(&n1, "the record published again after the API came back");
@@ -570,9 +585,7 @@ fn the_api_going_away_keeps_the_mesh_and_readiness_stays_honest() {
 /// Waits until n1's Node carries the agent's record: its key and the Node's Pod CIDR.
 fn wait_for_own_record(n1: &Node1, what: &str) {
     let record = wait_for(Duration::from_secs(30), what, || {
-        let node = n1.api().object("Node", "n1")?;
-        let text = node["metadata"]["annotations"]["weft.dev/node"].as_str()?;
-        let record: Value = serde_json::from_str(text).ok()?;
+        let record = n1.own_record()?;
         // The key exists once the record is published.
         (record["publicKey"].as_str()? == own_public_key(n1)).then_some(record)
     });
@@ -584,12 +597,7 @@ fn the_agent_waits_for_the_own_nodes_pod_cidrs_before_publishing() {
     let mut n1 = Node1::new("wk-cidr");
     n1.start_api();
     // n1 has registered, but node IPAM has not allocated its Pod CIDR yet.
-    let mut unallocated = node(
-        "n1",
-        "198.18.0.1",
-        "10.244.1.0/24",
-        json!({"keep.example/me": "yes"}),
-    );
+    let mut unallocated = n1_without_record();
     unallocated["spec"] = json!({});
     n1.api().upsert("Node", unallocated);
     n1.api().upsert("Node", weft_node(2));
@@ -617,15 +625,7 @@ fn the_agent_waits_for_the_own_nodes_pod_cidrs_before_publishing() {
     );
     assert!(n1.log().contains("no spec.podCIDRs yet"), "{}", n1.log());
     // The CIDR is allocated: the record carries it, and the agent becomes ready.
-    n1.api().upsert(
-        "Node",
-        node(
-            "n1",
-            "198.18.0.1",
-            "10.244.1.0/24",
-            json!({"keep.example/me": "yes"}),
-        ),
-    );
+    n1.api().upsert("Node", n1_without_record());
     wait_for_own_record(&n1, "the record with the allocated block");
     n1.wait_for_peers("n2", &[("n2", &public_key(2))]);
     wait_for(Duration::from_secs(20), "readiness", || {
@@ -678,10 +678,6 @@ fn a_key_rotation_goes_through_the_annotation_and_leaves_other_annotations_alone
     cluster(&mut n1);
     n1.start_agent();
     n1.wait_for_peers("n2 from the API", &[("n2", &public_key(2))]);
-    let annotation = |n1: &Node1| -> Option<Value> {
-        let node = n1.api().object("Node", "n1")?;
-        serde_json::from_str(node["metadata"]["annotations"]["weft.dev/node"].as_str()?).ok()
-    };
     let old = own_public_key(&n1);
 
     // Without a datapath nobody can be seen moving: the grace period completes it.
@@ -691,13 +687,13 @@ fn a_key_rotation_goes_through_the_annotation_and_leaves_other_annotations_alone
         .unwrap();
     assert!(rotate.status.success(), "{rotate:?}");
     let announced = wait_for(Duration::from_secs(10), "nextPublicKey", || {
-        let record = annotation(&n1)?;
+        let record = n1.own_record()?;
         Some((record["nextPublicKey"].as_str()?.to_string(), record))
     });
     assert_eq!(announced.1["publicKey"].as_str(), Some(old.as_str()));
     assert_eq!(announced.1["keyEpoch"], 1);
     let completed = wait_for(Duration::from_secs(20), "the rotated key", || {
-        let record = annotation(&n1)?;
+        let record = n1.own_record()?;
         (record["publicKey"].as_str()? == announced.0).then_some(record)
     });
     assert!(completed.get("nextPublicKey").is_none(), "{completed}");
@@ -744,26 +740,8 @@ fn a_rotation_while_the_api_is_away_says_so_and_gets_its_whole_grace_once_publis
     cluster(&mut n1);
     n1.start_agent();
     n1.wait_for_peers("n2 from the API", &[("n2", &public_key(2))]);
-    let key_status = |n1: &Node1| -> Option<Value> {
-        let out = Command::new(weft_bin())
-            .args([
-                "key",
-                "status",
-                "--output",
-                "json",
-                "--run-dir",
-                &n1.run_dir(),
-            ])
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let annotation = |n1: &Node1| -> Option<Value> {
-        let node = n1.api().object("Node", "n1")?;
-        serde_json::from_str(node["metadata"]["annotations"]["weft.dev/node"].as_str()?).ok()
-    };
     wait_for(Duration::from_secs(20), "the record published", || {
-        key_status(&n1)?["published"].as_bool()?.then_some(())
+        n1.key_status()?["published"].as_bool()?.then_some(())
     });
 
     // The API server is unreachable from now on: the rotation is announced locally only, and
@@ -785,14 +763,14 @@ fn a_rotation_while_the_api_is_away_says_so_and_gets_its_whole_grace_once_publis
         "{first}\nagent log:\n{}",
         n1.log()
     );
-    let status = key_status(&n1).unwrap();
+    let status = n1.key_status().unwrap();
     assert_eq!(status["published"], false, "{status}");
     assert!(status["lastError"].is_string(), "{status}");
     assert!(status["rotation"]["announcedAt"].is_null(), "{status}");
-    assert!(annotation(&n1).unwrap().get("nextPublicKey").is_none());
+    assert!(n1.own_record().unwrap().get("nextPublicKey").is_none());
     // Past the grace period (counted from the start) while nobody could be told.
     std::thread::sleep(Duration::from_secs(4));
-    let status = key_status(&n1).unwrap();
+    let status = n1.key_status().unwrap();
     assert!(
         status["rotation"].is_object(),
         "completed unpublished: {status}"
@@ -803,7 +781,7 @@ fn a_rotation_while_the_api_is_away_says_so_and_gets_its_whole_grace_once_publis
         Duration::from_secs(30),
         "the announcement published",
         || {
-            let status = key_status(&n1)?;
+            let status = n1.key_status()?;
             status["rotation"]["announcedAt"].as_u64()
         },
     );
@@ -816,9 +794,9 @@ fn a_rotation_while_the_api_is_away_says_so_and_gets_its_whole_grace_once_publis
     );
     assert!(stdout.contains("complete: public key"), "{stdout}");
     // `--wait` returned only once the completed record was published.
-    let status = key_status(&n1).unwrap();
+    let status = n1.key_status().unwrap();
     let new = status["publicKey"].as_str().unwrap().to_string();
-    let record = annotation(&n1).unwrap();
+    let record = n1.own_record().unwrap();
     assert_eq!(record["publicKey"], new.as_str(), "{record}");
     assert!(record.get("nextPublicKey").is_none(), "{record}");
     assert_eq!(status["published"], true, "{status}");

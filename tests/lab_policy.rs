@@ -16,9 +16,7 @@ fn write_policy(lab: &Lab, file: &str, yaml: &str) {
 #[test]
 fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
     let lab = Lab::up("wtpol", 2);
-    wait_for(Duration::from_secs(60), "the mesh", || {
-        ((1..=2).all(|k| lab.peers(k).is_some_and(|p| p.len() == 1))).then_some(())
-    });
+    lab.wait_for_mesh(Duration::from_secs(60));
     let (n1p1, _) = lab.pods(1)[0].clone();
     let (n1p2, _) = lab.pods(1)[1].clone();
     let (n2p1, n2p1_ip) = lab.pods(2)[0].clone();
@@ -109,9 +107,7 @@ fn ingress_drops_and_version(lab: &Lab, k: usize) -> Option<(u64, u64)> {
 #[test]
 fn revoking_ingress_stops_an_established_stream_while_the_server_keeps_sending() {
     let lab = Lab::up("wtrev", 2);
-    wait_for(Duration::from_secs(60), "the mesh", || {
-        ((1..=2).all(|k| lab.peers(k).is_some_and(|p| p.len() == 1))).then_some(())
-    });
+    lab.wait_for_mesh(Duration::from_secs(60));
     let (n1p1, _) = lab.pods(1)[0].clone();
     let (n2p1, n2p1_ip) = lab.pods(2)[0].clone();
     // n1-p1 streams to n2-p1 and n2-p1 streams back on the same connection: n2-p1's packets
@@ -205,9 +201,7 @@ fn udp_flood(from: &str, to: &str, count: u16) -> std::process::Output {
 fn a_full_conntrack_table_evicts_and_judges_the_evicted_flows_next_packet_as_new() {
     // A tiny table: 8 flows.
     let lab = Lab::up_with("wtct", 2, "--conntrack-max 8");
-    wait_for(Duration::from_secs(60), "the mesh", || {
-        ((1..=2).all(|k| lab.peers(k).is_some_and(|p| p.len() == 1))).then_some(())
-    });
+    lab.wait_for_mesh(Duration::from_secs(60));
     let (n1p1, _) = lab.pods(1)[0].clone();
     let (n1p2, n1p2_ip) = lab.pods(1)[1].clone();
     let (n2p1, n2p1_ip) = lab.pods(2)[0].clone();

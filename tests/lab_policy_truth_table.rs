@@ -10,10 +10,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Lab, Servers, repo, wait_for};
+use common::{Lab, Servers, support_script, wait_for};
 use weft::policy::{Flow, Protocol, reference, source};
 
 const NODES: usize = 3;
@@ -107,7 +107,6 @@ fn targets_of(pods: &[TestPod], from: &TestPod) -> Vec<(String, String)> {
 /// Probes `wanted` (or every cross-node pair when `None`) at once, one probe process per
 /// source Pod.
 fn probe(pods: &[TestPod], wanted: Option<&Table>) -> Table {
-    let script = repo().join("tests/support/netprobe.py");
     let mut running = Vec::new();
     for from in pods {
         let targets: Vec<(String, String)> = targets_of(pods, from)
@@ -119,10 +118,8 @@ fn probe(pods: &[TestPod], wanted: Option<&Table>) -> Table {
         if targets.is_empty() {
             continue;
         }
-        let child = Command::new("ip")
-            .args(["netns", "exec", &from.netns, "python3"])
-            .arg(&script)
-            .args(["probe", PROBE_TIMEOUT_SECS])
+        let child = support_script(&from.netns, "netprobe.py", "probe")
+            .arg(PROBE_TIMEOUT_SECS)
             .args(targets.iter().map(|(_, t)| t))
             .stdout(Stdio::piped())
             .spawn()
@@ -291,19 +288,14 @@ fn policy(namespace: &str, name: &str, spec: &str) -> String {
 #[test]
 fn the_datapath_agrees_with_the_reference_model_on_the_upstream_style_truth_table() {
     let lab = Lab::up_with_pods("wttt", NODES, 3, "");
-    wait_for(Duration::from_secs(60), "the mesh", || {
-        ((1..=NODES).all(|k| lab.peers(k).is_some_and(|p| p.len() == NODES - 1))).then_some(())
-    });
+    lab.wait_for_mesh(Duration::from_secs(60));
     let pods = layout(&lab);
     write_objects(&lab, &pods);
-    let script = repo().join("tests/support/netprobe.py");
     let _servers = Servers(
         pods.iter()
             .map(|p| {
-                Command::new("ip")
-                    .args(["netns", "exec", &p.netns, "python3"])
-                    .arg(&script)
-                    .args(["serve", "80", "81"])
+                support_script(&p.netns, "netprobe.py", "serve")
+                    .args(["80", "81"])
                     .stdout(Stdio::null())
                     .spawn()
                     .unwrap()

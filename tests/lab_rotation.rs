@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::stream::Stream;
 use common::{
-    BackgroundPing, Lab, Stream, files_containing_secret, output_text, run, run_ok, wait_for,
-    weft_bin,
+    BackgroundPing, Lab, files_containing_secret, output_text, run, run_ok, wait_for, weft_bin,
 };
 use serde_json::Value;
 

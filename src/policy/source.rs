@@ -255,26 +255,20 @@ spec: {podSelector: {}}
             publish(&sets, load(dir.path()).0).is_none(),
             "re-read unchanged"
         );
-        // The same objects in another order (files renamed, Pods swapped).
         std::fs::remove_file(dir.path().join("pods.yaml")).unwrap();
-        std::fs::write(dir.path().join("a-pods.yaml"), format!("{POD_B}---{POD_A}")).unwrap();
-        assert!(publish(&sets, load(dir.path()).0).is_none(), "reordered");
+        // The Pods swapped in a file of another name, Pod b in `phase`: what publishing the
+        // directory read again gives.
+        let republish_with_b = |phase: &str| {
+            let pod_b = POD_B.replace("Running", phase);
+            std::fs::write(dir.path().join("a-pods.yaml"), format!("{pod_b}---{POD_A}")).unwrap();
+            publish(&sets, load(dir.path()).0)
+        };
+        // The same objects in another order (files renamed, Pods swapped).
+        assert!(republish_with_b("Running").is_none(), "reordered");
         // A Pod's phase moving on within the live ones changes nothing either.
-        let pending_b = POD_B.replace("Running", "Pending");
-        std::fs::write(
-            dir.path().join("a-pods.yaml"),
-            format!("{pending_b}---{POD_A}"),
-        )
-        .unwrap();
-        assert!(publish(&sets, load(dir.path()).0).is_none(), "phase");
+        assert!(republish_with_b("Pending").is_none(), "phase");
         // A Pod finishing does.
-        let done_b = POD_B.replace("Running", "Succeeded");
-        std::fs::write(
-            dir.path().join("a-pods.yaml"),
-            format!("{done_b}---{POD_A}"),
-        )
-        .unwrap();
-        let set = publish(&sets, load(dir.path()).0).expect("a Pod finished");
+        let set = republish_with_b("Succeeded").expect("a Pod finished");
         assert!(!set.knows("10.244.1.3".parse().unwrap()));
     }
 

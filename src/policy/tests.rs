@@ -151,6 +151,19 @@ fn flow(from: (usize, usize), to: (usize, usize), protocol: Protocol, port: u16)
     }
 }
 
+/// The verdict on a TCP flow to port 80 from Pod `from` to Pod `to` (as in `flow`).
+fn tcp_80<'a>(set: &'a PolicySet, from: (usize, usize), to: (usize, usize)) -> Verdict<'a> {
+    set.check(&flow(from, to, Protocol::Tcp, 80))
+}
+
+/// Denied because Pod x/a is isolated in `direction`.
+fn denied_at_x_a(direction: Direction) -> Verdict<'static> {
+    Verdict::Denied {
+        direction,
+        pod: "x/a",
+    }
+}
+
 fn match_labels(pairs: &[(&str, &str)]) -> LabelSelector {
     LabelSelector {
         match_labels: Some(labels(pairs)),
@@ -170,22 +183,12 @@ fn default_deny_ingress_isolates_only_ingress() {
         },
     )];
     let set = PolicySet::compile(&policies, &namespaces, &pods);
-    let verdict = set.check(&flow((1, 0), (0, 0), Protocol::Tcp, 80));
     assert_eq!(
-        verdict,
-        Verdict::Denied {
-            direction: Direction::Ingress,
-            pod: "x/a"
-        }
+        tcp_80(&set, (1, 0), (0, 0)),
+        denied_at_x_a(Direction::Ingress)
     );
-    assert!(
-        set.check(&flow((0, 0), (1, 0), Protocol::Tcp, 80))
-            .is_allowed()
-    );
-    assert_eq!(
-        set.check(&flow((0, 0), (0, 0), Protocol::Tcp, 80)),
-        Verdict::SamePod
-    );
+    assert!(tcp_80(&set, (0, 0), (1, 0)).is_allowed());
+    assert_eq!(tcp_80(&set, (0, 0), (0, 0)), Verdict::SamePod);
 }
 
 #[test]
@@ -200,16 +203,10 @@ fn empty_policy_types_default_like_absent_ones() {
     // No egress rules: Ingress only.
     let set = PolicySet::compile(&[policy("x", "deny", spec(None))], &namespaces, &pods);
     assert_eq!(
-        set.check(&flow((1, 0), (0, 0), Protocol::Tcp, 80)),
-        Verdict::Denied {
-            direction: Direction::Ingress,
-            pod: "x/a"
-        }
+        tcp_80(&set, (1, 0), (0, 0)),
+        denied_at_x_a(Direction::Ingress)
     );
-    assert!(
-        set.check(&flow((0, 0), (1, 0), Protocol::Tcp, 80))
-            .is_allowed()
-    );
+    assert!(tcp_80(&set, (0, 0), (1, 0)).is_allowed());
     // Egress rules: Ingress and Egress.
     let to_y = NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
@@ -224,20 +221,11 @@ fn empty_policy_types_default_like_absent_ones() {
         &pods,
     );
     assert_eq!(
-        set.check(&flow((0, 0), (2, 0), Protocol::Tcp, 80)),
-        Verdict::Denied {
-            direction: Direction::Egress,
-            pod: "x/a"
-        }
+        tcp_80(&set, (0, 0), (2, 0)),
+        denied_at_x_a(Direction::Egress)
     );
-    assert!(
-        set.check(&flow((0, 0), (1, 0), Protocol::Tcp, 80))
-            .is_allowed()
-    );
-    assert!(
-        !set.check(&flow((1, 0), (0, 0), Protocol::Tcp, 80))
-            .is_allowed()
-    );
+    assert!(tcp_80(&set, (0, 0), (1, 0)).is_allowed());
+    assert!(!tcp_80(&set, (1, 0), (0, 0)).is_allowed());
 }
 
 #[test]
@@ -263,7 +251,7 @@ fn allow_names_the_policy_and_rule() {
     )];
     let set = PolicySet::compile(&policies, &namespaces, &pods);
     assert_eq!(
-        set.check(&flow((1, 2), (0, 0), Protocol::Tcp, 80)),
+        tcp_80(&set, (1, 2), (0, 0)),
         Verdict::Allowed {
             egress: Allowance::NotIsolated,
             ingress: Allowance::Rule {
@@ -276,10 +264,7 @@ fn allow_names_the_policy_and_rule() {
         !set.check(&flow((1, 2), (0, 0), Protocol::Tcp, 81))
             .is_allowed()
     );
-    assert!(
-        !set.check(&flow((2, 2), (0, 0), Protocol::Tcp, 80))
-            .is_allowed()
-    );
+    assert!(!tcp_80(&set, (2, 2), (0, 0)).is_allowed());
 }
 
 #[test]

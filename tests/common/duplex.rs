@@ -1,15 +1,14 @@
 //! A two-way TCP stream between two Pods (`tests/support/duplex.py`): both ends send a small
 //! chunk every 10 ms until dropped; the server's received byte count can be read at any time.
 
-use std::io::BufRead as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
-use super::repo;
+use super::pair::ProcessPair;
+use super::support_script;
 
 pub struct Duplex {
-    server: Option<Child>,
-    client: Option<Child>,
+    pair: ProcessPair,
     progress: PathBuf,
 }
 
@@ -24,36 +23,20 @@ impl Duplex {
         client_ns: &str,
         progress: PathBuf,
     ) -> Duplex {
-        let script = repo().join("tests/support/duplex.py");
-        let script = script.to_str().unwrap();
         let port = port.to_string();
         let _ = std::fs::remove_file(&progress);
-        let server = Command::new("ip")
-            .args(["netns", "exec", server_ns, "python3", script, "server"])
-            .args([server_ip, &port, progress.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut duplex = Duplex {
-            server: Some(server),
-            client: None,
-            progress,
-        };
-        let mut client = Command::new("ip")
-            .args(["netns", "exec", client_ns, "python3", script, "client"])
-            .args([server_ip, &port])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-        duplex.client = Some(client);
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(
-            line.trim(),
-            "connected",
-            "the duplex client did not connect to {server_ip}:{port}"
+        let pair = ProcessPair::serve(
+            support_script(server_ns, "duplex.py", "server")
+                .args([server_ip, &port, progress.to_str().unwrap()])
+                .stdout(Stdio::null()),
         );
+        let mut duplex = Duplex { pair, progress };
+        let connected = duplex
+            .pair
+            .connect(support_script(client_ns, "duplex.py", "client").args([server_ip, &port]));
+        if let Err(line) = connected {
+            panic!("the duplex client did not connect to {server_ip}:{port}: {line:?}");
+        }
         duplex
     }
 
@@ -69,13 +52,8 @@ impl Duplex {
 
 impl Drop for Duplex {
     fn drop(&mut self) {
-        for mut child in [self.client.take(), self.server.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Both ends first: a live server would write the progress file again.
+        self.pair.kill();
         let _ = std::fs::remove_file(&self.progress);
     }
 }

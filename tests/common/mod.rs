@@ -3,6 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod duplex;
+mod pair;
+pub mod stream;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -13,6 +15,17 @@ use serde_json::Value;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `python3 tests/support/<script> <command>` in netns `ns`; the caller adds the arguments.
+pub fn support_script(ns: &str, script: &str, command: &str) -> Command {
+    let script = repo().join("tests/support").join(script);
+    let mut python = Command::new("ip");
+    python
+        .args(["netns", "exec", ns, "python3"])
+        .arg(script)
+        .arg(command);
+    python
 }
 
 pub fn weft_bin() -> &'static str {
@@ -189,6 +202,15 @@ impl Lab {
     /// `weft policy check` against node `k`'s agent.
     pub fn policy_check(&self, k: usize, from: &str, to: &str, port: &str) -> (bool, String) {
         weft_policy_check(&self.node_ns(k), &self.run_dir(k), from, to, port)
+    }
+
+    /// Waits up to `timeout` for every node to have all the others as peers.
+    pub fn wait_for_mesh(&self, timeout: Duration) {
+        wait_for(timeout, "the mesh", || {
+            (1..=self.nodes)
+                .all(|k| self.peers(k).is_some_and(|p| p.len() == self.nodes - 1))
+                .then_some(())
+        });
     }
 
     /// Peer name -> allowed IPs, from node `k`'s status.
@@ -617,130 +639,6 @@ impl BackgroundPing {
 impl Drop for BackgroundPing {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// What a finished stream saw (`tests/support/stream.py`).
-#[derive(Debug)]
-pub struct StreamReport {
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// The longest time between two successive reads with data at the server.
-    pub max_gap: Duration,
-    /// How long the client sent.
-    pub sent_for: Duration,
-    pub server: Value,
-    pub client: Value,
-}
-
-/// A TCP stream from a client Pod to a server Pod (`tests/support/stream.py`): a small chunk
-/// every 10 ms until `finish`; both ends killed on drop.
-pub struct Stream {
-    server: Option<std::process::Child>,
-    client: Option<std::process::Child>,
-    client_out: Option<std::io::BufReader<std::process::ChildStdout>>,
-}
-
-impl Stream {
-    /// Starts the server on `server_ip:port` in netns `server_ns` and the client in netns
-    /// `client_ns`; returns once the client is connected. The client stops by itself after
-    /// `max_secs` at the latest.
-    pub fn start(
-        server_ns: &str,
-        server_ip: &str,
-        port: u16,
-        client_ns: &str,
-        max_secs: u32,
-    ) -> Stream {
-        use std::io::BufRead as _;
-        use std::process::Stdio;
-        let script = repo().join("tests/support/stream.py");
-        let script = script.to_str().unwrap();
-        let port = port.to_string();
-        let server = Command::new("ip")
-            .args(["netns", "exec", server_ns, "python3", script, "server"])
-            .args([server_ip, &port])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stream = Stream {
-            server: Some(server),
-            client: None,
-            client_out: None,
-        };
-        let mut client = Command::new("ip")
-            .args(["netns", "exec", client_ns, "python3", script, "client"])
-            .args([server_ip, &port, &max_secs.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-        stream.client = Some(client);
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        if line.trim() != "connected" {
-            let client = stream.client.take().unwrap().wait_with_output().unwrap();
-            panic!(
-                "the stream client did not connect to {server_ip}:{port}: {line}\n{}",
-                String::from_utf8_lossy(&client.stderr)
-            );
-        }
-        stream.client_out = Some(out);
-        stream
-    }
-
-    /// Stops the client, waits for both ends and returns what they saw.
-    pub fn finish(mut self) -> StreamReport {
-        use std::io::Read as _;
-        let mut client = self.client.take().unwrap();
-        // Closing the client's stdin stops it.
-        drop(client.stdin.take());
-        let mut client_text = String::new();
-        self.client_out
-            .take()
-            .unwrap()
-            .read_to_string(&mut client_text)
-            .unwrap();
-        let client_output = client.wait_with_output().unwrap();
-        let server_output = self.server.take().unwrap().wait_with_output().unwrap();
-        assert!(
-            client_output.status.success(),
-            "the stream client failed: {client_text}\n{}",
-            String::from_utf8_lossy(&client_output.stderr)
-        );
-        assert!(
-            server_output.status.success(),
-            "the stream server failed: {}",
-            output_text(&server_output)
-        );
-        let client: Value = serde_json::from_str(client_text.trim())
-            .unwrap_or_else(|e| panic!("stream client printed {client_text:?}: {e}"));
-        let server: Value = serde_json::from_slice(&server_output.stdout).unwrap_or_else(|e| {
-            panic!("stream server printed {}: {e}", output_text(&server_output))
-        });
-        StreamReport {
-            bytes_sent: client["bytes"].as_u64().unwrap(),
-            bytes_received: server["bytes"].as_u64().unwrap(),
-            max_gap: Duration::from_secs_f64(server["maxGapSecs"].as_f64().unwrap()),
-            sent_for: Duration::from_secs_f64(client["secs"].as_f64().unwrap()),
-            server,
-            client,
-        }
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        for mut child in [self.client.take(), self.server.take()]
-            .into_iter()
-            .flatten()
-        {
             let _ = child.kill();
             let _ = child.wait();
         }

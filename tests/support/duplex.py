@@ -19,11 +19,11 @@ import sys
 import threading
 import time
 
+from tcp_ends import accept_one, connect
+
 CHUNK = b"weft-duplex-0123456789abcdef0123456789abcdef0123456789abcdef012\n"
 INTERVAL = 0.01
 PROGRESS_INTERVAL = 0.05
-ACCEPT_TIMEOUT = 60
-CONNECT_RETRY_SECS = 15
 
 
 def send_forever(sock):
@@ -40,18 +40,9 @@ def send_forever(sock):
 
 
 def server(ip, port, progress):
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((ip, port))
-    listener.listen(1)
-    listener.settimeout(ACCEPT_TIMEOUT)
-    try:
-        conn, _ = listener.accept()
-    except socket.timeout:
-        print("duplex.py server: no connection within %d s" % ACCEPT_TIMEOUT, file=sys.stderr)
+    conn = accept_one(ip, port, "duplex.py server")
+    if conn is None:
         return 1
-    listener.close()
-    conn.settimeout(None)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     threading.Thread(target=send_forever, args=(conn,), daemon=True).start()
     received = [0]
@@ -73,19 +64,9 @@ def server(ip, port, progress):
 
 
 def client(ip, port):
-    deadline = time.monotonic() + CONNECT_RETRY_SECS
-    while True:
-        try:
-            sock = socket.create_connection((ip, port), timeout=5)
-            break
-        except OSError as error:
-            if time.monotonic() > deadline:
-                print("duplex.py client: cannot connect to %s:%d: %s" % (ip, port, error),
-                      file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-    sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = connect(ip, port, "duplex.py client")
+    if sock is None:
+        return 1
     threading.Thread(target=send_forever, args=(sock,), daemon=True).start()
     print("connected", flush=True)
     try:

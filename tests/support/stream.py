@@ -22,26 +22,17 @@ import sys
 import threading
 import time
 
+from tcp_ends import accept_one, connect
+
 CHUNK = b"weft-stream-0123456789abcdef0123456789abcdef0123456789abcdef0123\n"
 INTERVAL = 0.01
-ACCEPT_TIMEOUT = 60
-CONNECT_RETRY_SECS = 15
 CLOSE_TIMEOUT = 30
 
 
 def server(ip, port):
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((ip, port))
-    listener.listen(1)
-    listener.settimeout(ACCEPT_TIMEOUT)
-    try:
-        conn, _ = listener.accept()
-    except socket.timeout:
-        print("stream.py server: no connection within %d s" % ACCEPT_TIMEOUT, file=sys.stderr)
+    conn = accept_one(ip, port, "stream.py server")
+    if conn is None:
         return 1
-    listener.close()
-    conn.settimeout(None)
     total = 0
     chunks = 0
     first = last = None
@@ -65,25 +56,10 @@ def server(ip, port):
     return 0
 
 
-def connect(ip, port):
-    deadline = time.monotonic() + CONNECT_RETRY_SECS
-    while True:
-        try:
-            return socket.create_connection((ip, port), timeout=5)
-        except OSError as error:
-            if time.monotonic() > deadline:
-                print("stream.py client: cannot connect to %s:%d: %s" % (ip, port, error),
-                      file=sys.stderr)
-                return None
-            time.sleep(0.2)
-
-
 def client(ip, port, seconds):
-    sock = connect(ip, port)
+    sock = connect(ip, port, "stream.py client")
     if sock is None:
         return 1
-    sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stop = threading.Event()
 
     def watch_stdin():
