@@ -215,6 +215,11 @@ pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 }
 
 /// Whether `outer` contains all of `inner`.
+/// Whether `prefix` lies inside one of `cidrs`.
+pub fn within(cidrs: &[IpNetwork], prefix: &IpNetwork) -> bool {
+    cidrs.iter().any(|cidr| covers(cidr, prefix))
+}
+
 pub fn covers(outer: &IpNetwork, inner: &IpNetwork) -> bool {
     outer.is_ipv4() == inner.is_ipv4()
         && outer.prefix() <= inner.prefix()

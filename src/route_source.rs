@@ -70,6 +70,35 @@ pub fn parse_route_protocol(text: &str) -> Result<u8, String> {
     }
 }
 
+/// What identifies a kernel route message (table, prefix, tos, metric), whatever its type
+/// or protocol; `None` for messages that are not IP routes.
+pub fn route_key(message: &RouteMessage) -> Option<RouteKey> {
+    let header = &message.header;
+    let mut destination = None;
+    let mut table = u32::from(header.table);
+    let mut priority = 0;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(address) => destination = ip_of(address),
+            RouteAttribute::Table(id) => table = *id,
+            RouteAttribute::Priority(value) => priority = *value,
+            _ => {}
+        }
+    }
+    let destination = match (header.address_family, destination) {
+        (_, Some(ip)) => ip,
+        (AddressFamily::Inet, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (AddressFamily::Inet6, None) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    Some(RouteKey {
+        table,
+        prefix: IpNetwork::new(destination, header.destination_prefix_length).ok()?,
+        tos: header.tos,
+        priority,
+    })
+}
+
 /// Converts a kernel route message into our key and route. `None` for the route part means
 /// the route exists but is not one we watch (other protocol, local/broadcast route, ...).
 /// Returns `None` altogether for messages that are not IP routes.
@@ -77,16 +106,23 @@ pub fn route_from_message(
     message: &RouteMessage,
     protocols: &BTreeSet<u8>,
 ) -> Option<(RouteKey, Option<LearnedRoute>)> {
+    let key = route_key(message)?;
     let header = &message.header;
-    let mut destination = None;
-    let mut table = u32::from(header.table);
-    let mut priority = 0;
+    let protocol = u8::from(header.protocol);
+    let watched = protocols.contains(&protocol)
+        && matches!(
+            header.kind,
+            RouteType::Unicast
+                | RouteType::Unreachable
+                | RouteType::BlackHole
+                | RouteType::Prohibit
+        );
+    if !watched {
+        return Some((key, None));
+    }
     let mut next_hops = Vec::new();
     for attribute in &message.attributes {
         match attribute {
-            RouteAttribute::Destination(address) => destination = ip_of(address),
-            RouteAttribute::Table(id) => table = *id,
-            RouteAttribute::Priority(value) => priority = *value,
             RouteAttribute::Gateway(address) => next_hops.extend(ip_of(address)),
             RouteAttribute::Via(via) => next_hops.extend(ip_of_via(via)),
             RouteAttribute::MultiPath(hops) => {
@@ -103,36 +139,14 @@ pub fn route_from_message(
             _ => {}
         }
     }
-    let destination = match (header.address_family, destination) {
-        (_, Some(ip)) => ip,
-        (AddressFamily::Inet, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        (AddressFamily::Inet6, None) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        _ => return None,
-    };
-    let prefix = IpNetwork::new(destination, header.destination_prefix_length).ok()?;
-    let key = RouteKey {
-        table,
-        prefix,
-        tos: header.tos,
-        priority,
-    };
-    let protocol = u8::from(header.protocol);
-    let watched = protocols.contains(&protocol)
-        && matches!(
-            header.kind,
-            RouteType::Unicast
-                | RouteType::Unreachable
-                | RouteType::BlackHole
-                | RouteType::Prohibit
-        );
     next_hops.sort();
     next_hops.dedup();
-    let route = watched.then_some(LearnedRoute {
-        prefix,
+    let route = LearnedRoute {
+        prefix: key.prefix,
         next_hops,
         protocol,
-    });
-    Some((key, route))
+    };
+    Some((key, Some(route)))
 }
 
 fn ip_of(address: &RouteAddress) -> Option<IpAddr> {

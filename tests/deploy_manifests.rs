@@ -500,7 +500,7 @@ fn the_daemonset_arguments_are_accepted_by_the_agent_parser() {
     assert_eq!(datapath.encryption, weft::datapath::Encryption::Required);
     assert_eq!(datapath.interface, "weft0");
     assert_eq!(
-        datapath.pod_cidrs,
+        config.pod_cidrs,
         vec!["10.42.0.0/16".parse::<ipnetwork::IpNetwork>().unwrap()],
         "the k3s default cluster CIDR"
     );

@@ -475,9 +475,16 @@ fn a_conflicting_publish_is_read_again_and_retried() {
         .filter(|r| r.starts_with("GET /api/v1/nodes/n1"))
         .count();
     assert!(gets >= 4, "each retry reads the Node again: {requests:?}");
-    // A stale resourceVersion is what a conflict means: the other annotations survived.
+    // A stale resourceVersion is what a conflict means: the other annotations survived, the
+    // ones the racing writer added included.
     let node = n1.api().object("Node", "n1").unwrap();
     assert_eq!(node["metadata"]["annotations"]["keep.example/me"], "yes");
+    for write in ["concurrent.example/write-1", "concurrent.example/write-2"] {
+        assert_eq!(
+            node["metadata"]["annotations"][write], "yes",
+            "{write} lost"
+        );
+    }
 }
 
 #[test]

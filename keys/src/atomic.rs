@@ -30,7 +30,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// Makes the rename into `path` durable.
-fn sync_dir(dir: &Path, path: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path, path: &Path) -> io::Result<()> {
     if dir_sync_fault(path) {
         return Err(io::Error::other("injected directory fsync failure"));
     }

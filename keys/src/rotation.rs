@@ -19,8 +19,8 @@
 
 use std::path::PathBuf;
 
+use crate::store::write_key;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::{KeyError, KeyStore, PrivateKey, PublicKey, atomic};
 
@@ -125,13 +125,6 @@ impl KeyStore {
                     state.current_since = None;
                 }
                 self.write_state(&state)?;
-                if !completed {
-                    return Ok(RotationState {
-                        epoch: state.epoch,
-                        current_since: self.current_since(&state),
-                        pending: None,
-                    });
-                }
             }
             (None, Some(_)) => {
                 std::fs::remove_file(&next_path).map_err(|source| KeyError::Io {
@@ -172,9 +165,7 @@ impl KeyStore {
         });
         self.write_state(&state)?;
         let path = self.next_key_path();
-        let mut text = Zeroizing::new(next.to_base64().as_str().to_owned());
-        text.push('\n');
-        if let Err(source) = atomic::write_atomic(&path, text.as_bytes(), 0o600) {
+        if let Err(source) = write_key(&path, &next) {
             // The write may have failed after its rename (the directory fsync): remove a
             // next.key that got into place (none was there before), then withdraw the pending
             // entry (the raised epoch stays: epochs never go down), so a later rotation is not
@@ -247,9 +238,7 @@ impl KeyStore {
             move |source| KeyError::Io { path, source }
         };
         std::fs::rename(&next_path, &private_path).map_err(io(&private_path))?;
-        std::fs::File::open(self.dir())
-            .and_then(|dir| dir.sync_all())
-            .map_err(io(&self.dir().to_path_buf()))?;
+        atomic::sync_dir(self.dir(), &private_path).map_err(io(&self.dir().to_path_buf()))?;
         state.pending = None;
         state.current_since = Some(now);
         self.write_state(&state)?;

@@ -131,9 +131,7 @@ impl KeyStore {
         }
         self.create_dir()?;
         let key = PrivateKey::generate();
-        let mut text = Zeroizing::new(key.to_base64().as_str().to_owned());
-        text.push('\n');
-        atomic::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| KeyError::Io {
+        write_key(&path, &key).map_err(|source| KeyError::Io {
             path: path.clone(),
             source,
         })?;
@@ -205,6 +203,13 @@ fn process_running(pid: u32) -> bool {
     }
     let proc = Path::new("/proc");
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Writes `key` to `path` as a key file: base64 and a newline, mode 0600, atomically.
+pub(crate) fn write_key(path: &Path, key: &PrivateKey) -> std::io::Result<()> {
+    let mut text = Zeroizing::new(key.to_base64().as_str().to_owned());
+    text.push('\n');
+    atomic::write_atomic(path, text.as_bytes(), 0o600)
 }
 
 fn decode_key(path: &Path, text: &str) -> Result<PrivateKey, KeyError> {

@@ -40,7 +40,7 @@ impl Backend {
                 }
                 if config.blocks.is_empty() {
                     config.blocks = node_pod_cidrs(&node).map_err(RegistryError::Kube)?;
-                    super::config::check_blocks_in_pod_cidrs(&config.blocks, config.pod_cidrs())
+                    super::config::check_blocks_in_pod_cidrs(&config.blocks, &config.pod_cidrs)
                         .map_err(|e| {
                             RegistryError::Kube(format!("Node {}: {e}", config.node_name))
                         })?;

@@ -225,6 +225,9 @@ pub struct AgentConfig {
     /// Rotate the key on its own once it is this old.
     pub key_rotation_interval: Option<Duration>,
     pub netlink_receive_buffer: usize,
+    /// The cluster's Pod CIDRs: the mesh takes nothing outside them, and the datapath guards
+    /// everything inside them.
+    pub pod_cidrs: Vec<IpNetwork>,
     /// `None` when running the control plane only.
     pub datapath: Option<DatapathSettings>,
 }
@@ -238,7 +241,6 @@ pub struct DatapathSettings {
     pub fwmark: u32,
     pub route_table: u32,
     pub rule_priority: u32,
-    pub pod_cidrs: Vec<IpNetwork>,
     pub uapi_socket: PathBuf,
     pub policy_dir: Option<PathBuf>,
     pub conntrack_max: std::num::NonZeroUsize,
@@ -246,8 +248,8 @@ pub struct DatapathSettings {
 
 impl DatapathSettings {
     /// Refuses settings that would let Pod traffic leave in clear or disturb the host.
-    fn check(&self, blocks: &[IpNetwork]) -> Result<(), String> {
-        if self.pod_cidrs.is_empty() {
+    fn check(&self, blocks: &[IpNetwork], pod_cidrs: &[IpNetwork]) -> Result<(), String> {
+        if pod_cidrs.is_empty() {
             return Err(
                 "the datapath needs the cluster's Pod CIDRs (--pod-cidr, every address \
                  family): weft routes and guards only addresses inside them, so no record can \
@@ -269,7 +271,7 @@ impl DatapathSettings {
                 self.route_table
             ));
         }
-        check_blocks_in_pod_cidrs(blocks, &self.pod_cidrs)
+        check_blocks_in_pod_cidrs(blocks, pod_cidrs)
     }
 }
 
@@ -282,10 +284,7 @@ pub fn check_blocks_in_pod_cidrs(
     if pod_cidrs.is_empty() {
         return Ok(());
     }
-    match blocks
-        .iter()
-        .find(|b| !pod_cidrs.iter().any(|c| crate::record::covers(c, b)))
-    {
+    match blocks.iter().find(|b| !crate::record::within(pod_cidrs, b)) {
         Some(block) => Err(format!(
             "block {block} is outside the Pod CIDRs ({}); other nodes would reject it",
             pod_cidrs
@@ -307,13 +306,6 @@ fn parse_u32(text: &str) -> Result<u32, String> {
 }
 
 impl AgentConfig {
-    /// The cluster's Pod CIDRs (none when running the control plane only).
-    pub fn pod_cidrs(&self) -> &[IpNetwork] {
-        self.datapath
-            .as_ref()
-            .map_or(&[], |d| d.pod_cidrs.as_slice())
-    }
-
     /// Merges the flags over the config file (if any) and validates the result.
     pub fn load(args: &AgentArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
@@ -458,11 +450,11 @@ impl AgentConfig {
                 .rule_priority
                 .or(file.rule_priority)
                 .unwrap_or(DEFAULT_RULE_PRIORITY),
-            pod_cidrs: pick(&args.pod_cidrs, file.pod_cidrs),
         });
         let blocks = pick(&args.blocks, file.blocks);
+        let pod_cidrs = pick(&args.pod_cidrs, file.pod_cidrs);
         if let Some(datapath) = &datapath {
-            datapath.check(&blocks).map_err(invalid)?;
+            datapath.check(&blocks, &pod_cidrs).map_err(invalid)?;
         }
         Ok(Self {
             node_name,
@@ -485,6 +477,7 @@ impl AgentConfig {
             route_protocols,
             debounce: args.debounce.or(file.debounce).unwrap_or(DEFAULT_DEBOUNCE),
             key_rotation_interval,
+            pod_cidrs,
             netlink_receive_buffer: args
                 .netlink_receive_buffer
                 .unwrap_or(DEFAULT_RECEIVE_BUFFER_BYTES),

@@ -5,7 +5,7 @@ pub mod admin;
 mod backend;
 pub mod config;
 pub mod health;
-mod node_keys;
+pub(crate) mod node_keys;
 mod publisher;
 mod rotation_driver;
 mod shared;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::datapath::{Datapath, DatapathConfig, DatapathError, Guarded};
 use crate::mesh::{Mesh, MeshInput, Peer, compute_mesh, diff_peers};
 use crate::policy::PolicySet;
-use crate::record::{NodeRecord, RecordError, covers};
+use crate::record::{NodeRecord, RecordError, within};
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
 use crate::rotation::KeyStatus;
 use crate::route_source::{RouteSourceConfig, watch_routes};
@@ -312,7 +312,7 @@ async fn serve_node(
             nodes: &entries,
             routes: &learned,
             default_port: config.listen_port,
-            pod_cidrs: config.pod_cidrs(),
+            pod_cidrs: &config.pod_cidrs,
         });
         log_changes(&current, &mesh, &mut rejected);
         current = mesh.peers.clone();
@@ -412,16 +412,15 @@ async fn datapath_stopped(datapath: Option<&Datapath>) {
 
 /// The Pod prefixes the datapath must keep from leaving in clear.
 fn guarded(config: &AgentConfig, entries: &[crate::mesh::NodeEntry]) -> Guarded {
-    let pod_cidrs = config.pod_cidrs();
     Guarded {
-        pod_cidrs: pod_cidrs.to_vec(),
+        pod_cidrs: config.pod_cidrs.clone(),
         own_blocks: config.blocks.clone(),
         remote_blocks: entries
             .iter()
             .filter(|e| e.name != config.node_name)
             .filter_map(|e| e.record.as_ref().ok())
             .flat_map(|r| r.blocks.iter().copied())
-            .filter(|block| pod_cidrs.iter().any(|cidr| covers(cidr, block)))
+            .filter(|block| within(&config.pod_cidrs, block))
             .collect(),
     }
 }

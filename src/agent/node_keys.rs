@@ -20,45 +20,53 @@ pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) struct NodeKeys {
     store: KeyStore,
     current: PrivateKey,
-    next: Option<PrivateKey>,
+    /// The next key and its rotation, while one is in progress.
+    pending: Option<Pending>,
     epoch: u64,
     /// Unix seconds since the current key is current.
     current_since: u64,
     /// Rotate on its own once the current key is this old.
     interval: Option<Duration>,
-    rotation: Option<Rotation>,
     last: Option<CompletedView>,
     last_error: Option<String>,
 }
 
 pub(crate) use crate::rotation::unix_now;
 
+struct Pending {
+    next: PrivateKey,
+    rotation: Rotation,
+}
+
+impl Pending {
+    /// The rotation to epoch `epoch` the key directory holds.
+    fn from_store(epoch: u64, stored: weft_keys::PendingRotation) -> Self {
+        let rotation = Rotation {
+            epoch,
+            next_public_key: stored.next.public_key().to_string(),
+            started_at: stored.started_at,
+            grace_secs: stored.grace_secs,
+            announced_at: stored.announced_at,
+        };
+        Self {
+            next: stored.next,
+            rotation,
+        }
+    }
+}
+
 impl NodeKeys {
     /// Loads (or creates) the node key and resumes a rotation the key directory shows pending.
     pub fn load(store: KeyStore, interval: Option<Duration>) -> Result<(Self, bool), KeyError> {
         let (current, created) = store.load_or_generate()?;
         let state = store.load_rotation(&current)?;
-        let (next, rotation) = match state.pending {
-            Some(pending) => {
-                let rotation = Rotation {
-                    epoch: state.epoch,
-                    next_public_key: pending.next.public_key().to_string(),
-                    started_at: pending.started_at,
-                    grace_secs: pending.grace_secs,
-                    announced_at: pending.announced_at,
-                };
-                (Some(pending.next), Some(rotation))
-            }
-            None => (None, None),
-        };
         let keys = Self {
             store,
             current,
-            next,
+            pending: state.pending.map(|p| Pending::from_store(state.epoch, p)),
             epoch: state.epoch,
             current_since: state.current_since,
             interval,
-            rotation,
             last: None,
             last_error: None,
         };
@@ -70,7 +78,7 @@ impl NodeKeys {
     }
 
     pub fn next(&self) -> Option<&PrivateKey> {
-        self.next.as_ref()
+        self.pending.as_ref().map(|p| &p.next)
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -78,7 +86,7 @@ impl NodeKeys {
     }
 
     pub fn next_public_key(&self) -> Option<PublicKey> {
-        self.next.as_ref().map(PrivateKey::public_key)
+        self.next().map(PrivateKey::public_key)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -86,13 +94,13 @@ impl NodeKeys {
     }
 
     pub fn rotation(&self) -> Option<&Rotation> {
-        self.rotation.as_ref()
+        self.pending.as_ref().map(|p| &p.rotation)
     }
 
     /// When the next scheduled rotation is due (Unix seconds), if rotations are scheduled and
     /// none is in progress. A key age from the future (a clock that was wrong) counts from now.
     pub fn next_scheduled(&self) -> Option<u64> {
-        if self.rotation.is_some() {
+        if self.pending.is_some() {
             return None;
         }
         let since = self.current_since.min(unix_now());
@@ -103,7 +111,7 @@ impl NodeKeys {
     /// Generates and stores the next key. The caller then hands both keys to the datapath and
     /// publishes the record.
     pub fn begin(&mut self, grace: Duration) -> Result<&Rotation, String> {
-        if let Some(rotation) = &self.rotation {
+        if let Some(rotation) = self.rotation() {
             return Err(format!(
                 "a key rotation is already in progress (epoch {}); `weft key status` shows its progress",
                 rotation.epoch
@@ -126,23 +134,18 @@ impl NodeKeys {
             return Err(self.failed("the key store did not return the next key".into()));
         };
         self.epoch = state.epoch;
-        let rotation = self.rotation.insert(Rotation {
-            epoch: state.epoch,
-            next_public_key: pending.next.public_key().to_string(),
-            started_at: pending.started_at,
-            grace_secs: pending.grace_secs,
-            announced_at: pending.announced_at,
-        });
-        self.next = Some(pending.next);
         self.last_error = None;
-        Ok(rotation)
+        let pending = self
+            .pending
+            .insert(Pending::from_store(state.epoch, pending));
+        Ok(&pending.rotation)
     }
 
     /// The pending rotation's announcement has been published (at `now`), unless that was
     /// recorded already: the grace period counts from the first publication. The time is kept
     /// in the key directory, so a restart does not start the grace period over.
     pub fn mark_announced(&mut self, now: u64) {
-        let Some(rotation) = self.rotation.as_mut() else {
+        let Some(rotation) = self.pending.as_mut().map(|p| &mut p.rotation) else {
             return;
         };
         if rotation.announced_at.is_some() {
@@ -171,7 +174,7 @@ impl NodeKeys {
         reason: CompletionReason,
         unmoved: Vec<String>,
     ) -> Result<(), String> {
-        let Some(rotation) = self.rotation.clone() else {
+        let Some(epoch) = self.rotation().map(|r| r.epoch) else {
             return Ok(());
         };
         let now = unix_now();
@@ -181,11 +184,10 @@ impl NodeKeys {
             .map_err(|e| self.failed(format!("cannot make the next key current: {e}")))?;
         self.current = new;
         self.current_since = now;
-        self.next = None;
-        self.rotation = None;
+        self.pending = None;
         self.last_error = None;
         self.last = Some(CompletedView {
-            epoch: rotation.epoch,
+            epoch,
             completed_at: now,
             reason,
             unmoved_peers: unmoved,
@@ -208,10 +210,7 @@ impl NodeKeys {
             key_epoch: self.epoch,
             current_since: self.current_since,
             next_scheduled_rotation: self.next_scheduled(),
-            rotation: self
-                .rotation
-                .as_ref()
-                .map(|r| RotationView::new(r, observed)),
+            rotation: self.rotation().map(|r| RotationView::new(r, observed)),
             last_rotation: self.last.clone(),
             published,
             last_error: self.last_error.clone(),

@@ -86,10 +86,7 @@ const SCHEDULED_RETRY_SECS: u64 = 60;
 impl RotationDriver {
     /// `publisher` was started with the own record as the keys are now.
     pub fn new(keys: NodeKeys, publisher: &Publisher) -> Self {
-        let announcement = keys
-            .rotation()
-            .filter(|r| r.announced_at.is_none())
-            .map(|_| publisher.generation());
+        let announcement = unannounced(&keys, publisher.generation());
         let mut driver = Self {
             keys,
             applied: true,
@@ -121,9 +118,9 @@ impl RotationDriver {
         own: &mut OwnNode,
     ) -> bool {
         let result = self.begin(request.grace, env, own).await;
-        self.publish_status(env);
+        let status = self.publish_status(env);
         let changed = result.is_ok();
-        let _ = request.reply.send(result.map(|()| self.status(env)));
+        let _ = request.reply.send(result.map(|()| status));
         changed
     }
 
@@ -183,11 +180,7 @@ impl RotationDriver {
         )
         .map_err(|e| format!("the own record is invalid: {e}"))?;
         let generation = env.publisher.publish(own.clone());
-        self.announcement = self
-            .keys
-            .rotation()
-            .filter(|r| r.announced_at.is_none())
-            .map(|_| generation);
+        self.announcement = unannounced(&self.keys, generation);
         self.applied = true;
         Ok(())
     }
@@ -231,13 +224,22 @@ impl RotationDriver {
         status
     }
 
-    /// Refreshes what `weft key status` and the metrics show.
-    pub fn publish_status(&self, env: &RotationEnv<'_>) {
+    /// Refreshes what `weft key status` and the metrics show, and returns it.
+    pub fn publish_status(&self, env: &RotationEnv<'_>) -> KeyStatus {
         let status = self.status(env);
         if let Ok(mut slot) = env.shared.keys.write() {
-            *slot = Some(status);
+            *slot = Some(status.clone());
         }
+        status
     }
+}
+
+/// The publisher generation to wait for before the grace period of `keys`' pending rotation
+/// starts: `generation` if its announcement has not been published yet.
+fn unannounced(keys: &NodeKeys, generation: u64) -> Option<u64> {
+    keys.rotation()
+        .filter(|r| r.announced_at.is_none())
+        .map(|_| generation)
 }
 
 #[cfg(test)]
@@ -267,6 +269,7 @@ mod tests {
             debounce: Duration::from_millis(200),
             key_rotation_interval: None,
             netlink_receive_buffer: 1 << 20,
+            pod_cidrs: vec![],
             datapath: None,
         }
     }

@@ -307,4 +307,14 @@ mod tests {
         );
         assert!(parse_grace("nonsense").is_err());
     }
+
+    #[test]
+    fn the_default_grace_is_the_agents() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["weft", "key", "rotate"]).unwrap();
+        let Command::Key(KeyCommand::Rotate { grace, .. }) = cli.command else {
+            panic!("not parsed as key rotate");
+        };
+        assert_eq!(grace, crate::agent::node_keys::DEFAULT_GRACE);
+    }
 }

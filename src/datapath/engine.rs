@@ -256,7 +256,7 @@ impl Engine {
     /// so traffic can move to them without waiting for a packet or a keepalive.
     async fn initiate(&mut self, sessions: &[u32], out: &mut [u8]) {
         for index in sessions {
-            let Some(peer) = self.peers.index_for_receiver(index << 8) else {
+            let Some(peer) = self.peers.peer_of_session(*index) else {
                 continue;
             };
             let Some(slot) = self.peers.slot_mut(peer) else {

@@ -15,7 +15,7 @@ use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
-use crate::route_source::route_from_message;
+use crate::route_source::route_key;
 
 /// Route protocol number marking routes weft installed (not in any watched set).
 pub const PROTO_WEFT: u8 = 87;
@@ -208,11 +208,10 @@ impl Kernel {
                 .execute()
                 .try_collect()
                 .await?;
-            let weft: BTreeSet<u8> = [PROTO_WEFT].into_iter().collect();
             for route in &routes {
                 // Every route weft added, whatever its type (throw routes included).
                 if u8::from(route.header.protocol) == PROTO_WEFT
-                    && let Some((key, _)) = route_from_message(route, &weft)
+                    && let Some(key) = route_key(route)
                     && key.table == self.plumbing.table
                 {
                     let kind = match route.header.kind {

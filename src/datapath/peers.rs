@@ -320,11 +320,8 @@ impl PeerTable {
             Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
             Packet::PacketData(p) => p.receiver_idx >> 8,
         };
-        match self.sessions.get(&session) {
-            Some(peer) => Incoming::Session {
-                peer: *peer,
-                session,
-            },
+        match self.peer_of_session(session) {
+            Some(peer) => Incoming::Session { peer, session },
             None => Incoming::Drop(DropReason::UnknownReceiver),
         }
     }
@@ -353,7 +350,12 @@ impl PeerTable {
 
     /// The peer that receiver index `receiver` of ours belongs to.
     pub fn index_for_receiver(&self, receiver: u32) -> Option<u32> {
-        self.sessions.get(&(receiver >> 8)).copied()
+        self.peer_of_session(receiver >> 8)
+    }
+
+    /// The peer session `session` (a session index, as `sync` returns them) belongs to.
+    pub fn peer_of_session(&self, session: u32) -> Option<u32> {
+        self.sessions.get(&session).copied()
     }
 
     /// Whether `source` lies in the allowed IPs of peer `id` (and of no more specific peer).

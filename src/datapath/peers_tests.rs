@@ -182,7 +182,7 @@ fn initiate(nodes: &mut [Node], from: usize, sessions: &[u32], wire: &mut Wire) 
     for index in sessions {
         let node = &mut nodes[from];
         let addr = node.addr;
-        let peer = node.table.index_for_receiver(index << 8).unwrap();
+        let peer = node.table.peer_of_session(*index).unwrap();
         let slot = node.table.slot_mut(peer).unwrap();
         let to = slot.endpoint.unwrap();
         let session = slot.session_mut(*index).unwrap();
@@ -275,12 +275,28 @@ fn connect(mut nodes: Vec<Node>) -> (Vec<Node>, Wire, u32) {
 /// A handshake initiation from session `index` of `table`.
 fn initiation(table: &mut PeerTable, index: u32, force: bool) -> Vec<u8> {
     let mut out = vec![0u8; 2048];
-    let id = table.index_for_receiver(index << 8).unwrap();
+    let id = table.peer_of_session(index).unwrap();
     let session = table.slot_mut(id).unwrap().session_mut(index).unwrap();
     match session.tunn.format_handshake_initiation(&mut out, force) {
         TunnResult::WriteToNetwork(init) => init.to_vec(),
         _ => panic!("no initiation"),
     }
+}
+
+/// Why `table` drops `datagram` from `from`, or `None` if it takes it (or answers it).
+fn dropped(table: &mut PeerTable, from: SocketAddr, datagram: &[u8]) -> Option<DropReason> {
+    let mut reply = vec![0u8; 2048];
+    match table.classify(from, datagram, &mut reply) {
+        Incoming::Drop(reason) => Some(reason),
+        _ => None,
+    }
+}
+
+/// A handshake initiation from a table of its own holding key `key` with `peers`.
+fn initiation_from(key: u8, peers: &BTreeMap<String, Peer>) -> Vec<u8> {
+    let mut table = PeerTable::new(secret(key), 100);
+    let created = table.sync(peers);
+    initiation(&mut table, created[0], false)
 }
 
 /// The sessions of a node's table on one of its own keys.
@@ -400,12 +416,11 @@ fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
     // (its MAC1 is keyed to a key a does not hold).
     let created = nodes[1].table.sync(&peer_a(1, Some(11)));
     let init = initiation(&mut nodes[1].table, created[0], false);
-    let mut reply = vec![0u8; 2048];
     let from = nodes[1].addr;
-    assert!(matches!(
-        nodes[0].table.classify(from, &init, &mut reply),
-        Incoming::Drop(DropReason::Malformed)
-    ));
+    assert_eq!(
+        dropped(&mut nodes[0].table, from, &init),
+        Some(DropReason::Malformed)
+    );
 }
 
 #[test]
@@ -420,26 +435,21 @@ fn after_a_rotation_the_old_key_is_refused_both_ways() {
     traffic(&mut nodes, &mut seq, &mut wire);
 
     // Someone holding a's old key initiates to b as a: b knows no peer with that key.
-    let mut thief = PeerTable::new(secret(1), 100);
-    let created = thief.sync(&peer_b(2, None));
-    let init = initiation(&mut thief, created[0], false);
-    let mut reply = vec![0u8; 2048];
+    let init = initiation_from(1, &peer_b(2, None));
     let from = nodes[0].addr;
-    assert!(matches!(
-        nodes[1].table.classify(from, &init, &mut reply),
-        Incoming::Drop(DropReason::UnknownPeer)
-    ));
+    assert_eq!(
+        dropped(&mut nodes[1].table, from, &init),
+        Some(DropReason::UnknownPeer)
+    );
 
     // And b, still configured with a's old key somewhere, cannot reach a on it: a handshake
     // addressed to the old key fails a's MAC1 check.
-    let mut stale = PeerTable::new(secret(2), 100);
-    let created = stale.sync(&peer_a(1, None));
-    let init = initiation(&mut stale, created[0], false);
+    let init = initiation_from(2, &peer_a(1, None));
     let from = nodes[1].addr;
-    assert!(matches!(
-        nodes[0].table.classify(from, &init, &mut reply),
-        Incoming::Drop(DropReason::Malformed)
-    ));
+    assert_eq!(
+        dropped(&mut nodes[0].table, from, &init),
+        Some(DropReason::Malformed)
+    );
 }
 
 #[test]
@@ -472,18 +482,15 @@ fn truncated_handshakes_and_garbage_are_malformed() {
     let index = sessions_on(&nodes[1], x25519::PublicKey::from(&secret(2)))[0];
     let init = initiation(&mut nodes[1].table, index, true);
     let from = nodes[1].addr;
-    let mut reply = vec![0u8; 2048];
     for bad in [
         &init[..init.len() - 1],
         &init[..4],
         &[][..],
         &[1u8, 0, 0, 0, 7, 7][..],
     ] {
-        assert!(
-            matches!(
-                nodes[0].table.classify(from, bad, &mut reply),
-                Incoming::Drop(DropReason::Malformed)
-            ),
+        assert_eq!(
+            dropped(&mut nodes[0].table, from, bad),
+            Some(DropReason::Malformed),
             "{} bytes",
             bad.len()
         );
@@ -494,14 +501,13 @@ fn truncated_handshakes_and_garbage_are_malformed() {
 fn data_for_an_unknown_receiver_index_is_dropped_as_such() {
     let (mut nodes, _, _) = connected();
     let from = nodes[1].addr;
-    let mut reply = vec![0u8; 2048];
     // A well-formed transport data message (type 4, receiver, counter, 16-byte tag) for a
     // receiver index no session of ours has.
     let mut data = vec![4u8, 0, 0, 0];
     data.extend_from_slice(&0xdead_be00u32.to_le_bytes());
     data.extend_from_slice(&[0u8; 8 + 16]);
-    assert!(matches!(
-        nodes[0].table.classify(from, &data, &mut reply),
-        Incoming::Drop(DropReason::UnknownReceiver)
-    ));
+    assert_eq!(
+        dropped(&mut nodes[0].table, from, &data),
+        Some(DropReason::UnknownReceiver)
+    );
 }

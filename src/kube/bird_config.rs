@@ -11,7 +11,7 @@ use kube::runtime::reflector;
 use tokio::sync::watch;
 
 use super::follow::follow;
-use super::node::{node_addresses, node_pod_cidrs};
+use super::node::{node_addresses, node_pod_cidrs, trim_node};
 use crate::bird::{BirdConfigError, BirdNode, BirdSettings, render};
 
 /// A burst of Node changes (a node joining sets addresses, then podCIDRs) settles this long
@@ -100,6 +100,19 @@ pub fn render_nodes<'a>(
         return Err(BirdSourceError::NoOwnNode(own.to_string()));
     };
     let me = bird_nodes.remove(index);
+    // Other nodes sharing a BGP address (with us or each other) cannot be told apart: they
+    // are left out too, like any node that cannot be routed to, instead of failing everyone.
+    let mut holders: std::collections::BTreeMap<std::net::IpAddr, usize> = Default::default();
+    for node in &bird_nodes {
+        *holders.entry(node.address).or_default() += 1;
+    }
+    bird_nodes.retain(|node| {
+        let shared = node.address == me.address || holders.get(&node.address) > Some(&1);
+        if shared {
+            tracing::warn!(node = %node.name, address = %node.address, "leaving the node out of the BIRD configuration: another node has its address");
+        }
+        !shared
+    });
     bird_nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(render(&me, &bird_nodes, settings)?)
 }
@@ -202,20 +215,37 @@ async fn run_reload(command: &str) -> bool {
     }
 }
 
-/// Keeps what the configuration reads of a Node: name, addresses and Pod CIDRs.
-fn trim_node(node: &mut Node) {
-    node.metadata.managed_fields = None;
-    node.metadata.annotations = None;
-    node.metadata.labels = None;
-    if let Some(status) = node.status.as_mut() {
-        let addresses = status.addresses.take();
-        *status = Default::default();
-        status.addresses = addresses;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, address: &str, cidr: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDRs": [cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": address}]}
+        }))
+        .unwrap()
     }
-    if let Some(spec) = node.spec.as_mut() {
-        let (pod_cidr, pod_cidrs) = (spec.pod_cidr.take(), spec.pod_cidrs.take());
-        *spec = Default::default();
-        spec.pod_cidr = pod_cidr;
-        spec.pod_cidrs = pod_cidrs;
+
+    #[test]
+    fn nodes_sharing_an_address_are_left_out_without_failing_the_rest() {
+        let nodes = [
+            node("n1", "198.18.0.1", "10.244.1.0/24"),
+            node("n2", "198.18.0.2", "10.244.2.0/24"),
+            node("n3", "198.18.0.3", "10.244.3.0/24"),
+            node("n4", "198.18.0.3", "10.244.4.0/24"),
+            node("n5", "198.18.0.1", "10.244.5.0/24"),
+        ];
+        let settings = BirdSettings {
+            asn: 64512,
+            route_reflectors: Default::default(),
+            password: None,
+        };
+        let conf = render_nodes(nodes.iter(), "n1", &settings).unwrap();
+        assert!(conf.contains("neighbor 198.18.0.2 as 64512;"), "{conf}");
+        assert!(!conf.contains("neighbor 198.18.0.3"), "{conf}");
+        assert!(!conf.contains("neighbor 198.18.0.1"), "{conf}");
+        assert!(!conf.contains("10.244.4.0/24") && !conf.contains("10.244.5.0/24"));
     }
 }

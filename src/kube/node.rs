@@ -33,6 +33,24 @@ pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
     addresses
 }
 
+/// Keeps what weft reads of a Node (the registry and `bird-config` alike): name,
+/// annotations, resourceVersion, addresses and Pod CIDRs; the rest is dropped before caching.
+pub fn trim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.labels = None;
+    if let Some(status) = node.status.as_mut() {
+        let addresses = status.addresses.take();
+        *status = Default::default();
+        status.addresses = addresses;
+    }
+    if let Some(spec) = node.spec.as_mut() {
+        let (pod_cidr, pod_cidrs) = (spec.pod_cidr.take(), spec.pod_cidrs.take());
+        *spec = Default::default();
+        spec.pod_cidr = pod_cidr;
+        spec.pod_cidrs = pod_cidrs;
+    }
+}
+
 /// The Node's Pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`).
 pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNetwork>, String> {
     let spec = node.spec.as_ref();

@@ -9,11 +9,11 @@ use kube::{Client, Config};
 use tokio::sync::watch;
 
 use super::follow::follow;
-use super::node::{annotation_patch, published_record, snapshot};
+use super::node::{annotation_patch, published_record, snapshot, trim_node};
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
 use kube::runtime::reflector;
 
-/// Attempts of one publish before giving up (the agent publishes again later).
+/// Conflicts in a row one publish reads the Node again for (the agent publishes again later).
 const PUBLISH_ATTEMPTS: u32 = 6;
 
 /// Exponential backoff between API retries: 200 ms, doubling, at most 5 s.
@@ -122,10 +122,10 @@ fn is_conflict(error: &kube::Error) -> bool {
 impl Registry for KubeRegistry {
     /// Sets the own Node's `weft.dev/node` annotation with a merge patch that names only that
     /// key and the resourceVersion it read: other annotations are never touched, and a Node
-    /// changed in between (409 Conflict) is read again and retried, as are API errors.
+    /// changed in between (409 Conflict) is read again and retried here. Any other API error
+    /// is returned at once: the agent's publisher retries it (every second, with the latest
+    /// record).
     async fn publish(&self, own: &OwnNode) -> Result<(), RegistryError> {
-        let mut backoff = Backoff::new();
-        let mut last = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
             match self.publish_once(own).await {
                 Ok(changed) => {
@@ -138,15 +138,15 @@ impl Registry for KubeRegistry {
                     tracing::info!(node = %own.name, attempt, "the Node changed meanwhile (409); reading it again");
                 }
                 Err(error) => {
-                    let delay = backoff.next();
-                    tracing::warn!(node = %own.name, attempt, %error, retry_in = ?delay, "publishing the record failed");
-                    last = error.to_string();
-                    tokio::time::sleep(delay).await;
+                    return Err(RegistryError::Kube(format!(
+                        "cannot publish the weft.dev/node annotation of {}: {error}",
+                        own.name
+                    )));
                 }
             }
         }
         Err(RegistryError::Kube(format!(
-            "cannot publish the weft.dev/node annotation of {} after {PUBLISH_ATTEMPTS} attempts: {last}",
+            "cannot publish the weft.dev/node annotation of {}: the Node kept changing ({PUBLISH_ATTEMPTS} conflicts in a row)",
             own.name
         )))
     }
@@ -175,16 +175,4 @@ impl Registry for KubeRegistry {
         follower.abort();
         Ok(())
     }
-}
-
-/// Keeps what the registry reads of a Node: name, annotations, resourceVersion, addresses.
-fn trim_node(node: &mut Node) {
-    node.metadata.managed_fields = None;
-    node.metadata.labels = None;
-    if let Some(status) = node.status.as_mut() {
-        let addresses = status.addresses.take();
-        *status = Default::default();
-        status.addresses = addresses;
-    }
-    node.spec = None;
 }

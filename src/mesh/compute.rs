@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnetwork::IpNetwork;
 
 use super::{Mesh, MeshInput, NodeEntry, Peer, RejectReason, Rejection, Subject};
-use crate::record::{NodeRecord, covers, overlaps};
+use crate::record::{NodeRecord, covers, overlaps, within};
 
 /// Computes the desired mesh. Node names are expected to be unique (registries key by name).
 pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
@@ -69,29 +69,18 @@ pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
 
     let mut accepted: BTreeMap<&str, BTreeSet<IpNetwork>> = BTreeMap::new();
     for route in input.routes {
-        if !world.in_scope(&route.prefix) {
-            let hops = route.next_hops.iter().copied().map(Some);
-            let hops: Vec<Option<IpAddr>> = if route.next_hops.is_empty() {
-                vec![None]
-            } else {
-                hops.collect()
-            };
-            rejections.extend(hops.into_iter().map(|next_hop| Rejection {
-                subject: Subject::Route {
-                    prefix: route.prefix,
-                    next_hop,
-                },
-                reason: RejectReason::OutsidePodCidrs,
-            }));
-            continue;
-        }
         if route.next_hops.is_empty() {
+            let reason = if world.in_scope(&route.prefix) {
+                RejectReason::UnknownNextHop
+            } else {
+                RejectReason::OutsidePodCidrs
+            };
             rejections.insert(Rejection {
                 subject: Subject::Route {
                     prefix: route.prefix,
                     next_hop: None,
                 },
-                reason: RejectReason::UnknownNextHop,
+                reason,
             });
         }
         for hop in &route.next_hops {
@@ -266,7 +255,7 @@ impl<'a> World<'a> {
 
     /// Inside the Pod CIDRs (everything is, when none are configured).
     fn in_scope(&self, prefix: &IpNetwork) -> bool {
-        self.pod_cidrs.is_empty() || self.pod_cidrs.iter().any(|cidr| covers(cidr, prefix))
+        self.pod_cidrs.is_empty() || within(self.pod_cidrs, prefix)
     }
 
     /// A node's record, if it is valid and trusted.
@@ -288,6 +277,9 @@ impl<'a> World<'a> {
 
     /// Which node the route `prefix via hop` may be given to, or why it may not.
     fn judge(&self, prefix: IpNetwork, hop: IpAddr) -> Result<&'a str, RejectReason> {
+        if !self.in_scope(&prefix) {
+            return Err(RejectReason::OutsidePodCidrs);
+        }
         if self.local_addresses.contains(&hop) {
             return Err(RejectReason::OwnNode);
         }

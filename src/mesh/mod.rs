@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
-use serde::{Serialize, Serializer};
 use weft_keys::PublicKey;
 
 use crate::record::{NodeRecord, RecordError};
@@ -46,35 +45,15 @@ pub struct MeshInput<'a> {
 }
 
 /// One desired WireGuard peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
-    #[serde(serialize_with = "as_display")]
     pub public_key: PublicKey,
     /// The key the peer is rotating to: handshakes go to it as soon as it is announced.
-    #[serde(
-        serialize_with = "as_display_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub next_public_key: Option<PublicKey>,
     pub endpoint: Option<SocketAddr>,
     /// Sorted (IPv4 first, then by address and length), without duplicates or nested prefixes.
     pub allowed_ips: Vec<IpNetwork>,
-}
-
-fn as_display<S: Serializer>(key: &PublicKey, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(key)
-}
-
-fn as_display_opt<S: Serializer>(
-    key: &Option<PublicKey>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match key {
-        Some(key) => serializer.collect_str(key),
-        None => serializer.serialize_none(),
-    }
 }
 
 /// The desired mesh: peers by name, and why everything else was left out.

@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::model::{Flow, PodInfo, Protocol, namespace_labels};
 use super::selector::Labels;
-use super::validate::{CheckedPeer, CheckedRule, IpBlock, PortMatch, check_policy};
+use super::validate::{Checked, CheckedPeer, CheckedRule, IpBlock, PortMatch, check_policy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
@@ -112,11 +112,50 @@ struct PodRules {
     egress: Option<Vec<usize>>,
 }
 
-/// One policy's rules, resolved (into [`PolicySet::rules`]) the first time it selects a Pod.
+/// One policy's rules, resolved (into [`PolicySet::rules`], one after another) the first time
+/// it selects a Pod.
 #[derive(Debug, Clone, Default)]
 struct Resolved {
-    ingress: Vec<usize>,
-    egress: Vec<usize>,
+    ingress: std::ops::Range<usize>,
+    egress: std::ops::Range<usize>,
+}
+
+/// Resolves `policy`'s rules against the Pods and Namespaces, appending them to `rules`.
+fn resolve_policy(
+    policy: &Checked,
+    pods: &[PodInfo],
+    namespaces: &BTreeMap<String, Labels>,
+    rules: &mut Vec<Rule>,
+) -> Resolved {
+    let empty = Labels::new();
+    let mut resolve = |checked: &[CheckedRule]| {
+        let start = rules.len();
+        rules.extend(checked.iter().enumerate().map(|(index, rule)| Rule {
+            policy: policy.key.clone(),
+            index,
+            peers: resolve_peers(
+                rule.peers.as_deref(),
+                &policy.namespace,
+                pods,
+                namespaces,
+                &empty,
+            ),
+            ports: rule.ports.clone(),
+        }));
+        start..rules.len()
+    };
+    Resolved {
+        ingress: policy
+            .ingress
+            .as_deref()
+            .map(&mut resolve)
+            .unwrap_or_default(),
+        egress: policy
+            .egress
+            .as_deref()
+            .map(&mut resolve)
+            .unwrap_or_default(),
+    }
 }
 
 /// A policy that could not be compiled, and why. It is left out entirely.
@@ -215,21 +254,13 @@ impl PolicySet {
         for policy in policies {
             match check_policy(policy) {
                 Ok(c) => checked.push(c),
-                Err(reason) => set.rejected.push(RejectedPolicy {
-                    policy: format!(
-                        "{}/{}",
-                        policy.metadata.namespace.as_deref().unwrap_or("default"),
-                        policy.metadata.name.as_deref().unwrap_or("?")
-                    ),
-                    reason,
-                }),
+                Err(rejected) => set.rejected.push(rejected),
             }
         }
         // Deterministic whatever order the policies come in (rules keep policy order).
         checked.sort_by(|a, b| a.key.cmp(&b.key));
         set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
         set.accepted = checked.iter().map(|c| c.key.clone()).collect();
-        let empty = Labels::new();
         let mut resolved: Vec<Option<Resolved>> = vec![None; checked.len()];
         for pod in &pods {
             let mut rules = PodRules {
@@ -238,59 +269,24 @@ impl PolicySet {
                 named_ports: pod.named_ports.clone(),
                 ..PodRules::default()
             };
-            for (position, policy) in checked.iter().enumerate() {
+            for (policy, slot) in checked.iter().zip(resolved.iter_mut()) {
                 if policy.namespace != pod.namespace || !policy.selector.matches(&pod.labels) {
                     continue;
                 }
-                let Some(slot) = resolved.get_mut(position) else {
-                    continue;
-                };
                 let shared = slot.get_or_insert_with(|| {
-                    let mut resolve = |checked: &[CheckedRule]| -> Vec<usize> {
-                        checked
-                            .iter()
-                            .enumerate()
-                            .map(|(index, rule)| {
-                                set.rules.push(Rule {
-                                    policy: policy.key.clone(),
-                                    index,
-                                    peers: resolve_peers(
-                                        rule.peers.as_deref(),
-                                        &policy.namespace,
-                                        &pods,
-                                        &namespaces,
-                                        &empty,
-                                    ),
-                                    ports: rule.ports.clone(),
-                                });
-                                set.rules.len() - 1
-                            })
-                            .collect()
-                    };
-                    Resolved {
-                        ingress: policy
-                            .ingress
-                            .as_deref()
-                            .map(&mut resolve)
-                            .unwrap_or_default(),
-                        egress: policy
-                            .egress
-                            .as_deref()
-                            .map(&mut resolve)
-                            .unwrap_or_default(),
-                    }
+                    resolve_policy(policy, &pods, &namespaces, &mut set.rules)
                 });
                 if policy.ingress.is_some() {
                     rules
                         .ingress
                         .get_or_insert_with(Vec::new)
-                        .extend(&shared.ingress);
+                        .extend(shared.ingress.clone());
                 }
                 if policy.egress.is_some() {
                     rules
                         .egress
                         .get_or_insert_with(Vec::new)
-                        .extend(&shared.egress);
+                        .extend(shared.egress.clone());
                 }
             }
             let index = set.pods.len();

@@ -107,14 +107,12 @@ impl PolicyGate {
                     return Admission::TrackedReply;
                 }
                 let verdict = set.check(&flow(key));
-                self.conntrack
-                    .judge(key, self.version, verdict.is_allowed());
+                rejudge(&mut self.conntrack, key, judged, self.version, &verdict);
                 verdict
             }
-            Tracked::Inbound(_) => {
+            Tracked::Inbound(judged) => {
                 let verdict = set.check(&flow(key));
-                self.conntrack
-                    .judge(key, self.version, verdict.is_allowed());
+                rejudge(&mut self.conntrack, key, judged, self.version, &verdict);
                 verdict
             }
             Tracked::Miss => {
@@ -130,6 +128,21 @@ impl PolicyGate {
             Verdict::Allowed { .. } => Admission::Allowed,
             Verdict::Denied { direction, pod } => Admission::Denied { direction, pod },
         }
+    }
+}
+
+/// Records the verdict on a tracked flow judged `judged` before, unless that is what it says
+/// already (every further packet of a flow revoked under this rule set).
+fn rejudge(
+    conntrack: &mut Conntrack,
+    key: &FlowKey,
+    judged: Judged,
+    version: u64,
+    verdict: &Verdict<'_>,
+) {
+    let allowed = verdict.is_allowed();
+    if judged.version != version || judged.revoked == allowed {
+        conntrack.judge(key, version, allowed);
     }
 }
 

@@ -5,6 +5,7 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::compile::RejectedPolicy;
 use super::model::Protocol;
 use super::selector::Selector;
 
@@ -160,14 +161,26 @@ fn check_rules(rules: &[RawRule<'_>]) -> Result<Vec<CheckedRule>, String> {
     Ok(out)
 }
 
-pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, String> {
+/// Validates a policy whole; a rejection names it (`namespace/name`, `?` without a name).
+pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, RejectedPolicy> {
     let namespace = policy
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let name = policy.metadata.name.clone().ok_or("policy has no name")?;
-    let key = format!("{namespace}/{name}");
+    let name = policy.metadata.name.as_deref();
+    let key = format!("{namespace}/{}", name.unwrap_or("?"));
+    let rejected = |reason: String| RejectedPolicy {
+        policy: key.clone(),
+        reason,
+    };
+    if name.is_none() {
+        return Err(rejected("policy has no name".into()));
+    }
+    check_spec(policy, namespace, key.clone()).map_err(rejected)
+}
+
+fn check_spec(policy: &NetworkPolicy, namespace: String, key: String) -> Result<Checked, String> {
     let spec = policy.spec.as_ref();
     let selector = match spec.and_then(|s| s.pod_selector.as_ref()) {
         Some(selector) => Selector::compile(selector)?,
@@ -257,7 +270,7 @@ mod tests {
     }
 
     fn reason(policy: &NetworkPolicy) -> Option<String> {
-        check_policy(policy).err()
+        check_policy(policy).err().map(|rejected| rejected.reason)
     }
 
     #[test]

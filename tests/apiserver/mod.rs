@@ -247,7 +247,9 @@ impl ApiServer {
         self.shared.unreachable.store(unreachable, Ordering::SeqCst);
     }
 
-    /// The next `n` patches get 409 Conflict.
+    /// The next `n` patches of a Node race another writer: just before each, the Node gains
+    /// an annotation `concurrent.example/write-K` (K counting down from `n`) and a new
+    /// resourceVersion, so a patch naming the version it read gets 409 Conflict.
     pub fn conflict_next_patches(&self, n: u32) {
         self.shared.store.lock().unwrap().conflicts = n;
     }
@@ -507,16 +509,29 @@ async fn patch_node(
             &format!("the emulation does not implement the {directive} directive"),
         );
     }
+    let concurrent = {
+        let mut store = shared.store.lock().unwrap();
+        let write = store.conflicts;
+        let rv = store.rv;
+        match store.objects.get_mut(&("Node", name.clone())) {
+            Some(node) if write > 0 => {
+                node["metadata"]["annotations"][format!("concurrent.example/write-{write}")] =
+                    "yes".into();
+                node["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
+                let changed = node.clone();
+                store.conflicts -= 1;
+                store.rv += 1;
+                ApiServer::record(&mut store, "Node", "MODIFIED", changed);
+                true
+            }
+            _ => false,
+        }
+    };
+    if concurrent {
+        shared.changes.send_modify(|n| *n += 1);
+    }
     let updated = {
         let mut store = shared.store.lock().unwrap();
-        if store.conflicts > 0 {
-            store.conflicts -= 1;
-            return error(
-                StatusCode::CONFLICT,
-                "Conflict",
-                "Operation cannot be fulfilled on nodes: the object has been modified",
-            );
-        }
         let rv = store.rv;
         let Some(node) = store.objects.get_mut(&("Node", name.clone())) else {
             return node_not_found(&name);
