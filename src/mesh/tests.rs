@@ -226,6 +226,16 @@ fn arb_prefix() -> impl Strategy<Value = IpNetwork> {
     })
 }
 
+/// A Pod CIDR: half of the generated blocks' range (so some peers stay and some routes fall
+/// outside), or one random block.
+fn arb_pod_cidr() -> impl Strategy<Value = IpNetwork> {
+    prop_oneof![
+        prop::sample::select(vec![0u8, 16])
+            .prop_map(|third| { IpNetwork::new(IpAddr::from([10, 244, third, 0]), 20).unwrap() }),
+        arb_prefix(),
+    ]
+}
+
 fn arb_address() -> impl Strategy<Value = IpAddr> {
     (1u8..=16).prop_map(|last| IpAddr::from([198, 18, 0, last]))
 }
@@ -353,7 +363,7 @@ proptest! {
     #[test]
     fn allowed_ips_stay_inside_the_pod_cidrs(
         (nodes, routes) in arb_world(),
-        pod_cidrs in prop::collection::vec(arb_prefix(), 1..3),
+        pod_cidrs in prop::collection::vec(arb_pod_cidr(), 1..3),
     ) {
         let mesh = scoped_mesh(&nodes, &routes, &pod_cidrs);
         for allowed in mesh.peers.values().flat_map(|p| &p.allowed_ips) {
@@ -543,5 +553,34 @@ fn generated_worlds_produce_peers_and_rejections() {
     assert!(
         with_rejections >= 64,
         "only {with_rejections} of 256 worlds reject anything"
+    );
+}
+
+/// The same for the scoped property: random Pod CIDRs must both keep some peers and push some
+/// routes outside, or `allowed_ips_stay_inside_the_pod_cidrs` checks nothing.
+#[test]
+fn generated_scoped_worlds_keep_peers_and_reject_outside_routes() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (arb_world(), prop::collection::vec(arb_pod_cidr(), 1..3));
+    let (mut with_peers, mut with_outside) = (0, 0);
+    for _ in 0..256 {
+        let ((nodes, routes), pod_cidrs) = strategy.new_tree(&mut runner).unwrap().current();
+        let mesh = scoped_mesh(&nodes, &routes, &pod_cidrs);
+        with_peers += usize::from(!mesh.peers.is_empty());
+        with_outside += usize::from(
+            mesh.rejections
+                .iter()
+                .any(|r| r.reason == RejectReason::OutsidePodCidrs),
+        );
+    }
+    assert!(
+        with_peers >= 20,
+        "only {with_peers} of 256 scoped worlds have a peer"
+    );
+    assert!(
+        with_outside >= 32,
+        "only {with_outside} of 256 scoped worlds reject a route outside the Pod CIDRs"
     );
 }
