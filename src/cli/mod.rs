@@ -75,10 +75,10 @@ pub enum PolicyCommand {
     /// Print the verdict of the agent's current rule set on a flow, and why.
     Check {
         /// Source Pod, as NAMESPACE/NAME.
-        #[arg(long, value_name = "NS/POD")]
+        #[arg(long, value_name = "NS/POD", value_parser = parse_pod_ref)]
         from: String,
         /// Destination Pod, as NAMESPACE/NAME.
-        #[arg(long, value_name = "NS/POD")]
+        #[arg(long, value_name = "NS/POD", value_parser = parse_pod_ref)]
         to: String,
         /// Destination port, optionally with a protocol: 80, 53/udp, 3868/sctp.
         #[arg(long, value_name = "PORT[/PROTO]", value_parser = parse_port)]
@@ -87,6 +87,23 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+}
+
+/// A Pod as NAMESPACE/NAME: two non-empty parts of lowercase letters, digits, '-' and '.'
+/// (the characters Kubernetes allows in namespace and Pod names).
+fn parse_pod_ref(text: &str) -> Result<String, String> {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    };
+    match text.split_once('/') {
+        Some((namespace, name)) if valid(namespace) && valid(name) => Ok(text.to_string()),
+        _ => Err(format!(
+            "{text:?} is not a Pod: expected NAMESPACE/NAME, as in default/web-0"
+        )),
+    }
 }
 
 fn parse_port(text: &str) -> Result<(u16, String), String> {
@@ -306,6 +323,15 @@ mod tests {
             "{error}"
         );
         assert!(parse_grace("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_pod_is_namespace_slash_name() {
+        assert_eq!(parse_pod_ref("x/a-0.b"), Ok("x/a-0.b".to_string()));
+        for bad in ["a", "/a", "x/", "x/a/b", "X/a", "x/a b", ""] {
+            let error = parse_pod_ref(bad).unwrap_err();
+            assert!(error.contains("NAMESPACE/NAME"), "{bad:?}: {error}");
+        }
     }
 
     #[test]
