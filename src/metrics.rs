@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::policy::files::InForce;
 use crate::rotation::KeyStatus;
 use crate::status::Status;
 
@@ -108,6 +109,22 @@ pub fn render(status: &Status, ready: bool, keys: Option<&KeyStatus>) -> String 
         "weft_skipped_records",
         "Registry entries that could not be read",
         to_i64(status.skipped_records.len()),
+    );
+    let policy_files = Family::<Labels, Gauge>::default();
+    for in_force in InForce::ALL {
+        let count = status
+            .rejected_policy_files
+            .iter()
+            .filter(|f| f.in_force == in_force)
+            .count();
+        policy_files
+            .get_or_create(&labels(&[("in_force", in_force.code())]))
+            .set(to_i64(count));
+    }
+    registry.register(
+        "weft_policy_files_rejected",
+        "Policy directory files whose current content is not used, by what stands in for it",
+        policy_files,
     );
     if let Some(datapath) = &status.datapath {
         let handshake = Family::<Labels, Gauge>::default();
@@ -243,6 +260,10 @@ mod tests {
                 {"kind": "record", "node": "n4", "reason": "bad_key", "message": "m"}
             ],
             "skippedRecords": [],
+            "rejectedPolicyFiles": [
+                {"file": "/p/a.yaml", "reason": "r", "inForce": "last_good"},
+                {"file": "/p/b.yaml", "reason": "r", "inForce": "last_good"}
+            ],
             "learnedRoutes": 2,
             "datapath": null
         }))
@@ -302,6 +323,9 @@ mod tests {
             "weft_policy_verdicts_total{verdict=\"denied_ingress\"} 9",
             "weft_policy_denied_packets_total{pod=\"x/a\",direction=\"ingress\"} 9",
             "weft_policy_address_conflicts 2",
+            "weft_policy_files_rejected{in_force=\"last_good\"} 2",
+            "weft_policy_files_rejected{in_force=\"nothing\"} 0",
+            "weft_policy_files_rejected{in_force=\"previous_rule_set\"} 0",
             "weft_learned_routes 2",
             "weft_key_epoch 4",
             "weft_key_rotation_in_progress 1",

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::datapath::stats::DatapathStatus;
 use crate::mesh::{Mesh, Rejection};
+use crate::policy::files::RejectedPolicyFile;
 use crate::registry::{OwnNode, SkippedEntry};
 
 /// Version of the status JSON shape. Fields are only ever added within one version.
@@ -21,6 +22,9 @@ pub struct Status {
     pub peers: Vec<PeerView>,
     pub rejected: Vec<RejectionView>,
     pub skipped_records: Vec<SkippedEntry>,
+    /// Files of the policy directory whose current content is not used, and what stands in.
+    #[serde(default)]
+    pub rejected_policy_files: Vec<RejectedPolicyFile>,
     pub learned_routes: usize,
     /// The encrypted datapath's live state; `null` when running the control plane only.
     #[serde(default)]
@@ -118,6 +122,7 @@ impl Status {
                 .collect(),
             rejected: Self::rejection_views(&mesh.rejections),
             skipped_records: skipped.to_vec(),
+            rejected_policy_files: Vec::new(),
             learned_routes,
             datapath: None,
         }
@@ -262,6 +267,21 @@ impl Status {
                 .collect();
             out.push_str(&table(&["SKIPPED RECORD", "REASON"], &rows));
         }
+        if !self.rejected_policy_files.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = self
+                .rejected_policy_files
+                .iter()
+                .map(|f| {
+                    let in_force = f.in_force.code().to_string();
+                    vec![f.file.clone(), in_force, f.reason.clone()]
+                })
+                .collect();
+            out.push_str(&table(
+                &["REJECTED POLICY FILE", "IN FORCE", "REASON"],
+                &rows,
+            ));
+        }
         out
     }
 }
@@ -295,7 +315,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::table;
+    use super::*;
 
     #[test]
     fn table_aligns_columns() {
@@ -307,6 +327,36 @@ mod tests {
         assert_eq!(
             table(&["PEER", "KEY", "ALLOWED"], &rows),
             "PEER  KEY  ALLOWED\nn2    x    10.244.2.0/24\n"
+        );
+    }
+
+    #[test]
+    fn rejected_policy_files_are_listed_and_optional_in_json() {
+        let mut status: Status = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "node": {"name": "n1", "addresses": [], "record": {}},
+            "synced": {"registry": true, "routes": true},
+            "peers": [], "rejected": [], "skippedRecords": [], "learnedRoutes": 0
+        }))
+        .expect("a status without rejectedPolicyFiles still reads");
+        assert!(status.rejected_policy_files.is_empty());
+        status.rejected_policy_files.push(RejectedPolicyFile {
+            file: "/p/deny.yaml".into(),
+            reason: "document 0: bad NetworkPolicy".into(),
+            in_force: crate::policy::files::InForce::LastGood,
+        });
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["rejectedPolicyFiles"],
+            serde_json::json!([{"file": "/p/deny.yaml", "reason": "document 0: bad NetworkPolicy",
+                                "inForce": "last_good"}])
+        );
+        assert!(
+            status
+                .to_table()
+                .contains("/p/deny.yaml          last_good  document 0: bad NetworkPolicy"),
+            "{}",
+            status.to_table()
         );
     }
 }

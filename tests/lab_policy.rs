@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use common::duplex::Duplex;
 use common::{Lab, Servers, run, tcp_reaches, tcp_server, wait_for};
 
+/// Default deny ingress for n2-p1.
+const DENY_N2_P1: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-n2-p1, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  policyTypes: [Ingress]\n";
+
 fn write_policy(lab: &Lab, file: &str, yaml: &str) {
     std::fs::write(format!("/run/{}/policy/{file}", lab.name), yaml).unwrap();
 }
@@ -25,11 +28,7 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
     assert!(lab.ping(&n1p1, &n2p1_ip, 5));
 
     // Default deny ingress for n2-p1.
-    write_policy(
-        &lab,
-        "deny.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-n2-p1, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  policyTypes: [Ingress]\n",
-    );
+    write_policy(&lab, "deny.yaml", DENY_N2_P1);
     wait_for(Duration::from_secs(15), "the deny policy to apply", || {
         (!lab.ping(&n1p1, &n2p1_ip, 1)).then_some(())
     });
@@ -57,6 +56,43 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
         "denials are not counted per Pod: {policy}"
     );
     assert!(policy["verdicts"]["denied_ingress"].as_u64() > Some(0));
+
+    // A typo in the policy's file: reported in `weft status`, and the policy stays in force
+    // (its file's last good content) rather than vanishing and opening n2-p1.
+    let version = |lab: &Lab| lab.status(2).unwrap()["datapath"]["policy"]["version"].as_u64();
+    let before = version(&lab);
+    write_policy(
+        &lab,
+        "deny.yaml",
+        &DENY_N2_P1.replace("[Ingress]", "[Ingress"),
+    );
+    let rejected = wait_for(Duration::from_secs(15), "the broken file to show", || {
+        lab.status(2)?["rejectedPolicyFiles"]
+            .as_array()?
+            .first()
+            .cloned()
+    });
+    assert_eq!(
+        rejected["file"], "/run/wtpol/policy/deny.yaml",
+        "{rejected}"
+    );
+    assert_eq!(rejected["inForce"], "last_good", "{rejected}");
+    assert_eq!(
+        version(&lab),
+        before,
+        "the broken file changed the rule set"
+    );
+    assert!(
+        !lab.ping(&n1p1, &n2p1_ip, 1),
+        "a typo in its policy file opened n2-p1"
+    );
+    write_policy(&lab, "deny.yaml", DENY_N2_P1);
+    wait_for(Duration::from_secs(15), "the fixed file to clear", || {
+        lab.status(2)?["rejectedPolicyFiles"]
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    });
 
     // Replies of a connection n2-p1 opens pass although its ingress is isolated.
     assert!(
@@ -124,11 +160,7 @@ fn revoking_ingress_stops_an_established_stream_while_the_server_keeps_sending()
     });
     let (drops_before, version_before) = ingress_drops_and_version(&lab, 2).unwrap();
 
-    write_policy(
-        &lab,
-        "deny.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-n2-p1, namespace: lab}\nspec:\n  podSelector: {matchLabels: {node: n2, pod: p1}}\n  policyTypes: [Ingress]\n",
-    );
+    write_policy(&lab, "deny.yaml", DENY_N2_P1);
     wait_for(Duration::from_secs(15), "the deny policy to apply", || {
         let (_, version) = ingress_drops_and_version(&lab, 2)?;
         (version > version_before).then_some(())

@@ -152,8 +152,9 @@ fn port_of(target: &str) -> String {
 
 /// The reference model's table for what the policy directory holds now.
 fn expected(lab: &Lab, pods: &[TestPod]) -> Table {
-    let objects = source::read_dir(&policy_dir(lab));
-    assert!(objects.skipped.is_empty(), "{:?}", objects.skipped);
+    let read = source::read_once(&policy_dir(lab));
+    assert!(read.rejected.is_empty(), "{:?}", read.rejected);
+    let objects = read.objects;
     let mut table = Table::new();
     for from in pods {
         for to in pods.iter().filter(|to| to.node != from.node) {

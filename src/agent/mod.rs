@@ -195,7 +195,15 @@ async fn serve_node(
     let routes_task = tokio::spawn(watch_routes(route_source, routes_tx));
     let (policy_tx, mut policies) = watch::channel(None::<Arc<PolicySet>>);
     let policy_task = policy_source.map(|source| match source {
-        PolicySource::Dir(dir) => tokio::spawn(crate::policy::source::watch_dir(dir, policy_tx)),
+        PolicySource::Dir(dir) => {
+            let (rejected_tx, rejected) = watch::channel(Vec::new());
+            let _ = shared.rejected_policy_files.set(rejected);
+            tokio::spawn(crate::policy::source::watch_dir(
+                dir,
+                policy_tx,
+                rejected_tx,
+            ))
+        }
         PolicySource::Api(client) => {
             tokio::spawn(crate::kube::policy::watch_policy(client, policy_tx))
         }

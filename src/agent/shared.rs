@@ -1,5 +1,6 @@
 //! What the agent's loop shares with the admin API, health and metrics: the latest status,
-//! the key status, the policy rule set, and the way in for `weft key rotate`.
+//! the key status, the policy rule set (and the policy files not used as they are), and the way
+//! in for `weft key rotate`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -10,6 +11,7 @@ use super::RotateRequest;
 use super::admin::{AdminHandler, AdminRequest};
 use crate::datapath::stats::DatapathStatus;
 use crate::policy::PolicySet;
+use crate::policy::files::RejectedPolicyFile;
 use crate::rotation::KeyStatus;
 use crate::status::Status;
 
@@ -21,6 +23,8 @@ pub(crate) struct SharedStatus {
     pub(super) status: RwLock<Option<Status>>,
     pub(super) datapath: OnceLock<watch::Receiver<DatapathStatus>>,
     pub(super) policy: RwLock<Option<Arc<PolicySet>>>,
+    /// The policy directory's files whose current content is not used (`--policy-dir` only).
+    pub(super) rejected_policy_files: OnceLock<watch::Receiver<Vec<RejectedPolicyFile>>>,
     /// Whether a policy source is configured (readiness then waits for its first rule set).
     pub(super) policy_expected: AtomicBool,
     pub(super) keys: RwLock<Option<KeyStatus>>,
@@ -41,6 +45,9 @@ impl SharedStatus {
             .clone()
             .ok_or_else(|| self.starting())?;
         status.datapath = self.datapath.get().map(|d| d.borrow().clone());
+        if let Some(rejected) = self.rejected_policy_files.get() {
+            status.rejected_policy_files = rejected.borrow().clone();
+        }
         Ok(status)
     }
 

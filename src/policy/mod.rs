@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod conntrack;
+pub mod files;
 pub mod gate;
 pub mod model;
 pub mod selector;

@@ -1,110 +1,60 @@
 //! The policy source for standalone nodes and the lab: a directory of Kubernetes YAML
 //! (Namespaces, Pods with labels, IPs and container ports, NetworkPolicies), re-read and
-//! recompiled whenever it changes. Unreadable files and documents are skipped with a reason.
+//! recompiled whenever it changes. Each file is taken whole; one that cannot be used keeps its
+//! last good content in force (see [`super::files`]) and is reported with the reason.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::PolicySet;
+use super::files::{DirRead, FileRead, Merged, PolicyFiles, RejectedPolicyFile, parse_file};
 
-/// Everything read from the directory.
-#[derive(Debug, Default)]
-pub struct PolicyObjects {
-    pub namespaces: Vec<Namespace>,
-    pub pods: Vec<Pod>,
-    pub policies: Vec<NetworkPolicy>,
-    /// (file, reason) for what could not be used.
-    pub skipped: Vec<(String, String)>,
-    /// The directory or one of its files could not be read (as opposed to a file that was
-    /// read but holds something invalid): the objects are incomplete, and compiling them
-    /// could drop policies that still apply.
-    pub unreadable: bool,
-}
-
-/// Reads every `.yaml`, `.yml` and `.json` file of `dir` (multi-document YAML allowed).
-pub fn read_dir(dir: &Path) -> PolicyObjects {
-    let mut objects = PolicyObjects::default();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+/// Reads every `.yaml`, `.yml` and `.json` file of `dir` (hidden files aside), each parsed.
+pub fn read_dir(dir: &Path) -> DirRead {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
         Err(error) => {
-            objects
-                .skipped
-                .push((dir.display().to_string(), error.to_string()));
-            objects.unreadable = true;
-            return objects;
+            return DirRead::Unreadable {
+                dir: dir.display().to_string(),
+                reason: error.to_string(),
+            };
         }
     };
-    files.sort();
-    for path in files {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with('.')
-            || !(name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
-        {
-            continue;
-        }
-        let shown = path.display().to_string();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) => {
-                objects.skipped.push((shown, error.to_string()));
-                objects.unreadable |= error.kind() != std::io::ErrorKind::InvalidData;
-                continue;
-            }
-        };
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-            let value = match serde_yaml_ng::Value::deserialize(document) {
-                Ok(serde_yaml_ng::Value::Null) => continue,
-                Ok(value) => value,
-                Err(error) => {
-                    objects
-                        .skipped
-                        .push((format!("{shown}#{index}"), error.to_string()));
-                    continue;
+    paths.sort();
+    let files = paths
+        .into_iter()
+        .filter(|path| is_policy_file(path))
+        .map(|path| {
+            let read = match std::fs::read_to_string(&path) {
+                Ok(text) => parse_file(&text),
+                // Read, but not UTF-8: bad content, like bad YAML.
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    FileRead::Bad(error.to_string())
                 }
+                Err(error) => FileRead::Unreadable(error.to_string()),
             };
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let result = match kind.as_str() {
-                "Namespace" => serde_yaml_ng::from_value(value).map(|n| objects.namespaces.push(n)),
-                "Pod" => serde_yaml_ng::from_value(value).map(|p| objects.pods.push(p)),
-                "NetworkPolicy" => {
-                    serde_yaml_ng::from_value(value).map(|p| objects.policies.push(p))
-                }
-                other => {
-                    objects.skipped.push((
-                        format!("{shown}#{index}"),
-                        format!("unsupported kind {other:?}"),
-                    ));
-                    Ok(())
-                }
-            };
-            if let Err(error) = result {
-                objects
-                    .skipped
-                    .push((format!("{shown}#{index}"), format!("bad {kind}: {error}")));
-            }
-        }
-    }
-    objects
+            (path.display().to_string(), read)
+        })
+        .collect();
+    DirRead::Files(files)
 }
 
-/// Reads and compiles the directory.
-pub fn load(dir: &Path) -> (PolicySet, PolicyObjects) {
-    let objects = read_dir(dir);
-    let set = PolicySet::compile(&objects.policies, &objects.namespaces, &objects.pods);
-    (set, objects)
+fn is_policy_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    !name.starts_with('.')
+        && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+}
+
+/// What the directory holds now, for an agent that has never read it before: files that
+/// cannot be used contribute nothing.
+pub fn read_once(dir: &Path) -> Merged {
+    PolicyFiles::default().merge(read_dir(dir))
 }
 
 /// Publishes `set` unless it equals the rule set in force, and returns it if published.
@@ -144,8 +94,13 @@ pub(crate) fn warn_about(set: &PolicySet) {
     }
 }
 
-/// Watches `dir`, publishing a freshly compiled rule set after every change.
-pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>) {
+/// Watches `dir`, publishing a freshly compiled rule set after every change, and the files
+/// whose current content is not used to `rejected`.
+pub async fn watch_dir(
+    dir: PathBuf,
+    sets: watch::Sender<Option<Arc<PolicySet>>>,
+    rejected: watch::Sender<Vec<RejectedPolicyFile>>,
+) {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| crate::registry::file::changes_content(&e.kind)) {
@@ -166,47 +121,23 @@ pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>
             None
         }
     };
-    let mut last_skipped = Vec::new();
+    let mut files = PolicyFiles::default();
     loop {
         if sets.is_closed() {
             return;
         }
         let path = dir.clone();
-        if let Ok((set, objects)) = tokio::task::spawn_blocking(move || load(&path)).await {
-            // Every 10 s the same: say it again only when it changes.
-            if objects.skipped != last_skipped {
-                for (source, reason) in &objects.skipped {
-                    tracing::warn!(%source, %reason, "skipping policy input");
-                }
-                last_skipped.clone_from(&objects.skipped);
-            }
-            let counts = (
-                objects.policies.len(),
-                objects.pods.len(),
-                objects.namespaces.len(),
-            );
-            // Fail closed: an unreadable directory (or file) keeps the rule set in force, or
-            // none at all before the first, rather than one missing the policies it hides.
-            let published = if objects.unreadable {
+        if let Ok(read) = tokio::task::spawn_blocking(move || read_dir(&path)).await {
+            let merged = files.merge(read);
+            // Fail closed: what cannot be read, and was never read good, keeps the rule set in
+            // force (or none at all before the first) rather than one missing what it holds.
+            if merged.incomplete {
                 tracing::warn!(dir = %dir.display(), "policy directory not fully readable; keeping the rule set in force");
-                None
             } else {
-                publish(&sets, set)
-            };
-            match published {
-                Some(set) => {
-                    warn_about(&set);
-                    tracing::info!(
-                        policies = counts.0,
-                        pods = counts.1,
-                        namespaces = counts.2,
-                        "policy rule set compiled"
-                    );
-                }
-                None => {
-                    tracing::debug!(dir = %dir.display(), "policy directory re-read; rule set unchanged")
-                }
+                publish_objects(&sets, &merged, &dir);
             }
+            // After the rule set: a report seen means the read it comes from is in force.
+            report_rejected(&rejected, merged.rejected);
         }
         tokio::select! {
             _ = events.recv() => {}
@@ -218,9 +149,52 @@ pub async fn watch_dir(dir: PathBuf, sets: watch::Sender<Option<Arc<PolicySet>>>
     }
 }
 
+fn publish_objects(sets: &watch::Sender<Option<Arc<PolicySet>>>, merged: &Merged, dir: &Path) {
+    let objects = &merged.objects;
+    match publish(sets, objects.compile()) {
+        Some(set) => {
+            warn_about(&set);
+            tracing::info!(
+                policies = objects.policies.len(),
+                pods = objects.pods.len(),
+                namespaces = objects.namespaces.len(),
+                rejected_files = merged.rejected.len(),
+                "policy rule set compiled"
+            );
+        }
+        None => {
+            tracing::debug!(dir = %dir.display(), "policy directory re-read; rule set unchanged")
+        }
+    }
+}
+
+/// Sends `now` and logs it, when it differs from what was sent last (every 10 s the same: say
+/// it again only when it changes).
+fn report_rejected(sent: &watch::Sender<Vec<RejectedPolicyFile>>, now: Vec<RejectedPolicyFile>) {
+    sent.send_if_modified(|last| {
+        if *last == now {
+            return false;
+        }
+        for file in &now {
+            tracing::warn!(
+                file = %file.file,
+                reason = %file.reason,
+                in_force = file.in_force.code(),
+                "policy file not used as it is"
+            );
+        }
+        if now.is_empty() {
+            tracing::info!("every policy file is used as it is again");
+        }
+        *last = now;
+        true
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::files::InForce;
 
     const POD_A: &str = r#"
 apiVersion: v1
@@ -241,18 +215,20 @@ metadata: {name: deny, namespace: x}
 spec: {podSelector: {}}
 "#;
 
+    /// The rule set a starting agent compiles from `dir`.
+    fn load(dir: &Path) -> PolicySet {
+        read_once(dir).objects.compile()
+    }
+
     #[test]
     fn only_a_rule_set_that_differs_is_published() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pods.yaml"), format!("{POD_A}---{POD_B}")).unwrap();
         std::fs::write(dir.path().join("policy.yaml"), DENY).unwrap();
         let (sets, _receiver) = watch::channel(None);
+        assert!(publish(&sets, load(dir.path())).is_some(), "the first set");
         assert!(
-            publish(&sets, load(dir.path()).0).is_some(),
-            "the first set"
-        );
-        assert!(
-            publish(&sets, load(dir.path()).0).is_none(),
+            publish(&sets, load(dir.path())).is_none(),
             "re-read unchanged"
         );
         std::fs::remove_file(dir.path().join("pods.yaml")).unwrap();
@@ -261,7 +237,7 @@ spec: {podSelector: {}}
         let republish_with_b = |phase: &str| {
             let pod_b = POD_B.replace("Running", phase);
             std::fs::write(dir.path().join("a-pods.yaml"), format!("{pod_b}---{POD_A}")).unwrap();
-            publish(&sets, load(dir.path()).0)
+            publish(&sets, load(dir.path()))
         };
         // The same objects in another order (files renamed, Pods swapped).
         assert!(republish_with_b("Running").is_none(), "reordered");
@@ -272,19 +248,34 @@ spec: {podSelector: {}}
         assert!(!set.knows("10.244.1.3".parse().unwrap()));
     }
 
+    type Sets = watch::Receiver<Option<Arc<PolicySet>>>;
+    type Rejected = watch::Receiver<Vec<RejectedPolicyFile>>;
+
+    /// Watches `dir`: the task, and where its rule sets and reports arrive.
+    fn watch(dir: &Path) -> (tokio::task::JoinHandle<()>, Sets, Rejected) {
+        let (sets, set_receiver) = watch::channel(None);
+        let (rejected, rejected_receiver) = watch::channel(Vec::new());
+        let task = tokio::spawn(watch_dir(dir.to_path_buf(), sets, rejected));
+        (task, set_receiver, rejected_receiver)
+    }
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    async fn next<T: Clone>(receiver: &mut watch::Receiver<T>) -> T {
+        tokio::time::timeout(WAIT, receiver.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        receiver.borrow_and_update().clone()
+    }
+
     #[tokio::test]
     async fn rereading_an_unchanged_directory_does_not_bump_the_rule_set() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("lab.yaml");
         std::fs::write(&file, format!("{POD_A}---{DENY}")).unwrap();
-        let (sets, mut receiver) = watch::channel(None);
-        let task = tokio::spawn(watch_dir(dir.path().to_path_buf(), sets));
-        let wait = Duration::from_secs(20);
-        tokio::time::timeout(wait, receiver.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        receiver.borrow_and_update();
+        let (task, mut receiver, _rejected) = watch(dir.path());
+        next(&mut receiver).await;
         // Rewritten with the same content, and an unrelated file: read again, same rule set.
         std::fs::write(&file, format!("{POD_A}---{DENY}")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
@@ -295,12 +286,47 @@ spec: {podSelector: {}}
         );
         // A real change still arrives.
         std::fs::write(&file, format!("{POD_A}---{POD_B}---{DENY}")).unwrap();
-        tokio::time::timeout(wait, receiver.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        let set = receiver.borrow().clone().unwrap();
+        let set = next(&mut receiver).await.unwrap();
         assert!(set.knows("10.244.1.3".parse().unwrap()));
+        task.abort();
+    }
+
+    /// The watched directory end to end: a policy file broken by an edit keeps its policy in
+    /// force (reported), fixed it is used as written, deleted its policy is gone.
+    #[tokio::test]
+    async fn a_broken_file_keeps_its_policy_until_it_is_fixed_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pods.yaml"), format!("{POD_A}---{POD_B}")).unwrap();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, DENY).unwrap();
+        let (task, mut sets, mut rejected) = watch(dir.path());
+        let set = next(&mut sets).await.unwrap();
+        assert_eq!(set.accepted, ["x/deny"]);
+
+        // A typo: the file is reported, with its last good content in force.
+        std::fs::write(&policy, DENY.replace("podSelector: {}", "podSelector: {")).unwrap();
+        let report = next(&mut rejected).await;
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert_eq!(report[0].file, policy.display().to_string());
+        assert_eq!(report[0].in_force, InForce::LastGood);
+        // The report follows the publish decision of the same read: nothing was published.
+        assert!(
+            !sets.has_changed().unwrap(),
+            "the broken file changed the rule set"
+        );
+        assert_eq!(sets.borrow().as_ref().unwrap().accepted, ["x/deny"]);
+
+        // Fixed, with new content: used as written, and no longer reported.
+        let allow = DENY.replace("{podSelector: {}}", "{podSelector: {}, ingress: [{}]}");
+        std::fs::write(&policy, allow.replace("name: deny", "name: allow")).unwrap();
+        let set = next(&mut sets).await.unwrap();
+        assert_eq!(set.accepted, ["x/allow"]);
+        assert_eq!(next(&mut rejected).await, []);
+
+        // Deleted: its policy goes away.
+        std::fs::remove_file(&policy).unwrap();
+        let set = next(&mut sets).await.unwrap();
+        assert!(set.accepted.is_empty(), "{:?}", set.accepted);
         task.abort();
     }
 
@@ -308,19 +334,23 @@ spec: {podSelector: {}}
     async fn an_unreadable_directory_or_file_publishes_no_rule_set() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("not-there");
-        assert!(read_dir(&missing).unreadable);
+        assert!(read_once(&missing).incomplete);
         // A directory where a policy file should be: it cannot be read as a file.
         std::fs::create_dir(dir.path().join("policy.yaml")).unwrap();
-        assert!(read_dir(dir.path()).unreadable);
-        // A file that is read but not UTF-8 is bad content, skipped like bad YAML.
+        let merged = read_once(dir.path());
+        assert!(merged.incomplete);
+        assert_eq!(merged.rejected[0].in_force, InForce::PreviousRuleSet);
+        // A file that is read but not UTF-8 is bad content, rejected like bad YAML.
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("bad.yaml"), [0xff, 0xfe, 0x00]).unwrap();
-        let objects = read_dir(other.path());
-        assert!(!objects.unreadable && objects.skipped.len() == 1);
+        let merged = read_once(other.path());
+        assert!(!merged.incomplete);
+        assert_eq!(merged.rejected.len(), 1);
+        assert_eq!(merged.rejected[0].in_force, InForce::Nothing);
 
-        let (sets, receiver) = watch::channel(None);
-        let task = tokio::spawn(watch_dir(missing, sets));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (task, receiver, mut rejected) = watch(&missing);
+        let report = next(&mut rejected).await;
+        assert_eq!(report[0].in_force, InForce::PreviousRuleSet);
         assert!(
             receiver.borrow().is_none(),
             "an unreadable policy directory published a rule set (allowing everything)"
@@ -329,7 +359,7 @@ spec: {podSelector: {}}
     }
 
     #[test]
-    fn reads_multi_document_yaml_and_skips_what_it_cannot_use() {
+    fn reads_multi_document_yaml_and_rejects_a_file_it_cannot_use_whole() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("lab.yaml"),
@@ -345,27 +375,34 @@ spec:
   containers: [{name: c, ports: [{name: serve-80-tcp, containerPort: 80}]}]
 status: {podIP: 10.244.1.2}
 ---
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: deny, namespace: x}
 spec: {podSelector: {}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: other}
 "#,
         )
         .unwrap();
+        // A good Pod with a broken one: neither is used.
         std::fs::write(
             dir.path().join("broken.yaml"),
-            "kind: Pod\nmetadata: [not, a, map]\n",
+            format!("{POD_B}---\nkind: Pod\nmetadata: [not, a, map]\n"),
         )
         .unwrap();
-        let (set, objects) = load(dir.path());
-        assert_eq!(objects.namespaces.len(), 1);
-        assert_eq!(objects.pods.len(), 1);
-        assert_eq!(objects.policies.len(), 1);
-        assert_eq!(objects.skipped.len(), 2, "{:?}", objects.skipped);
+        std::fs::write(dir.path().join(".hidden.yaml"), "garbage: [").unwrap();
+        let merged = read_once(dir.path());
+        assert_eq!(merged.objects.namespaces.len(), 1);
+        assert_eq!(merged.objects.pods.len(), 1);
+        assert_eq!(merged.objects.policies.len(), 1);
+        assert_eq!(merged.rejected.len(), 1, "{:?}", merged.rejected);
+        assert!(merged.rejected[0].file.ends_with("broken.yaml"));
+        assert!(
+            merged.rejected[0].reason.starts_with("document 1: bad Pod"),
+            "{}",
+            merged.rejected[0].reason
+        );
+        let set = merged.objects.compile();
         assert!(set.knows("10.244.1.2".parse().unwrap()));
+        assert!(!set.knows("10.244.1.3".parse().unwrap()));
     }
 }

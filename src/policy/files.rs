@@ -1,0 +1,223 @@
+//! The files of a policy directory, each taken whole, and what the directory contributes after
+//! each read: a file's current content when every document in it can be used, else the last
+//! content of it that could (fail closed: a typo in an edited file never drops the policies it
+//! held). No IO: `source` reads the directory and hands the reads in.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::{Deserialize, Serialize};
+
+use super::PolicySet;
+use super::validate::check_policy;
+
+/// Namespaces, Pods and NetworkPolicies: what one file holds, or all of them together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyObjects {
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<NetworkPolicy>,
+}
+
+impl PolicyObjects {
+    pub fn compile(&self) -> PolicySet {
+        PolicySet::compile(&self.policies, &self.namespaces, &self.pods)
+    }
+
+    fn extend(&mut self, other: &PolicyObjects) {
+        self.namespaces.extend_from_slice(&other.namespaces);
+        self.pods.extend_from_slice(&other.pods);
+        self.policies.extend_from_slice(&other.policies);
+    }
+}
+
+/// What reading one file gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileRead {
+    /// Every document in it can be used.
+    Good(PolicyObjects),
+    /// Read, but some document in it cannot be used: why.
+    Bad(String),
+    /// Not readable (an IO error): what it holds now is unknown.
+    Unreadable(String),
+}
+
+/// What reading the directory gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DirRead {
+    /// The directory itself could not be listed.
+    Unreadable { dir: String, reason: String },
+    /// Each policy file (by path) and what reading it gave.
+    Files(Vec<(String, FileRead)>),
+}
+
+/// What stands in for a file whose current content is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InForce {
+    /// The file's last good content.
+    LastGood,
+    /// Nothing: the file has never been good since the agent started.
+    Nothing,
+    /// The whole rule set in force (none before the first) is kept: nothing new is published
+    /// while this file or directory cannot be read and no last good content of it is known.
+    PreviousRuleSet,
+}
+
+impl InForce {
+    pub const ALL: [InForce; 3] = [Self::LastGood, Self::Nothing, Self::PreviousRuleSet];
+
+    /// Stable name, as in `weft status` and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::LastGood => "last_good",
+            Self::Nothing => "nothing",
+            Self::PreviousRuleSet => "previous_rule_set",
+        }
+    }
+}
+
+/// A policy file (or the directory) whose current content is not used, why, and what is used
+/// instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedPolicyFile {
+    pub file: String,
+    pub reason: String,
+    pub in_force: InForce,
+}
+
+/// What the directory contributes after one read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// Every file's current content, or its last good one.
+    pub objects: PolicyObjects,
+    /// Files whose current content is not used, by path.
+    pub rejected: Vec<RejectedPolicyFile>,
+    /// Something with no last good content could not be read: `objects` may lack what it
+    /// holds, so no rule set may be compiled from them.
+    pub incomplete: bool,
+}
+
+/// Parses one file's text: every document in it (multi-document YAML, or JSON), or the first
+/// reason one of them cannot be used. Null documents (an empty `---`) are nothing.
+pub fn parse_file(text: &str) -> FileRead {
+    match parse_documents(text) {
+        Ok(objects) => FileRead::Good(objects),
+        Err(reason) => FileRead::Bad(reason),
+    }
+}
+
+fn parse_documents(text: &str) -> Result<PolicyObjects, String> {
+    use serde_yaml_ng::{Value, from_value};
+    let mut objects = PolicyObjects::default();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let at = |reason: String| format!("document {index}: {reason}");
+        let value = match Value::deserialize(document) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(error) => return Err(at(error.to_string())),
+        };
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let bad = |error: serde_yaml_ng::Error| at(format!("bad {kind}: {error}"));
+        match kind.as_str() {
+            "Namespace" => objects.namespaces.push(from_value(value).map_err(bad)?),
+            "Pod" => objects.pods.push(from_value(value).map_err(bad)?),
+            "NetworkPolicy" => {
+                let policy: NetworkPolicy = from_value(value).map_err(bad)?;
+                // Checked here as compiling would, so that an invalid policy keeps its file's
+                // last good content in force rather than leaving it out.
+                if let Err(rejected) = check_policy(&policy) {
+                    return Err(at(format!(
+                        "NetworkPolicy {} is invalid: {}",
+                        rejected.policy, rejected.reason
+                    )));
+                }
+                objects.policies.push(policy);
+            }
+            other => {
+                return Err(at(format!(
+                    "unsupported kind {other:?} (a policy directory holds Namespaces, Pods and \
+                     NetworkPolicies)"
+                )));
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// The last good content of every policy file, carried from one read of the directory to
+/// the next.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyFiles {
+    last_good: BTreeMap<String, PolicyObjects>,
+}
+
+impl PolicyFiles {
+    /// Takes a new read of the directory: a good file is used as read; a bad or unreadable one
+    /// as it last was good, or not at all if it never was; a file no longer listed is gone
+    /// (deleting a file is intentional). An unreadable directory changes nothing.
+    pub fn merge(&mut self, read: DirRead) -> Merged {
+        let mut merged = Merged::default();
+        let files = match read {
+            DirRead::Unreadable { dir, reason } => {
+                merged.objects = self.objects();
+                merged.rejected.push(RejectedPolicyFile {
+                    file: dir,
+                    reason,
+                    in_force: InForce::PreviousRuleSet,
+                });
+                merged.incomplete = true;
+                return merged;
+            }
+            DirRead::Files(files) => files,
+        };
+        let mut last_good = BTreeMap::new();
+        for (file, read) in files {
+            let (reason, unreadable) = match read {
+                FileRead::Good(objects) => {
+                    last_good.insert(file, objects);
+                    continue;
+                }
+                FileRead::Bad(reason) => (reason, false),
+                FileRead::Unreadable(reason) => (reason, true),
+            };
+            let in_force = match self.last_good.remove(&file) {
+                Some(objects) => {
+                    last_good.insert(file.clone(), objects);
+                    InForce::LastGood
+                }
+                None if unreadable => InForce::PreviousRuleSet,
+                None => InForce::Nothing,
+            };
+            merged.incomplete |= in_force == InForce::PreviousRuleSet;
+            merged.rejected.push(RejectedPolicyFile {
+                file,
+                reason,
+                in_force,
+            });
+        }
+        self.last_good = last_good;
+        merged.objects = self.objects();
+        merged.rejected.sort_by(|a, b| a.file.cmp(&b.file));
+        merged
+    }
+
+    /// Everything the files contribute, in file order.
+    fn objects(&self) -> PolicyObjects {
+        let mut objects = PolicyObjects::default();
+        for file in self.last_good.values() {
+            objects.extend(file);
+        }
+        objects
+    }
+}
+
+#[cfg(test)]
+#[path = "files_tests.rs"]
+mod tests;

@@ -1,0 +1,253 @@
+use super::*;
+
+/// A file holding one NetworkPolicy `namespace/name` selecting every Pod of it.
+fn policy(name: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: {name}, namespace: x}}\nspec: {{podSelector: {{}}}}\n"
+    )
+}
+
+fn pod(name: &str, ip: &str) -> String {
+    format!("kind: Pod\nmetadata: {{name: {name}, namespace: x}}\nstatus: {{podIP: {ip}}}\n")
+}
+
+fn good(text: &str) -> FileRead {
+    let read = parse_file(text);
+    assert!(matches!(read, FileRead::Good(_)), "{read:?}");
+    read
+}
+
+/// Parses `text`, which must be a bad file for a reason containing `expected`.
+fn parse_bad(text: &str, expected: &str) -> FileRead {
+    let read = parse_file(text);
+    let FileRead::Bad(reason) = &read else {
+        panic!("{text:?} was taken: {read:?}");
+    };
+    assert!(reason.contains(expected), "{reason}");
+    read
+}
+
+fn bad(reason: &str) -> FileRead {
+    FileRead::Bad(reason.into())
+}
+
+fn files(reads: Vec<(&str, FileRead)>) -> DirRead {
+    DirRead::Files(reads.into_iter().map(|(f, r)| (f.to_string(), r)).collect())
+}
+
+/// The policies (`namespace/name`) a merge puts in force.
+fn in_force(merged: &Merged) -> Vec<String> {
+    merged.objects.compile().accepted
+}
+
+fn rejected(merged: &Merged) -> Vec<(&str, InForce)> {
+    merged
+        .rejected
+        .iter()
+        .map(|r| (r.file.as_str(), r.in_force))
+        .collect()
+}
+
+#[test]
+fn a_file_that_turns_bad_keeps_its_last_good_content_until_fixed() {
+    let mut files_seen = PolicyFiles::default();
+    let first = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&policy("b"))),
+    ]));
+    assert_eq!(in_force(&first), ["x/a", "x/b"]);
+    assert!(first.rejected.is_empty());
+
+    // b turns bad: its last good content stays; a's new content is used.
+    let broken = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a2"))),
+        (
+            "b.yaml",
+            bad("document 0: did not find expected node content"),
+        ),
+    ]));
+    assert_eq!(in_force(&broken), ["x/a2", "x/b"]);
+    assert_eq!(rejected(&broken), [("b.yaml", InForce::LastGood)]);
+    assert_eq!(
+        broken.rejected[0].reason,
+        "document 0: did not find expected node content"
+    );
+    assert!(!broken.incomplete);
+
+    // Still bad at the next read: still the same last good content.
+    let again = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a2"))),
+        ("b.yaml", bad("still")),
+    ]));
+    assert_eq!(in_force(&again), ["x/a2", "x/b"]);
+
+    // Fixed: the new content is used.
+    let fixed = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a2"))),
+        ("b.yaml", good(&policy("b2"))),
+    ]));
+    assert_eq!(in_force(&fixed), ["x/a2", "x/b2"]);
+    assert!(fixed.rejected.is_empty());
+}
+
+#[test]
+fn a_deleted_file_is_gone_even_after_it_was_bad() {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&policy("b"))),
+    ]));
+    files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", bad("typo")),
+    ]));
+    let deleted = files_seen.merge(files(vec![("a.yaml", good(&policy("a")))]));
+    assert_eq!(in_force(&deleted), ["x/a"]);
+    assert!(deleted.rejected.is_empty());
+    // Back under the same name but bad: it is a new file, never good.
+    let back = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", bad("typo")),
+    ]));
+    assert_eq!(in_force(&back), ["x/a"]);
+    assert_eq!(rejected(&back), [("b.yaml", InForce::Nothing)]);
+}
+
+#[test]
+fn a_file_never_good_contributes_nothing_and_is_reported() {
+    let mut files_seen = PolicyFiles::default();
+    // Bad from the start.
+    let start = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", bad("typo")),
+    ]));
+    assert_eq!(in_force(&start), ["x/a"]);
+    assert_eq!(rejected(&start), [("b.yaml", InForce::Nothing)]);
+    assert!(!start.incomplete, "a bad file does not hold the rule set");
+    // A new file that is bad.
+    let new = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", bad("typo")),
+        ("c.yaml", bad("typo")),
+    ]));
+    assert_eq!(in_force(&new), ["x/a"]);
+    assert_eq!(
+        rejected(&new),
+        [("b.yaml", InForce::Nothing), ("c.yaml", InForce::Nothing)]
+    );
+}
+
+#[test]
+fn a_multi_document_file_with_one_bad_document_keeps_its_whole_last_good_version() {
+    let mut files_seen = PolicyFiles::default();
+    let version_1 = format!(
+        "{}---\n{}---\n{}",
+        policy("a"),
+        pod("p", "10.244.1.2"),
+        policy("b")
+    );
+    files_seen.merge(files(vec![("lab.yaml", good(&version_1))]));
+    // The edit changes policy a and the Pod's address, and breaks policy b: nothing of it
+    // is used, not even the documents that are fine.
+    let version_2 = format!(
+        "{}---\n{}---\n{}",
+        policy("a-renamed"),
+        pod("p", "10.244.1.9"),
+        policy("b").replace("podSelector: {}", "podSelector: []")
+    );
+    let read = parse_bad(&version_2, "document 2: bad NetworkPolicy");
+    let merged = files_seen.merge(files(vec![("lab.yaml", read)]));
+    assert_eq!(in_force(&merged), ["x/a", "x/b"]);
+    let set = merged.objects.compile();
+    assert!(set.knows("10.244.1.2".parse().unwrap()));
+    assert!(!set.knows("10.244.1.9".parse().unwrap()));
+    assert_eq!(rejected(&merged), [("lab.yaml", InForce::LastGood)]);
+}
+
+#[test]
+fn a_policy_made_invalid_by_an_edit_keeps_its_last_valid_version() {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![("a.yaml", good(&policy("a")))]));
+    // Well-formed YAML, but a policy compiling would reject (an unknown selector operator).
+    let invalid = policy("a").replace(
+        "podSelector: {}",
+        "podSelector: {matchExpressions: [{key: k, operator: Near}]}",
+    );
+    let read = parse_bad(&invalid, "document 0: NetworkPolicy x/a is invalid:");
+    let merged = files_seen.merge(files(vec![("a.yaml", read)]));
+    assert_eq!(in_force(&merged), ["x/a"]);
+    assert!(merged.objects.compile().rejected.is_empty());
+    assert_eq!(rejected(&merged), [("a.yaml", InForce::LastGood)]);
+}
+
+#[test]
+fn documents_of_other_kinds_or_none_make_a_file_bad() {
+    let typo = policy("a").replace("kind: NetworkPolicy", "kind: NetworkPolcy");
+    for (text, expected) in [
+        (
+            "kind: ConfigMap\nmetadata: {name: c}\n",
+            "unsupported kind \"ConfigMap\"",
+        ),
+        // A typo in the kind must not drop the policy silently.
+        (typo.as_str(), "unsupported kind \"NetworkPolcy\""),
+        ("metadata: {name: c}\n", "unsupported kind \"\""),
+    ] {
+        parse_bad(text, expected);
+    }
+    // Empty documents and comments are nothing, not bad.
+    assert_eq!(
+        parse_file("# only a comment\n---\n---\n"),
+        FileRead::Good(PolicyObjects::default())
+    );
+}
+
+#[test]
+fn an_unreadable_file_uses_its_last_good_content_or_holds_the_rule_set() {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![("a.yaml", good(&policy("a")))]));
+    // Once good: its last good content stands in, and a rule set can still be compiled.
+    let unreadable = files_seen.merge(files(vec![
+        ("a.yaml", FileRead::Unreadable("permission denied".into())),
+        ("b.yaml", good(&policy("b"))),
+    ]));
+    assert_eq!(in_force(&unreadable), ["x/a", "x/b"]);
+    assert_eq!(rejected(&unreadable), [("a.yaml", InForce::LastGood)]);
+    assert!(!unreadable.incomplete);
+    // Never good: what it holds is unknown, so nothing new may be published.
+    let unknown = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&policy("b"))),
+        ("c.yaml", FileRead::Unreadable("permission denied".into())),
+    ]));
+    assert!(unknown.incomplete);
+    assert_eq!(rejected(&unknown), [("c.yaml", InForce::PreviousRuleSet)]);
+}
+
+#[test]
+fn an_unreadable_directory_forgets_no_file() {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![("a.yaml", good(&policy("a")))]));
+    let unreadable = files_seen.merge(DirRead::Unreadable {
+        dir: "/policy".into(),
+        reason: "permission denied".into(),
+    });
+    assert!(unreadable.incomplete);
+    assert_eq!(
+        rejected(&unreadable),
+        [("/policy", InForce::PreviousRuleSet)]
+    );
+    // Readable again, the file is still known good: a typo in it now keeps it in force.
+    let broken = files_seen.merge(files(vec![("a.yaml", bad("typo"))]));
+    assert_eq!(in_force(&broken), ["x/a"]);
+}
+
+#[test]
+fn in_force_codes_are_its_json_names() {
+    for in_force in InForce::ALL {
+        assert_eq!(
+            serde_json::to_value(in_force).unwrap(),
+            serde_json::json!(in_force.code())
+        );
+    }
+}
