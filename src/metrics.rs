@@ -25,8 +25,14 @@ fn to_i64(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
-/// The metrics text exposition of `status` (with `ready` as `weft_ready`).
-pub fn render(status: &Status, ready: bool, keys: Option<&KeyStatus>) -> String {
+/// The metrics text exposition of `status` (with `ready` as `weft_ready`, and
+/// `apply_failures`, the datapath updates that failed since start, beside the datapath's).
+pub fn render(
+    status: &Status,
+    ready: bool,
+    keys: Option<&KeyStatus>,
+    apply_failures: u64,
+) -> String {
     let mut registry = Registry::default();
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
         let metric = Gauge::<i64>::default();
@@ -181,6 +187,13 @@ pub fn render(status: &Status, ready: bool, keys: Option<&KeyStatus>) -> String 
             "Capacity of the connection tracking table",
             to_i64(datapath.conntrack_capacity),
         );
+        let failures = Counter::<u64>::default();
+        failures.inc_by(apply_failures);
+        registry.register(
+            "weft_datapath_apply_failures",
+            "Datapath updates (peers, weft's routes) that failed; a failed one is retried every 2 s",
+            failures,
+        );
         let evictions = Counter::<u64>::default();
         evictions.inc_by(datapath.conntrack_evictions);
         registry.register(
@@ -309,7 +322,7 @@ mod tests {
             published: true,
             last_error: None,
         };
-        let text = render(&status(), false, Some(&keys));
+        let text = render(&status(), false, Some(&keys), 3);
         for line in [
             "weft_ready 0",
             "weft_synced{source=\"registry\"} 1",
@@ -326,6 +339,7 @@ mod tests {
             "weft_policy_files_rejected{in_force=\"last_good\"} 2",
             "weft_policy_files_rejected{in_force=\"nothing\"} 0",
             "weft_policy_files_rejected{in_force=\"previous_rule_set\"} 0",
+            "weft_datapath_apply_failures_total 3",
             "weft_learned_routes 2",
             "weft_key_epoch 4",
             "weft_key_rotation_in_progress 1",

@@ -7,32 +7,18 @@
 mod apiserver;
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd as _;
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use apiserver::ApiServer;
 use common::{
-    require_root, run, run_ok, wait_for, weft_bin, weft_key_status, weft_policy_check, weft_status,
+    http_get, in_netns, require_root, run, run_ok, wait_for, weft_bin, weft_key_status,
+    weft_policy_check, weft_status,
 };
 use serde_json::{Value, json};
 
 const HEALTH: &str = "127.0.0.1:9720";
-
-/// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates stay
-/// there).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 /// A network namespace standing in for node n1: an underlay 198.18.0.1/24 and routes of
 /// protocol bird to n2's and n3's Pod blocks. Removed on drop, with everything in it.
@@ -165,18 +151,7 @@ impl Node1 {
 
     /// HTTP GET on the agent's health address: (status code, body).
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let path = path.to_string();
-        in_netns(&self.ns, move || {
-            let address: SocketAddr = HEALTH.parse().unwrap();
-            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(stream, "GET {path} HTTP/1.0\r\nHost: weft\r\n\r\n").ok()?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).ok()?;
-            let code = text.split(' ').nth(1)?.parse().ok()?;
-            let body = text.split_once("\r\n\r\n")?.1.to_string();
-            Some((code, body))
-        })
+        http_get(&self.ns, HEALTH, path)
     }
 
     fn ready(&self) -> Option<bool> {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -58,6 +59,7 @@ async fn metrics(State(shared): State<Arc<SharedStatus>>) -> impl IntoResponse {
                 &status,
                 shared.readiness().is_ok(),
                 shared.keys.read().ok().and_then(|k| k.clone()).as_ref(),
+                shared.apply_failures.load(Ordering::Relaxed),
             ),
         )
             .into_response(),

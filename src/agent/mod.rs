@@ -330,9 +330,13 @@ async fn serve_node(
                 .is_err()
                 .then(|| tokio::time::Instant::now() + APPLY_RETRY);
             if let Err(error) = &applied {
+                shared.apply_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%error, retry_in = ?APPLY_RETRY, "applying the mesh to the datapath failed");
             }
             if let Ok(mut slot) = shared.apply_error.write() {
+                if applied.is_ok() && slot.is_some() {
+                    tracing::info!("the mesh is applied to the datapath again");
+                }
                 *slot = applied.err().map(|e| e.to_string());
             }
         }

@@ -2,7 +2,7 @@
 //! the key status, the policy rule set (and the policy files not used as they are), and the way
 //! in for `weft key rotate`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,6 +31,8 @@ pub(crate) struct SharedStatus {
     pub(super) rotate: OnceLock<mpsc::Sender<RotateRequest>>,
     /// Why the last datapath update failed (it is being retried), if it did.
     pub(super) apply_error: RwLock<Option<String>>,
+    /// Datapath updates that failed since start (every retry that fails counts).
+    pub(super) apply_failures: AtomicU64,
     /// While starting, what the agent waits for (the own Node's podCIDRs, ...).
     pub(super) waiting: RwLock<Option<String>>,
 }
@@ -174,3 +176,36 @@ impl AdminHandler for SharedStatus {
 }
 
 const STARTING: &str = "starting: the own record is not built yet (waiting for the registry)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synced_status() -> Status {
+        serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "node": {"name": "n1", "addresses": ["198.18.0.1"], "record": {}},
+            "synced": {"registry": true, "routes": true},
+            "peers": [],
+            "rejected": [],
+            "skippedRecords": [],
+            "learnedRoutes": 0,
+            "datapath": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_datapath_update_makes_the_agent_unready_until_it_is_cleared() {
+        let shared = SharedStatus::default();
+        *shared.status.write().unwrap() = Some(synced_status());
+        assert_eq!(shared.readiness(), Ok(()));
+        *shared.apply_error.write().unwrap() = Some("netlink: Network is down".into());
+        assert_eq!(
+            shared.readiness(),
+            Err("applying the mesh to the datapath failed: netlink: Network is down".into())
+        );
+        *shared.apply_error.write().unwrap() = None;
+        assert_eq!(shared.readiness(), Ok(()));
+    }
+}

@@ -98,6 +98,39 @@ pub fn weft_policy_check(
     )
 }
 
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates stay
+/// there).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsFd as _;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// HTTP GET of `path` on `address` (an agent's `--health-address`) from inside netns `ns`:
+/// (status code, body), or `None` if nothing answers.
+pub fn http_get(ns: &str, address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let path = path.to_string();
+    in_netns(ns, move || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: weft\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let code = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    })
+}
+
 pub fn require_root() {
     let uid = run_ok("id", &["-u"]);
     assert_eq!(
