@@ -2,25 +2,77 @@
 //! that do not run BGP already. Every node announces its own Pod blocks over iBGP and installs
 //! the blocks it learns into the kernel (protocol `bird`, which weft reads). Topology: a
 //! node-to-node full mesh, or route reflectors (named nodes peer with everyone as reflectors;
-//! every other node peers with the reflectors only). Dual-stack: IPv6 blocks travel over the
-//! same (IPv4) sessions in an IPv6 channel, with the node's IPv6 address as their next hop.
+//! every other node peers with the reflectors only).
+//!
+//! Address families: a session runs between the two nodes' IPv4 addresses when both have one,
+//! else between their IPv6 addresses (see [`session_addresses`]). IPv4 sessions carry the IPv4
+//! blocks and, for dual-stack Nodes, the IPv6 blocks in an IPv6 channel with the owner's IPv6
+//! address as next hop. IPv6 sessions carry the IPv6 channel only: IPv4 blocks over IPv6
+//! sessions (extended next hop, RFC 8950) are not supported, so a node without an IPv4
+//! address cannot have IPv4 blocks. The router id is the node's IPv4 address, or for a node
+//! with IPv6 only one derived from its IPv6 address ([`derived_router_id`]).
 //! No IO here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-/// One node as BIRD needs it: its BGP address and its Pod blocks.
+/// One node as BIRD needs it: its addresses and its Pod blocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BirdNode {
     pub name: String,
-    /// The BGP session address (IPv4).
-    pub address: IpAddr,
-    /// The next hop of this node's IPv6 blocks (needed only if it has any).
+    /// Its router id and its session address towards every node with an IPv4 address too.
+    pub address_v4: Option<Ipv4Addr>,
+    /// The next hop of its IPv6 blocks, and its session address towards nodes it shares no
+    /// IPv4 with.
     pub address_v6: Option<Ipv6Addr>,
     pub blocks: Vec<IpNetwork>,
+}
+
+impl BirdNode {
+    /// BIRD's 32-bit router id: the IPv4 address; for a node with IPv6 only, the
+    /// [`derived_router_id`] of its IPv6 address; `None` without any address.
+    pub fn router_id(&self) -> Option<Ipv4Addr> {
+        self.address_v4
+            .or_else(|| self.address_v6.map(derived_router_id))
+    }
+
+    /// Its addresses, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        let v4 = self.address_v4.map(IpAddr::V4);
+        v4.into_iter().chain(self.address_v6.map(IpAddr::V6))
+    }
+}
+
+/// The ends (own address, peer address) of the session between two nodes: IPv4 when both
+/// have an IPv4 address (IPv4-only and dual-stack clusters peer as they always did), else IPv6
+/// when both have an IPv6 address; `None` when they share no address family.
+pub fn session_addresses(own: &BirdNode, peer: &BirdNode) -> Option<(IpAddr, IpAddr)> {
+    match (
+        own.address_v4,
+        peer.address_v4,
+        own.address_v6,
+        peer.address_v6,
+    ) {
+        (Some(local), Some(neighbor), _, _) => Some((local.into(), neighbor.into())),
+        (_, _, Some(local), Some(neighbor)) => Some((local.into(), neighbor.into())),
+        _ => None,
+    }
+}
+
+/// The router id of a node with IPv6 only: the 32-bit FNV-1a hash of its IPv6 address's 16
+/// bytes as a dotted quad (never 0.0.0.0, which BIRD refuses). The same on every node and
+/// every version; two nodes can still collide (odds about n²/2³³ for n nodes), which
+/// [`render`] refuses and `render_nodes` leaves out.
+pub fn derived_router_id(address: Ipv6Addr) -> Ipv4Addr {
+    const FNV_OFFSET: u32 = 0x811c_9dc5;
+    const FNV_PRIME: u32 = 0x0100_0193;
+    let hash = address.octets().iter().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(FNV_PRIME)
+    });
+    Ipv4Addr::from(hash.max(1))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,24 +140,44 @@ impl std::fmt::Debug for BgpPassword {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BirdConfigError {
-    #[error("node {0} has no IPv4 InternalIP/ExternalIP address for BGP")]
+    #[error("node {0} has no InternalIP/ExternalIP address for BGP")]
     NoAddress(String),
     #[error(
         "node {node} has IPv6 Pod block {block} but no IPv6 InternalIP/ExternalIP address to route it to"
     )]
     NoIpv6Address { node: String, block: IpNetwork },
+    #[error(
+        "node {node} has IPv4 Pod block {block} but no IPv4 InternalIP/ExternalIP address to route it to (IPv4 over IPv6 sessions is not supported)"
+    )]
+    NoIpv4Address { node: String, block: IpNetwork },
+    #[error("node {0} shares no address family (IPv4 or IPv6) with this node for a BGP session")]
+    NoCommonFamily(String),
     #[error("route reflector {0:?} is not a Node of the cluster")]
     UnknownReflector(String),
     #[error("node {0} uses the BGP address {1} of another node")]
-    SharedAddress(String, std::net::Ipv4Addr),
+    SharedAddress(String, IpAddr),
+    #[error("nodes {node} and {other} would both have BGP router id {id}")]
+    SharedRouterId {
+        node: String,
+        other: String,
+        id: Ipv4Addr,
+    },
     #[error("AS number 0 is reserved")]
     ReservedAsn,
     #[error("invalid BGP password: {0}")]
     BadPassword(&'static str),
 }
 
-/// Renders the configuration of `own` given the other nodes (each with an IPv4 address;
-/// callers leave out nodes they cannot route to).
+/// A BGP session of the own node.
+struct Session<'a> {
+    peer: &'a BirdNode,
+    neighbor: IpAddr,
+    /// The peer is a route reflector client of the own node.
+    client: bool,
+}
+
+/// Renders the configuration of `own` given the other nodes (each sharing an address family
+/// with `own`; callers leave out nodes they cannot route to).
 pub fn render(
     own: &BirdNode,
     others: &[BirdNode],
@@ -119,23 +191,20 @@ pub fn render(
             return Err(BirdConfigError::UnknownReflector(reflector.clone()));
         }
     }
-    let IpAddr::V4(router_id) = own.address else {
+    let Some(router_id) = own.router_id() else {
         return Err(BirdConfigError::NoAddress(own.name.clone()));
     };
-    let own_v6: Vec<&IpNetwork> = own.blocks.iter().filter(|b| b.is_ipv6()).collect();
-    let v6_next_hop = match (own_v6.first(), own.address_v6) {
-        (None, _) => None,
-        (Some(_), Some(address)) => Some(address),
-        (Some(block), None) => {
-            return Err(BirdConfigError::NoIpv6Address {
-                node: own.name.clone(),
-                block: **block,
-            });
-        }
-    };
+    let v6_next_hop = own_next_hop_v6(own)?;
+    let sessions = sessions(own, others, settings)?;
+    check_router_ids(own, others)?;
     // An IPv6 channel as soon as any node has IPv6 blocks: a reflector must carry them even
     // if it has none of its own.
-    let ipv6 = !own_v6.is_empty() || others.iter().flat_map(|n| &n.blocks).any(|b| b.is_ipv6());
+    let ipv6 = own
+        .blocks
+        .iter()
+        .chain(others.iter().flat_map(|n| &n.blocks))
+        .any(|b| b.is_ipv6())
+        || sessions.iter().any(|s| s.neighbor.is_ipv6());
     let asn = settings.asn;
     let mut out = String::new();
     let _ = writeln!(
@@ -146,11 +215,13 @@ pub fn render(
     let _ = writeln!(out, "router id {router_id};");
     let _ = writeln!(out, "protocol device {{ scan time 10; }}");
     let _ = writeln!(out, "# This node's Pod blocks, announced to BGP only.");
-    let _ = writeln!(
-        out,
-        "protocol static pods {{ ipv4;{} }}",
-        routes(&own.blocks, false)
-    );
+    if own.address_v4.is_some() {
+        let _ = writeln!(
+            out,
+            "protocol static pods {{ ipv4;{} }}",
+            routes(&own.blocks, false)
+        );
+    }
     if ipv6 {
         let _ = writeln!(
             out,
@@ -162,10 +233,12 @@ pub fn render(
         out,
         "# Learned routes go into the kernel's main table with protocol \"bird\" (weft reads them)."
     );
-    let _ = writeln!(
-        out,
-        "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}"
-    );
+    if own.address_v4.is_some() {
+        let _ = writeln!(
+            out,
+            "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}"
+        );
+    }
     if ipv6 {
         let _ = writeln!(
             out,
@@ -176,61 +249,141 @@ pub fn render(
     // (a node address, a default route) could otherwise steer the host's own traffic.
     // No `next hop self`: own blocks get this node's address as next hop anyway, and
     // reflected routes must keep their owner's, which weft's cross-check requires.
-    let _ = writeln!(out, "template bgp peer {{");
-    let _ = writeln!(out, "    local {router_id} as {asn};");
+    // Own IPv6 blocks get this node's IPv6 address as next hop: needed over IPv4 sessions;
+    // over IPv6 ones it is the session's own address anyway, so one channel serves both.
+    let own_routes = match v6_next_hop {
+        Some(next_hop) => {
+            format!("if proto = \"pods6\" then {{ bgp_next_hop = {next_hop}; accept; }} ")
+        }
+        None => String::new(),
+    };
+    let ipv6_channel = format!(
+        "    ipv6 {{ import {}; export filter {{ {own_routes}if source = RTS_BGP then accept; reject; }}; }};",
+        import_filter(others, true)
+    );
+    if let Some(local) = own.address_v4 {
+        let _ = writeln!(out, "template bgp peer {{");
+        write_session_basics(&mut out, local.into(), settings);
+        let _ = writeln!(
+            out,
+            "    ipv4 {{ import {}; export where proto = \"pods\" || source = RTS_BGP; }};",
+            import_filter(others, false)
+        );
+        if ipv6 {
+            let _ = writeln!(out, "{ipv6_channel}");
+        }
+        let _ = writeln!(out, "}}");
+    }
+    if let (Some(local), true) = (
+        own.address_v6,
+        sessions.iter().any(|s| s.neighbor.is_ipv6()),
+    ) {
+        // IPv6 sessions: IPv6 blocks only.
+        let _ = writeln!(out, "template bgp peer6 {{");
+        write_session_basics(&mut out, local.into(), settings);
+        let _ = writeln!(out, "{ipv6_channel}");
+        let _ = writeln!(out, "}}");
+    }
+    for Session {
+        peer,
+        neighbor,
+        client,
+    } in sessions
+    {
+        let client = if client { " rr client;" } else { "" };
+        // Named by address, so a node joining or leaving renames no other session (BIRD
+        // restarts a protocol whose neighbour changes on reconfigure).
+        let (template, name) = match neighbor {
+            IpAddr::V4(address) => ("peer", address.to_string().replace('.', "_")),
+            IpAddr::V6(address) => ("peer6", address.to_string().replace(':', "_")),
+        };
+        let _ = writeln!(
+            out,
+            "# node {}\nprotocol bgp {template}_{name} from {template} {{ neighbor {neighbor} as {asn};{client} }}",
+            peer.name
+        );
+    }
+    Ok(out)
+}
+
+/// The next hop of the own node's IPv6 blocks (its IPv6 address; `None` without IPv6
+/// blocks); an error for own blocks of a family the node has no address of.
+fn own_next_hop_v6(own: &BirdNode) -> Result<Option<Ipv6Addr>, BirdConfigError> {
+    let first = |v6: bool| own.blocks.iter().find(|b| b.is_ipv6() == v6).copied();
+    if let (Some(block), None) = (first(false), own.address_v4) {
+        return Err(BirdConfigError::NoIpv4Address {
+            node: own.name.clone(),
+            block,
+        });
+    }
+    match (first(true), own.address_v6) {
+        (None, _) => Ok(None),
+        (Some(_), Some(address)) => Ok(Some(address)),
+        (Some(block), None) => Err(BirdConfigError::NoIpv6Address {
+            node: own.name.clone(),
+            block,
+        }),
+    }
+}
+
+/// The own node's sessions: every other node in a full mesh, else the reflectors (and on a
+/// reflector, everyone), each over [`session_addresses`] and to a distinct address.
+fn sessions<'a>(
+    own: &BirdNode,
+    others: &'a [BirdNode],
+    settings: &BirdSettings,
+) -> Result<Vec<Session<'a>>, BirdConfigError> {
+    let own_is_reflector = settings.route_reflectors.contains(&own.name);
+    let full_mesh = settings.route_reflectors.is_empty();
+    let mut seen = BTreeSet::new();
+    let mut sessions = Vec::new();
+    for peer in others {
+        let peer_is_reflector = settings.route_reflectors.contains(&peer.name);
+        if !(full_mesh || own_is_reflector || peer_is_reflector) {
+            continue;
+        }
+        let Some((local, neighbor)) = session_addresses(own, peer) else {
+            return Err(match peer.addresses().next() {
+                None => BirdConfigError::NoAddress(peer.name.clone()),
+                Some(_) => BirdConfigError::NoCommonFamily(peer.name.clone()),
+            });
+        };
+        if neighbor == local || !seen.insert(neighbor) {
+            return Err(BirdConfigError::SharedAddress(peer.name.clone(), neighbor));
+        }
+        sessions.push(Session {
+            peer,
+            neighbor,
+            client: own_is_reflector && !peer_is_reflector,
+        });
+    }
+    Ok(sessions)
+}
+
+/// Every node (sessions or not: a reflector's clients are told apart by router id) needs its
+/// own router id.
+fn check_router_ids(own: &BirdNode, others: &[BirdNode]) -> Result<(), BirdConfigError> {
+    let mut holders: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    for node in std::iter::once(own).chain(others) {
+        let Some(id) = node.router_id() else { continue };
+        if let Some(other) = holders.insert(id, &node.name) {
+            return Err(BirdConfigError::SharedRouterId {
+                node: node.name.clone(),
+                other: other.to_string(),
+                id,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `    local ADDRESS as ASN; direct;` and the password, if any.
+fn write_session_basics(out: &mut String, local: IpAddr, settings: &BirdSettings) {
+    let _ = writeln!(out, "    local {local} as {};", settings.asn);
     let _ = writeln!(out, "    direct;");
     if let Some(BgpPassword(password)) = &settings.password {
         let _ = writeln!(out, "    password \"{password}\";");
     }
-    let _ = writeln!(
-        out,
-        "    ipv4 {{ import {}; export where proto = \"pods\" || source = RTS_BGP; }};",
-        import_filter(others, false)
-    );
-    if ipv6 {
-        // Own IPv6 blocks get this node's IPv6 address as next hop (the session is IPv4).
-        let own_routes = match v6_next_hop {
-            Some(next_hop) => {
-                format!("if proto = \"pods6\" then {{ bgp_next_hop = {next_hop}; accept; }} ")
-            }
-            None => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "    ipv6 {{ import {}; export filter {{ {own_routes}if source = RTS_BGP then accept; reject; }}; }};",
-            import_filter(others, true)
-        );
-    }
-    let _ = writeln!(out, "}}");
-    let own_is_reflector = settings.route_reflectors.contains(&own.name);
-    let full_mesh = settings.route_reflectors.is_empty();
-    let mut seen = BTreeSet::new();
-    for node in others {
-        let peer_is_reflector = settings.route_reflectors.contains(&node.name);
-        if !(full_mesh || own_is_reflector || peer_is_reflector) {
-            continue;
-        }
-        let IpAddr::V4(address) = node.address else {
-            return Err(BirdConfigError::NoAddress(node.name.clone()));
-        };
-        if address == router_id || !seen.insert(address) {
-            return Err(BirdConfigError::SharedAddress(node.name.clone(), address));
-        }
-        let client = if own_is_reflector && !peer_is_reflector {
-            " rr client;"
-        } else {
-            ""
-        };
-        // Named by address, so a node joining or leaving renames no other session (BIRD
-        // restarts a protocol whose neighbour changes on reconfigure).
-        let name = address.to_string().replace('.', "_");
-        let _ = writeln!(
-            out,
-            "# node {}\nprotocol bgp peer_{name} from peer {{ neighbor {address} as {asn};{client} }}",
-            node.name
-        );
-    }
-    Ok(out)
 }
 
 /// ` route B unreachable;` for each own block of one family.
@@ -258,173 +411,5 @@ fn import_filter(others: &[BirdNode], v6: bool) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(name: &str, address: &str, block: &str) -> BirdNode {
-        BirdNode {
-            name: name.into(),
-            address: address.parse().unwrap(),
-            address_v6: None,
-            blocks: vec![block.parse().unwrap()],
-        }
-    }
-
-    fn nodes() -> Vec<BirdNode> {
-        vec![
-            node("n1", "198.18.0.1", "10.244.1.0/24"),
-            node("n2", "198.18.0.2", "10.244.2.0/24"),
-            node("n3", "198.18.0.3", "10.244.3.0/24"),
-        ]
-    }
-
-    fn settings(reflectors: &[&str]) -> BirdSettings {
-        BirdSettings {
-            asn: 64512,
-            route_reflectors: reflectors.iter().map(|r| r.to_string()).collect(),
-            password: None,
-        }
-    }
-
-    #[test]
-    fn a_password_goes_into_every_session_and_never_into_debug() {
-        let all = nodes();
-        let password = BgpPassword::parse("s3cret pass-word\n").unwrap();
-        let with = BirdSettings {
-            password: Some(password.clone()),
-            ..settings(&[])
-        };
-        let conf = render(&all[0], &all[1..], &with).unwrap();
-        assert!(
-            conf.contains("    password \"s3cret pass-word\";"),
-            "{conf}"
-        );
-        assert!(
-            !render(&all[0], &all[1..], &settings(&[]))
-                .unwrap()
-                .contains("password")
-        );
-        assert!(!format!("{with:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn passwords_that_bird_or_the_kernel_cannot_take_are_refused() {
-        for bad in [
-            "",
-            "\n",
-            "with\"quote",
-            "back\\slash",
-            "tab\there",
-            "é",
-            &"x".repeat(81),
-        ] {
-            assert!(
-                matches!(
-                    BgpPassword::parse(bad),
-                    Err(BirdConfigError::BadPassword(_))
-                ),
-                "{bad:?} accepted"
-            );
-        }
-        assert!(BgpPassword::parse(&"x".repeat(80)).is_ok());
-    }
-
-    #[test]
-    fn a_full_mesh_peers_with_every_other_node_and_announces_the_own_blocks() {
-        let all = nodes();
-        let conf = render(&all[0], &all[1..], &settings(&[])).unwrap();
-        assert!(conf.contains("router id 198.18.0.1;"));
-        assert!(conf.contains("route 10.244.1.0/24 unreachable;"));
-        assert!(!conf.contains("route 10.244.2.0/24"));
-        // Only the other nodes' blocks are accepted from peers.
-        assert!(conf.contains("import where net ~ [ 10.244.2.0/24, 10.244.3.0/24 ];"));
-        assert!(conf.contains("neighbor 198.18.0.2 as 64512;"));
-        assert!(conf.contains("neighbor 198.18.0.3 as 64512;"));
-        assert!(!conf.contains("rr client"));
-    }
-
-    #[test]
-    fn route_reflectors_peer_with_everyone_and_clients_only_with_reflectors() {
-        let all = nodes();
-        let reflector = render(&all[0], &all[1..], &settings(&["n1"])).unwrap();
-        assert_eq!(reflector.matches("rr client;").count(), 2);
-        let client = render(
-            &all[1],
-            &[all[0].clone(), all[2].clone()],
-            &settings(&["n1"]),
-        )
-        .unwrap();
-        assert!(client.contains("neighbor 198.18.0.1 as 64512; }"));
-        assert!(!client.contains("198.18.0.3"));
-    }
-
-    #[test]
-    fn dual_stack_blocks_go_out_in_an_ipv6_channel_with_the_nodes_ipv6_next_hop() {
-        let mut own = node("n1", "198.18.0.1", "10.244.1.0/24");
-        own.blocks.push("fd00:10:244:1::/64".parse().unwrap());
-        own.address_v6 = Some("fd00:198:18::1".parse().unwrap());
-        let conf = render(&own, &nodes()[1..], &settings(&[])).unwrap();
-        assert!(conf.contains("protocol static pods { ipv4; route 10.244.1.0/24 unreachable; }"));
-        assert!(
-            conf.contains("protocol static pods6 { ipv6; route fd00:10:244:1::/64 unreachable; }")
-        );
-        assert!(conf.contains("bgp_next_hop = fd00:198:18::1;"));
-        assert!(conf.contains("protocol kernel kernel6"));
-        // IPv4 only: nothing of the kind.
-        let v4 = render(&nodes()[0], &nodes()[1..], &settings(&[])).unwrap();
-        assert!(!v4.contains("ipv6"));
-    }
-
-    #[test]
-    fn a_node_joining_renames_no_other_session() {
-        let all = nodes();
-        let before = render(&all[0], &all[1..], &settings(&[])).unwrap();
-        let mut more = all[1..].to_vec();
-        more.insert(0, node("n0", "198.18.0.9", "10.244.9.0/24"));
-        let after = render(&all[0], &more, &settings(&[])).unwrap();
-        let sessions = |conf: &str| -> Vec<String> {
-            conf.lines()
-                .filter(|l| l.starts_with("protocol bgp"))
-                .map(String::from)
-                .collect()
-        };
-        for session in sessions(&before) {
-            assert!(sessions(&after).contains(&session), "{session} changed");
-        }
-        assert!(after.contains("protocol bgp peer_198_18_0_9 from peer"));
-    }
-
-    #[test]
-    fn bad_input_is_a_clear_error() {
-        let all = nodes();
-        assert_eq!(
-            render(&all[0], &all[1..], &settings(&["n9"])),
-            Err(BirdConfigError::UnknownReflector("n9".into()))
-        );
-        let v6 = node("n1", "fd00::1", "10.244.1.0/24");
-        assert_eq!(
-            render(&v6, &all[1..], &settings(&[])),
-            Err(BirdConfigError::NoAddress("n1".into()))
-        );
-        let v6_block = node("n1", "198.18.0.1", "fd00:1::/64");
-        assert!(matches!(
-            render(&v6_block, &all[1..], &settings(&[])),
-            Err(BirdConfigError::NoIpv6Address { .. })
-        ));
-        let twin = node("n4", "198.18.0.2", "10.244.4.0/24");
-        let mut with_twin = all[1..].to_vec();
-        with_twin.push(twin);
-        assert!(matches!(
-            render(&all[0], &with_twin, &settings(&[])),
-            Err(BirdConfigError::SharedAddress(..))
-        ));
-        let zero = BirdSettings {
-            asn: 0,
-            ..settings(&[])
-        };
-        assert_eq!(
-            render(&all[0], &all[1..], &zero),
-            Err(BirdConfigError::ReservedAsn)
-        );
-    }
-}
+#[path = "bird_tests.rs"]
+mod tests;

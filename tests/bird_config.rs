@@ -102,6 +102,51 @@ fn route_reflector_configs_parse_with_bird() {
     bird_parses(&path).unwrap();
 }
 
+/// Node `k` with IPv6 only: address `2001:2::K` (the IPv6 benchmarking prefix) and block
+/// `fd00:10:244:K::/64`; `dual_stack` adds `198.18.0.K` and `10.244.K.0/24`.
+fn ipv6_node(k: u8, dual_stack: bool) -> serde_json::Value {
+    let mut blocks = vec![format!("fd00:10:244:{k}::/64")];
+    let mut addresses = vec![json!({"type": "InternalIP", "address": format!("2001:2::{k}")})];
+    if dual_stack {
+        blocks.push(format!("10.244.{k}.0/24"));
+        addresses.push(json!({"type": "InternalIP", "address": format!("198.18.0.{k}")}));
+    }
+    json!({"metadata": {"name": format!("n{k}")},
+           "spec": {"podCIDRs": blocks},
+           "status": {"addresses": addresses}})
+}
+
+/// The cluster with nodes `dual_stack` dual-stack and the others IPv6-only.
+fn ipv6_cluster(dual_stack: &[u8]) -> (ApiServer, tempfile::TempDir) {
+    let (api, dir) = cluster();
+    for k in 1..=3u8 {
+        api.upsert("Node", ipv6_node(k, dual_stack.contains(&k)));
+    }
+    (api, dir)
+}
+
+#[test]
+fn ipv6_only_configs_parse_with_bird_and_peer_over_ipv6() {
+    let (_api, dir) = ipv6_cluster(&[]);
+    let path = dir.path().join("bird.conf");
+    for (node, reflectors) in [("n2", &[][..]), ("n1", &["n1"][..]), ("n3", &["n1"][..])] {
+        let mut args = vec!["--node-name", node];
+        for r in reflectors {
+            args.extend(["--route-reflector", r]);
+        }
+        let out = bird_config(&dir, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = std::fs::read_to_string(&path).unwrap();
+        assert!(conf.contains("from peer6 {"), "{conf}");
+        assert!(!conf.contains("ipv4"), "{conf}");
+        bird_parses(&path).unwrap();
+    }
+}
+
 #[test]
 fn bad_input_fails_with_a_clear_message() {
     let (_api, dir) = cluster();
@@ -324,8 +369,9 @@ impl BgpLab {
                 "dev",
                 "eth0",
             ]);
-            let v6 = format!("fd00:198:18::{k}/64");
-            ip(&["-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"]);
+            for v6 in [format!("fd00:198:18::{k}/64"), format!("2001:2::{k}/64")] {
+                ip(&["-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"]);
+            }
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             let conf = lab.dir.path().join(format!("n{k}.conf"));
@@ -389,6 +435,23 @@ impl BgpLab {
 }
 
 impl BgpLab {
+    /// Waits until node `k` has learned the IPv6 block `fd00:10:244:J::/64` of every other
+    /// node `J` in `owners`, each via its owner's address `{underlay}J`, and nothing else.
+    fn wait_for_ipv6_blocks(&self, k: u8, owners: std::ops::RangeInclusive<u8>, underlay: &str) {
+        let want: Vec<String> = owners
+            .filter(|j| *j != k)
+            .map(|j| format!("fd00:10:244:{j}::/64 via {underlay}{j}"))
+            .collect();
+        common::wait_for(
+            std::time::Duration::from_secs(30),
+            &format!(
+                "{}: n{k} to learn the IPv6 blocks via their owners",
+                self.name
+            ),
+            || (self.bird_routes(k, "-6") == want).then_some(()),
+        );
+    }
+
     fn remove_namespaces(&self) {
         for k in 1..=3u8 {
             let _ = run("ip", &["netns", "del", &self.ns(k)]);
@@ -465,16 +528,28 @@ fn dual_stack_blocks_reach_real_bird_via_their_owners_ipv6_address() {
         }
         let lab = BgpLab::up(name, &api, reflectors);
         for k in 1..=3u8 {
-            let want: Vec<String> = (first_v6..=3u8)
-                .filter(|j| *j != k)
-                .map(|j| format!("fd00:10:244:{j}::/64 via fd00:198:18::{j}"))
-                .collect();
-            common::wait_for(
-                std::time::Duration::from_secs(30),
-                &format!("{name}: n{k} to learn the IPv6 blocks via their owners"),
-                || (lab.bird_routes(k, "-6") == want).then_some(()),
-            );
+            lab.wait_for_ipv6_blocks(k, first_v6..=3, "fd00:198:18::");
             assert_eq!(lab.bird_routes(k, "-4"), expected_routes(k));
+        }
+    }
+}
+
+/// IPv6-only Nodes (and a dual-stack reflector serving IPv6-only clients): sessions run over
+/// IPv6 and every node learns the other IPv6 blocks via their owner's (global) address, in a
+/// full mesh and through a route reflector.
+#[test]
+fn ipv6_only_nodes_learn_every_block_via_its_owner_over_ipv6_sessions() {
+    let cases = [
+        ("wb6fm", &[][..], &[][..]),
+        ("wb6rr", &["n1"][..], &[][..]),
+        ("wb6mx", &["n1"][..], &[1u8][..]),
+    ];
+    for (name, reflectors, dual_stack) in cases {
+        let (api, _dir) = ipv6_cluster(dual_stack);
+        let lab = BgpLab::up(name, &api, reflectors);
+        for k in 1..=3u8 {
+            lab.wait_for_ipv6_blocks(k, 1..=3, "2001:2::");
+            assert!(lab.bird_routes(k, "-4").is_empty(), "{name}: n{k}");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The IO shell of `weft bird-config`: list the Nodes, render the own node's BIRD config; or
 //! follow the Nodes and re-render on every change (the BIRD sidecar).
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use tokio::sync::watch;
 
 use super::follow::follow;
 use super::node::{node_addresses, node_pod_cidrs, trim_node};
-use crate::bird::{BirdConfigError, BirdNode, BirdSettings, render};
+use crate::bird::{BirdConfigError, BirdNode, BirdSettings, render, session_addresses};
 
 /// A burst of Node changes (a node joining sets addresses, then podCIDRs) settles this long
 /// before the configuration is rendered again.
@@ -24,7 +26,7 @@ const RELOAD_RETRY: Duration = Duration::from_secs(5);
 pub enum BirdSourceError {
     #[error("cannot list Nodes: {0}")]
     List(#[source] kube::Error),
-    #[error("Node {0} has no IPv4 InternalIP/ExternalIP address for BGP")]
+    #[error("Node {0} has no InternalIP/ExternalIP address for BGP")]
     NoAddress(String),
     #[error("Node {0}: {1}")]
     BadPodCidr(String, String),
@@ -64,8 +66,8 @@ pub fn render_nodes<'a>(
     let mut bird_nodes = Vec::new();
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
-        // Our own node must be right; another node that cannot be routed to yet (no IPv4
-        // address, a bad podCIDR) is left out, so it does not hold up everyone else.
+        // Our own node must be right; another node that cannot be routed to yet (no address,
+        // a bad podCIDR) is left out, so it does not hold up everyone else.
         let skip = |error: BirdSourceError| {
             if name == own {
                 Err(error)
@@ -74,10 +76,19 @@ pub fn render_nodes<'a>(
                 Ok(())
             }
         };
-        let Some(address) = node_addresses(node).into_iter().find(|a| a.is_ipv4()) else {
+        let addresses = node_addresses(node);
+        let address_v4 = addresses.iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        let address_v6 = addresses.iter().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        if address_v4.is_none() && address_v6.is_none() {
             skip(BirdSourceError::NoAddress(name.clone()))?;
             continue;
-        };
+        }
         let blocks = match node_pod_cidrs(node) {
             Ok(blocks) => blocks,
             Err(e) => {
@@ -85,13 +96,9 @@ pub fn render_nodes<'a>(
                 continue;
             }
         };
-        let address_v6 = node_addresses(node).into_iter().find_map(|a| match a {
-            std::net::IpAddr::V6(v6) => Some(v6),
-            std::net::IpAddr::V4(_) => None,
-        });
         bird_nodes.push(BirdNode {
             name,
-            address,
+            address_v4,
             address_v6,
             blocks,
         });
@@ -100,21 +107,45 @@ pub fn render_nodes<'a>(
         return Err(BirdSourceError::NoOwnNode(own.to_string()));
     };
     let me = bird_nodes.remove(index);
-    // Other nodes sharing a BGP address (with us or each other) cannot be told apart: they
+    // Other nodes that cannot be told apart from us or each other, or cannot reach us at all,
     // are left out too, like any node that cannot be routed to, instead of failing everyone.
-    let mut holders: std::collections::BTreeMap<std::net::IpAddr, usize> = Default::default();
-    for node in &bird_nodes {
-        *holders.entry(node.address).or_default() += 1;
-    }
     bird_nodes.retain(|node| {
-        let shared = node.address == me.address || holders.get(&node.address) > Some(&1);
-        if shared {
-            tracing::warn!(node = %node.name, address = %node.address, "leaving the node out of the BIRD configuration: another node has its address");
+        let reachable = session_addresses(&me, node).is_some();
+        if !reachable {
+            tracing::warn!(node = %node.name, "leaving the node out of the BIRD configuration: it shares no address family with this node");
         }
-        !shared
+        reachable
+    });
+    leave_out_shared(&me, &mut bird_nodes, "address", |n| n.addresses().collect());
+    leave_out_shared(&me, &mut bird_nodes, "router id", |n| {
+        n.router_id().map(IpAddr::V4).into_iter().collect()
     });
     bird_nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(render(&me, &bird_nodes, settings)?)
+}
+
+/// Leaves out the nodes holding any of `keys` (their addresses, their router id) that `me`
+/// or another node holds too.
+fn leave_out_shared(
+    me: &BirdNode,
+    nodes: &mut Vec<BirdNode>,
+    what: &str,
+    keys: impl Fn(&BirdNode) -> Vec<IpAddr>,
+) {
+    let mine = keys(me);
+    let mut holders: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for key in nodes.iter().flat_map(&keys) {
+        *holders.entry(key).or_default() += 1;
+    }
+    nodes.retain(|node| {
+        let shared = keys(node)
+            .into_iter()
+            .find(|key| mine.contains(key) || holders.get(key) > Some(&1));
+        if let Some(shared) = shared {
+            tracing::warn!(node = %node.name, %shared, "leaving the node out of the BIRD configuration: another node has its {what}");
+        }
+        shared.is_none()
+    });
 }
 
 /// Follows the Nodes and keeps `output` (written atomically) at the configuration they give,
@@ -237,15 +268,85 @@ mod tests {
             node("n4", "198.18.0.3", "10.244.4.0/24"),
             node("n5", "198.18.0.1", "10.244.5.0/24"),
         ];
-        let settings = BirdSettings {
-            asn: 64512,
-            route_reflectors: Default::default(),
-            password: None,
-        };
-        let conf = render_nodes(nodes.iter(), "n1", &settings).unwrap();
+        let conf = render_nodes(nodes.iter(), "n1", &settings()).unwrap();
         assert!(conf.contains("neighbor 198.18.0.2 as 64512;"), "{conf}");
         assert!(!conf.contains("neighbor 198.18.0.3"), "{conf}");
         assert!(!conf.contains("neighbor 198.18.0.1"), "{conf}");
         assert!(!conf.contains("10.244.4.0/24") && !conf.contains("10.244.5.0/24"));
+    }
+
+    fn settings() -> BirdSettings {
+        BirdSettings {
+            asn: 64512,
+            route_reflectors: Default::default(),
+            password: None,
+        }
+    }
+
+    #[test]
+    fn ipv6_only_nodes_are_rendered_with_ipv6_sessions() {
+        let nodes = [
+            node("n1", "2001:2::1", "fd00:10:244:1::/64"),
+            node("n2", "2001:2::2", "fd00:10:244:2::/64"),
+        ];
+        let conf = render_nodes(nodes.iter(), "n1", &settings()).unwrap();
+        assert!(conf.contains("local 2001:2::1 as 64512;"), "{conf}");
+        assert!(conf.contains("neighbor 2001:2::2 as 64512;"), "{conf}");
+    }
+
+    #[test]
+    fn nodes_sharing_a_router_id_or_no_address_family_with_us_are_left_out() {
+        // n3 and n4 hash to the same derived router id (see bird_tests.rs); n5 has IPv4 only.
+        let nodes = [
+            node("n1", "2001:2::1", "fd00:10:244:1::/64"),
+            node("n2", "2001:2::2", "fd00:10:244:2::/64"),
+            node(
+                "n3",
+                "2001:2:0:b7f6:e4ca:a107:6f04:f5ac",
+                "fd00:10:244:3::/64",
+            ),
+            node(
+                "n4",
+                "2001:2:0:b7c6:c2d6:4895:e155:7588",
+                "fd00:10:244:4::/64",
+            ),
+            node("n5", "198.18.0.5", "10.244.5.0/24"),
+        ];
+        let conf = render_nodes(nodes.iter(), "n1", &settings()).unwrap();
+        assert!(conf.contains("neighbor 2001:2::2 as 64512;"), "{conf}");
+        for gone in [
+            "fd00:10:244:3::",
+            "fd00:10:244:4::",
+            "10.244.5.0",
+            "198.18.0.5",
+        ] {
+            assert!(!conf.contains(gone), "{gone} in {conf}");
+        }
+    }
+
+    #[test]
+    fn dual_stack_nodes_sharing_their_ipv6_address_are_left_out() {
+        let dual = |name: &str, v4: &str, v6: &str, k: u8| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"podCIDRs": [format!("10.244.{k}.0/24"), format!("fd00:10:244:{k}::/64")]},
+                "status": {"addresses": [
+                    {"type": "InternalIP", "address": v4},
+                    {"type": "InternalIP", "address": v6}]}
+            }))
+            .unwrap()
+        };
+        let nodes = [
+            dual("n1", "198.18.0.1", "2001:2::1", 1),
+            dual("n2", "198.18.0.2", "2001:2::2", 2),
+            dual("n3", "198.18.0.3", "2001:2::9", 3),
+            dual("n4", "198.18.0.4", "2001:2::9", 4),
+        ];
+        let conf = render_nodes(nodes.iter(), "n1", &settings()).unwrap();
+        assert!(conf.contains("neighbor 198.18.0.2 as 64512;"), "{conf}");
+        assert!(
+            !conf.contains("198.18.0.3") && !conf.contains("198.18.0.4"),
+            "{conf}"
+        );
     }
 }
