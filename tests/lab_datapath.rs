@@ -1,32 +1,22 @@
 //! The encrypted datapath in the real lab: Pods on different nodes talk only through weft's
 //! userspace WireGuard, nothing Pod-addressed crosses the underlay in clear, and prefixes
-//! without a verified peer fail closed; a route update the kernel refuses is reported and
-//! retried until it applies.
+//! without a verified peer fail closed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Capture, Lab, Servers, http_get, run, run_ok, tcp_reaches, tcp_server, wait_for};
+use common::{
+    CLEAR_POD_TRAFFIC, Capture, Lab, Servers, run, run_ok, tcp_reaches, tcp_server, wait_for,
+};
 
 const CONVERGE: Duration = Duration::from_secs(60);
-/// Any packet on the underlay whose outer header carries a Pod address is a leak.
-const CLEAR_POD_TRAFFIC: &str = "net 10.244.0.0/16";
-
-fn converge(lab: &Lab) {
-    for k in 1..=lab.nodes {
-        wait_for(CONVERGE, &format!("n{k} to have all peers"), || {
-            let peers = lab.peers(k)?;
-            (peers.len() == lab.nodes - 1).then_some(())
-        });
-    }
-}
 
 #[test]
 fn every_pod_reaches_every_remote_pod_and_nothing_crosses_the_underlay_in_clear() {
     let lab = Lab::up("wtdp", 3);
-    converge(&lab);
+    lab.wait_for_mesh(CONVERGE);
     let pods: Vec<(usize, String, String)> = (1..=3)
         .flat_map(|k| lab.pods(k).into_iter().map(move |(ns, ip)| (k, ns, ip)))
         .collect();
@@ -82,34 +72,10 @@ fn every_pod_reaches_every_remote_pod_and_nothing_crosses_the_underlay_in_clear(
     }
 }
 
-/// Pings from n1's Pod `from` to `to` fail, nothing Pod-addressed crosses the underlay
-/// meanwhile, and n1's table holds `route`.
-fn assert_blackholed(lab: &Lab, from: &str, to: &str, route: &str) {
-    let clear = Capture::start(lab, CLEAR_POD_TRAFFIC);
-    assert!(
-        !lab.ping(from, to, 3),
-        "{to} is reachable without a verified peer"
-    );
-    let leaked = clear.stop();
-    assert!(
-        leaked.is_empty(),
-        "traffic to {to} left in clear:\n{}",
-        leaked.join("\n")
-    );
-    let table = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
-    );
-    assert!(
-        table.contains(route),
-        "{route} missing from n1's table:\n{table}"
-    );
-}
-
 #[test]
 fn a_block_without_a_bgp_route_or_a_record_is_unreachable_never_in_clear_and_comes_back() {
     let lab = Lab::up("wtfc", 3);
-    converge(&lab);
+    lab.wait_for_mesh(CONVERGE);
     let (from, _) = lab.pods(1)[0].clone();
     let (_, to) = lab.pods(2)[0].clone();
     assert!(lab.ping(&from, &to, 5));
@@ -119,7 +85,7 @@ fn a_block_without_a_bgp_route_or_a_record_is_unreachable_never_in_clear_and_com
         let peers = lab.peers(1)?;
         peers.iter().all(|(n, _)| n != "n2").then_some(())
     });
-    assert_blackholed(&lab, &from, &to, "unreachable 10.244.0.0/16");
+    lab.assert_blackholed(&from, &to, "unreachable 10.244.0.0/16");
 
     lab.script(&["start-bird", "2"]);
     wait_for(CONVERGE, "n1 to reach n2's Pod again", || {
@@ -139,7 +105,7 @@ fn a_block_without_a_bgp_route_or_a_record_is_unreachable_never_in_clear_and_com
         main_table.contains("10.244.2.0/24 via 198.18.0.2"),
         "BGP should still route n2's block: {main_table}"
     );
-    assert_blackholed(&lab, &from, &to, "unreachable 10.244.2.0/24");
+    lab.assert_blackholed(&from, &to, "unreachable 10.244.2.0/24");
 
     lab.script(&["start-agent", "2"]);
     wait_for(
@@ -152,7 +118,7 @@ fn a_block_without_a_bgp_route_or_a_record_is_unreachable_never_in_clear_and_com
 #[test]
 fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
     let lab = Lab::up("wtkill", 2);
-    converge(&lab);
+    lab.wait_for_mesh(CONVERGE);
     let (from, _) = lab.pods(1)[0].clone();
     let (_, to) = lab.pods(2)[0].clone();
     assert!(lab.ping(&from, &to, 5));
@@ -176,7 +142,7 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
         leaked.join("\n")
     );
     lab.script(&["start-agent", "1"]);
-    converge(&lab);
+    lab.wait_for_mesh(CONVERGE);
     wait_for(CONVERGE, "traffic to flow again", || {
         lab.ping(&from, &to, 1).then_some(())
     });
@@ -218,7 +184,7 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
 #[test]
 fn garbage_udp_is_counted_and_changes_nothing() {
     let lab = Lab::up("wtjunk", 2);
-    converge(&lab);
+    lab.wait_for_mesh(CONVERGE);
     // The TUN's MTU leaves room for WireGuard over the lab's IPv4 underlay (1500 - 60).
     let link = run_ok("ip", &["-n", &lab.node_ns(1), "link", "show", "wtjunkn1"]);
     assert!(link.contains("mtu 1440"), "{link}");
@@ -248,7 +214,7 @@ fn garbage_udp_is_counted_and_changes_nothing() {
 #[test]
 fn losing_the_tun_stops_the_agent_and_traffic_stays_off_the_clear_path() {
     let lab = Lab::up("wttun", 2);
-    converge(&lab);
+    lab.wait_for_mesh(CONVERGE);
     let (from, _) = lab.pods(1)[0].clone();
     let (_, to) = lab.pods(2)[0].clone();
     assert!(lab.ping(&from, &to, 5));
@@ -276,116 +242,4 @@ fn losing_the_tun_stops_the_agent_and_traffic_stays_off_the_clear_path() {
     wait_for(CONVERGE, "traffic to flow again", || {
         lab.ping(&from, &to, 1).then_some(())
     });
-}
-
-/// Where the agents of a lab started with `--health-address` serve health and metrics (each
-/// in its own node's namespace).
-const HEALTH: &str = "127.0.0.1:9720";
-
-/// `weft_datapath_apply_failures_total` of node `k`'s agent.
-fn apply_failures(lab: &Lab, k: usize) -> Option<u64> {
-    let (_, metrics) = http_get(&lab.node_ns(k), HEALTH, "/metrics")?;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weft_datapath_apply_failures_total "))?
-        .parse()
-        .ok()
-}
-
-/// What n1's mesh is computed from, as its status shows it: equal readings mean no input
-/// changed in between.
-fn mesh_inputs(lab: &Lab) -> Option<(serde_json::Value, serde_json::Value)> {
-    let status = lab.status(1)?;
-    Some((status["peers"].clone(), status["learnedRoutes"].clone()))
-}
-
-#[test]
-fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_the_cause_is_gone()
-{
-    let lab = Lab::up_with("wtapply", 2, &format!("--health-address {HEALTH}"));
-    converge(&lab);
-    let n1 = lab.node_ns(1);
-    let tun = lab.interface(1);
-    let (from, _) = lab.pods(1)[0].clone();
-    let (_, to) = lab.pods(2)[0].clone();
-    assert_eq!(http_get(&n1, HEALTH, "/readyz").map(|(c, _)| c), Some(200));
-    assert_eq!(apply_failures(&lab, 1), Some(0));
-
-    // n2 leaves (its BGP route stays, so n1 blackholes its block) ...
-    lab.script(&["stop-agent", "2"]);
-    std::fs::remove_file(lab.registry_dir().join("n2.json")).unwrap();
-    wait_for(Duration::from_secs(20), "n1 to drop n2", || {
-        lab.peers(1)?.is_empty().then_some(())
-    });
-    // ... and n1's TUN is set down under the agent (the packet loop keeps running): the
-    // kernel now refuses every route into it ("Network is down").
-    run_ok("ip", &["-n", &n1, "link", "set", &tun, "down"]);
-    lab.script(&["start-agent", "2"]);
-
-    // (a) n2's return is one event; applying it fails, and readiness says so.
-    let body = wait_for(CONVERGE, "n1's /readyz to report the failed update", || {
-        let (code, body) = http_get(&n1, HEALTH, "/readyz")?;
-        (code == 503).then_some(body)
-    });
-    assert!(
-        body.starts_with("applying the mesh to the datapath failed: ")
-            && body.contains("Network is down"),
-        "{body}"
-    );
-    let (_, metrics) = http_get(&n1, HEALTH, "/metrics").unwrap();
-    assert!(metrics.lines().any(|l| l == "weft_ready 0"), "{metrics}");
-    // Meanwhile n2's block stays unreachable from n1: nothing leaves in clear.
-    let table = run_ok("ip", &["-n", &n1, "route", "show", "table", "51820"]);
-    assert!(
-        !table.contains(&format!("10.244.2.0/24 dev {tun}")),
-        "a tunnel route despite the failure:\n{table}"
-    );
-    assert_blackholed(&lab, &from, &to, "unreachable 10.244.2.0/24");
-
-    // (b) With no input changing, the update is tried again (and fails again).
-    let inputs = mesh_inputs(&lab).unwrap();
-    let failed = apply_failures(&lab, 1).unwrap();
-    assert!(failed >= 1, "the failure was not counted");
-    wait_for(Duration::from_secs(20), "n1 to retry the update", || {
-        (apply_failures(&lab, 1)? > failed).then_some(())
-    });
-    assert_eq!(
-        mesh_inputs(&lab).unwrap(),
-        inputs,
-        "an input changed: the new attempt may not have been a retry"
-    );
-    assert_eq!(
-        http_get(&n1, HEALTH, "/readyz").map(|(c, _)| c),
-        Some(503),
-        "ready while the kernel still refuses the route"
-    );
-
-    // (c) The cause goes away (no event for the agent, which watches no link state); the next
-    // retry applies, readiness returns, and the route and rule are in place.
-    run_ok("ip", &["-n", &n1, "link", "set", &tun, "up"]);
-    wait_for(CONVERGE, "n1 to be ready again", || {
-        let (code, body) = http_get(&n1, HEALTH, "/readyz")?;
-        (code == 200 && body == "ready\n").then_some(())
-    });
-    assert_eq!(mesh_inputs(&lab).unwrap(), inputs);
-    let log = std::fs::read_to_string(format!("{}/agent.log", lab.run_dir(1))).unwrap();
-    assert!(
-        log.contains("the mesh is applied to the datapath again"),
-        "{log}"
-    );
-    let table = run_ok("ip", &["-n", &n1, "route", "show", "table", "51820"]);
-    assert!(
-        table.contains(&format!("10.244.2.0/24 dev {tun}")),
-        "no tunnel route to n2 after the retry:\n{table}"
-    );
-    let rules = run_ok("ip", &["-n", &n1, "rule", "show", "priority", "5210"]);
-    assert_eq!(rules.lines().count(), 1, "{rules}");
-    assert!(rules.contains("lookup 51820"), "{rules}");
-    let (_, metrics) = http_get(&n1, HEALTH, "/metrics").unwrap();
-    assert!(metrics.lines().any(|l| l == "weft_ready 1"), "{metrics}");
-    wait_for(
-        CONVERGE,
-        "n1's Pod to reach n2's Pod through the tunnel",
-        || lab.ping(&from, &to, 1).then_some(()),
-    );
 }

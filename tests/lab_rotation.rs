@@ -34,12 +34,7 @@ const MAX_STREAM_GAP: Duration = Duration::from_secs(1);
 /// Every node peers with every other node, and the first Pods of n1 and every other node ping
 /// each other both ways.
 fn converge(lab: &Lab) {
-    for k in 1..=lab.nodes {
-        wait_for(CONVERGE, &format!("n{k} to have all peers"), || {
-            let peers = lab.peers(k)?;
-            (peers.len() == lab.nodes - 1).then_some(())
-        });
-    }
+    lab.wait_for_mesh(CONVERGE);
     let (n1_pod, n1_ip) = lab.pod(1, 1);
     for k in 2..=lab.nodes {
         let (pod, ip) = lab.pod(k, 1);

@@ -38,6 +38,9 @@ pub(crate) use shared::SharedStatus;
 const ROTATION_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// How soon a failed datapath update is tried again.
 const APPLY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the kernel state (TUN, rules, routes) is checked and put back if something else
+/// changed it: a deleted rule would let Pod traffic leave in clear until then.
+const KERNEL_REPAIR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `weft key rotate`, on its way from the admin socket to the agent's loop.
 pub(crate) struct RotateRequest {
@@ -243,6 +246,8 @@ async fn serve_node(
     // A datapath update that failed (half-applied routes) is retried until it succeeds, at a
     // fixed deadline (other arms firing in between do not push it back).
     let mut retry_apply_at: Option<tokio::time::Instant> = None;
+    let mut repair_tick = tokio::time::interval(KERNEL_REPAIR);
+    repair_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rotation = RotationDriver::new(keys, &publisher);
     let env = RotationEnv {
         config: &config,
@@ -285,6 +290,12 @@ async fn serve_node(
                 continue;
             }
             _ = sleep_until(retry_apply_at), if retry_apply_at.is_some() => false,
+            _ = repair_tick.tick(), if datapath.is_some() && retry_apply_at.is_none() => {
+                if let Some(datapath) = &datapath {
+                    retry_apply_at = note_apply(&shared, datapath.repair().await);
+                }
+                continue;
+            }
             _ = datapath_stopped(datapath.as_ref()) => {
                 // Exit so the supervisor restarts us; the unreachable backstops keep Pod
                 // traffic from leaving in clear meanwhile.
@@ -326,19 +337,7 @@ async fn serve_node(
         current = mesh.peers.clone();
         if let Some(datapath) = &datapath {
             let applied = datapath.update(&mesh, &guarded(&config, &entries)).await;
-            retry_apply_at = applied
-                .is_err()
-                .then(|| tokio::time::Instant::now() + APPLY_RETRY);
-            if let Err(error) = &applied {
-                shared.apply_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, retry_in = ?APPLY_RETRY, "applying the mesh to the datapath failed");
-            }
-            if let Ok(mut slot) = shared.apply_error.write() {
-                if applied.is_ok() && slot.is_some() {
-                    tracing::info!("the mesh is applied to the datapath again");
-                }
-                *slot = applied.err().map(|e| e.to_string());
-            }
+            retry_apply_at = note_apply(&shared, applied);
         }
         let status = Status::new(&own, synced, &mesh, &snapshot.skipped, learned.len());
         if let Ok(mut slot) = shared.status.write() {
@@ -408,6 +407,27 @@ async fn start_datapath(
 }
 
 /// Sleeps until `deadline`; never returns without one.
+/// Records how applying the mesh to the kernel went (readiness, the failure counter, the log)
+/// and returns when to try again, if it failed.
+fn note_apply(
+    shared: &SharedStatus,
+    applied: Result<(), DatapathError>,
+) -> Option<tokio::time::Instant> {
+    if let Err(error) = &applied {
+        shared.apply_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, retry_in = ?APPLY_RETRY, "applying the mesh to the datapath failed");
+    }
+    if let Ok(mut slot) = shared.apply_error.write() {
+        if applied.is_ok() && slot.is_some() {
+            tracing::info!("the mesh is applied to the datapath again");
+        }
+        *slot = applied.as_ref().err().map(|e| e.to_string());
+    }
+    applied
+        .is_err()
+        .then(|| tokio::time::Instant::now() + APPLY_RETRY)
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -87,22 +88,57 @@ impl Kernel {
             .ok()
             .flatten()
             .ok_or_else(|| KernelError::NoLink(plumbing.interface.clone()))?;
-        let link_index = link.header.index;
-        handle
+        let kernel = Self {
+            handle,
+            plumbing,
+            link_index: link.header.index,
+            _connection: connection,
+        };
+        kernel.configure_link().await?;
+        // Rules left by an earlier run may differ (another mark or table): replace them.
+        kernel.remove_rules().await?;
+        for version in [IpVersion::V4, IpVersion::V6] {
+            kernel.add_rule(version).await?;
+        }
+        Ok(kernel)
+    }
+
+    /// Puts back what something else changed behind weft's back: the TUN's MTU, state and
+    /// addresses, and a missing rule (added, never removed and re-added, so traffic is never
+    /// left without the rule). Routes are [`Kernel::sync_routes`]'s. Idempotent.
+    pub async fn repair(&self) -> Result<(), KernelError> {
+        self.configure_link().await?;
+        for version in [IpVersion::V4, IpVersion::V6] {
+            if !self.has_rule(version.clone()).await? {
+                tracing::warn!(
+                    ?version,
+                    priority = self.plumbing.rule_priority,
+                    "weft's rule was missing; adding it again"
+                );
+                self.add_rule(version).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The TUN's MTU, up, and its addresses.
+    async fn configure_link(&self) -> Result<(), KernelError> {
+        self.handle
             .link()
             .set(
-                LinkUnspec::new_with_index(link_index)
-                    .mtu(plumbing.mtu)
+                LinkUnspec::new_with_index(self.link_index)
+                    .mtu(self.plumbing.mtu)
                     .up()
                     .build(),
             )
             .execute()
             .await?;
-        for address in &plumbing.tunnel_addresses {
+        for address in &self.plumbing.tunnel_addresses {
             let len = if address.is_ipv4() { 32 } else { 128 };
-            match handle
+            match self
+                .handle
                 .address()
-                .add(link_index, *address, len)
+                .add(self.link_index, *address, len)
                 .execute()
                 .await
             {
@@ -111,15 +147,7 @@ impl Kernel {
                 Err(error) => return Err(error.into()),
             }
         }
-        let kernel = Self {
-            handle,
-            plumbing,
-            link_index,
-            _connection: connection,
-        };
-        kernel.remove_rules().await?;
-        kernel.add_rules().await?;
-        Ok(kernel)
+        Ok(())
     }
 
     fn is_our_rule(&self, rule: &RuleMessage) -> bool {
@@ -139,54 +167,58 @@ impl Kernel {
             && mark == Some(self.plumbing.fwmark)
     }
 
+    async fn our_rules(&self, version: IpVersion) -> Result<Vec<RuleMessage>, KernelError> {
+        let rules: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(version)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(rules.into_iter().filter(|r| self.is_our_rule(r)).collect())
+    }
+
+    async fn has_rule(&self, version: IpVersion) -> Result<bool, KernelError> {
+        Ok(!self.our_rules(version).await?.is_empty())
+    }
+
     async fn remove_rules(&self) -> Result<(), KernelError> {
         for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await?;
-            for rule in rules.into_iter().filter(|r| self.is_our_rule(r)) {
+            for rule in self.our_rules(version).await? {
                 self.handle.rule().del(rule).execute().await?;
             }
         }
         Ok(())
     }
 
-    async fn add_rules(&self) -> Result<(), KernelError> {
+    /// Adds the rule sending traffic without weft's mark to weft's table, for one family.
+    async fn add_rule(&self, version: IpVersion) -> Result<(), KernelError> {
         let p = &self.plumbing;
-        let mut v4 = self
+        let v6 = version == IpVersion::V6;
+        let mut request = self
             .handle
             .rule()
             .add()
-            .v4()
             .table_id(p.table)
             .priority(p.rule_priority)
             .fw_mark(p.fwmark)
             .action(RuleAction::ToTable);
-        v4.message_mut().header.flags |= RuleFlags::Invert;
-        v4.execute().await?;
-        let mut v6 = self
-            .handle
-            .rule()
-            .add()
-            .v6()
-            .table_id(p.table)
-            .priority(p.rule_priority)
-            .fw_mark(p.fwmark)
-            .action(RuleAction::ToTable);
-        v6.message_mut().header.flags |= RuleFlags::Invert;
-        // A kernel without IPv6 refuses the rule: fine for an IPv4-only node, fatal for a
-        // node with IPv6 Pods, whose traffic would otherwise leave in clear.
-        match v6.execute().await {
+        let message = request.message_mut();
+        message.header.family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        message.header.flags |= RuleFlags::Invert;
+        match request.execute().await {
             Ok(()) => Ok(()),
-            Err(error) if p.require_ipv6 => Err(error.into()),
-            Err(error) => {
+            // A kernel without IPv6 refuses the rule: fine for an IPv4-only node, fatal for a
+            // node with IPv6 Pods, whose traffic would otherwise leave in clear.
+            Err(error) if v6 && !p.require_ipv6 => {
                 tracing::debug!(%error, "cannot add the IPv6 rule; the node has no IPv6 blocks");
                 Ok(())
             }
+            Err(error) => Err(error.into()),
         }
     }
 

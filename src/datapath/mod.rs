@@ -103,6 +103,9 @@ pub struct Datapath {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<DatapathStatus>,
     kernel: Kernel,
+    /// The table the last mesh asked for, which [`Datapath::repair`] puts back (none before
+    /// the first mesh: the table a previous run left stays until then).
+    desired: std::sync::Mutex<Option<BTreeSet<(IpNetwork, TableRoute)>>>,
     task: tokio::task::JoinHandle<()>,
     uapi: tokio::task::JoinHandle<()>,
     /// The own private key `wg show` reports (the current one).
@@ -249,6 +252,7 @@ impl Datapath {
             commands,
             status,
             kernel,
+            desired: std::sync::Mutex::new(None),
             task,
             uapi,
             uapi_key,
@@ -283,7 +287,25 @@ impl Datapath {
             .await
             .map_err(|_| DatapathError::Stopped)?;
         let table = desired_table(mesh, guarded, self.config.encryption);
+        if let Ok(mut desired) = self.desired.lock() {
+            *desired = Some(table.clone());
+        }
+        self.kernel.repair().await?;
         self.kernel.sync_routes(&table).await?;
+        Ok(())
+    }
+
+    /// Puts the kernel state back as the last mesh asked for, whatever changed it since (a TUN
+    /// set down, a rule or route deleted by hand): run periodically by the agent.
+    pub async fn repair(&self) -> Result<(), DatapathError> {
+        let table = match self.desired.lock() {
+            Ok(desired) => desired.clone(),
+            Err(_) => return Err(DatapathError::Stopped),
+        };
+        self.kernel.repair().await?;
+        if let Some(table) = table {
+            self.kernel.sync_routes(&table).await?;
+        }
         Ok(())
     }
 

@@ -304,6 +304,35 @@ impl Drop for Lab {
 }
 
 impl Lab {
+    /// Pings from n1's Pod `from` to `to` fail, nothing Pod-addressed crosses the underlay
+    /// meanwhile, and n1's table holds `route`.
+    pub fn assert_blackholed(&self, from: &str, to: &str, route: &str) {
+        let clear = Capture::start(self, CLEAR_POD_TRAFFIC);
+        assert!(
+            !self.ping(from, to, 3),
+            "{to} is reachable without a verified peer"
+        );
+        let leaked = clear.stop();
+        assert!(
+            leaked.is_empty(),
+            "traffic to {to} left in clear:\n{}",
+            leaked.join("\n")
+        );
+        let table = run_ok(
+            "ip",
+            &["-n", &self.node_ns(1), "route", "show", "table", "51820"],
+        );
+        assert!(
+            table.contains(route),
+            "{route} missing from n1's table:\n{table}"
+        );
+    }
+}
+
+/// Any packet on the underlay whose outer header carries a Pod address is a leak.
+pub const CLEAR_POD_TRAFFIC: &str = "net 10.244.0.0/16";
+
+impl Lab {
     /// (netns, IP) of every Pod on node `k`, as the lab recorded them.
     pub fn pods(&self, k: usize) -> Vec<(String, String)> {
         let text = std::fs::read_to_string(format!("/run/{}/n{k}/pods", self.name)).unwrap();
