@@ -3,6 +3,7 @@
 //! packet loop and `kernel` for routes and rules.
 
 mod engine;
+mod forward;
 pub mod fragments;
 pub mod kernel;
 pub mod packet;
@@ -215,22 +216,24 @@ impl Datapath {
             tun: Arc::new(tun),
             udp,
             udp_v6,
-            peers,
-            local_blocks,
-            drops: DropCounters::default(),
+            forwarder: forward::Forwarder {
+                peers,
+                local_blocks,
+                drops: DropCounters::default(),
+                policy: packet_policy::PacketPolicy::new(
+                    crate::policy::gate::PolicyGate::new(
+                        crate::policy::conntrack::Conntrack::new(
+                            config.conntrack_max,
+                            crate::policy::conntrack::Timeouts::default(),
+                        ),
+                        config.policy_required,
+                    ),
+                    fragments::FragmentTable::new(FRAGMENT_DATAGRAMS, FRAGMENT_TIMEOUT),
+                ),
+            },
             status: status_tx,
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
-            policy: packet_policy::PacketPolicy::new(
-                crate::policy::gate::PolicyGate::new(
-                    crate::policy::conntrack::Conntrack::new(
-                        config.conntrack_max,
-                        crate::policy::conntrack::Timeouts::default(),
-                    ),
-                    config.policy_required,
-                ),
-                fragments::FragmentTable::new(FRAGMENT_DATAGRAMS, FRAGMENT_TIMEOUT),
-            ),
         };
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));

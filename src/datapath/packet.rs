@@ -3,21 +3,47 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The (source, destination) of an IPv4 or IPv6 packet, or `None` if it is not one.
-pub fn addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
-    match packet.first()? >> 4 {
+/// What the datapath reads from an IP packet's headers, parsed once per packet and passed
+/// along (addresses for the peer lookup and the checks, transport for policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    /// `None` if the headers past the addresses are truncated or malformed (an IPv4 header
+    /// length below 20 bytes, a truncated IPv6 extension header, more than
+    /// [`MAX_EXTENSION_HEADERS`] of them).
+    pub transport: Option<Transport>,
+}
+
+/// The headers of an IPv4 or IPv6 packet, or `None` if it is not one (or too short to hold
+/// both addresses).
+pub fn parse(packet: &[u8]) -> Option<Header> {
+    let (source, destination, layout) = match packet.first()? >> 4 {
         4 => {
             let src: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
             let dst: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-            Some((Ipv4Addr::from(src).into(), Ipv4Addr::from(dst).into()))
+            (
+                Ipv4Addr::from(src).into(),
+                Ipv4Addr::from(dst).into(),
+                ipv4(packet),
+            )
         }
         6 => {
             let src: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
             let dst: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-            Some((Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into()))
+            (
+                Ipv6Addr::from(src).into(),
+                Ipv6Addr::from(dst).into(),
+                ipv6(packet),
+            )
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Header {
+        source,
+        destination,
+        transport: layout.map(|layout| transport(packet, layout)),
+    })
 }
 
 /// The transport of an IP packet: protocol number and, for TCP, UDP and SCTP, the ports
@@ -63,15 +89,9 @@ const DESTINATION_OPTIONS: u8 = 60;
 /// Most IPv6 extension headers walked; a packet with more is not parsed.
 const MAX_EXTENSION_HEADERS: usize = 8;
 
-/// The transport of an IPv4 or IPv6 packet, or `None` if it is not one or its IP headers are
-/// truncated or malformed (an IPv4 header shorter than 20 bytes, a truncated IPv6 extension
-/// header, more than [`MAX_EXTENSION_HEADERS`] of them).
-pub fn transport(packet: &[u8]) -> Option<Transport> {
-    let (protocol, offset, fragment) = match packet.first()? >> 4 {
-        4 => ipv4(packet)?,
-        6 => ipv6(packet)?,
-        _ => return None,
-    };
+/// The transport of a packet whose IP headers `ipv4` or `ipv6` read as (protocol, offset of
+/// the transport header, fragment).
+fn transport(packet: &[u8], (protocol, offset, fragment): (u8, usize, Fragment)) -> Transport {
     let later = matches!(fragment, Fragment::Later(_));
     let header = |len: usize| packet.get(offset..offset + len).filter(|_| !later);
     let (src_port, dst_port) = match protocol {
@@ -95,12 +115,12 @@ pub fn transport(packet: &[u8]) -> Option<Transport> {
         },
         _ => (0, 0),
     };
-    Some(Transport {
+    Transport {
         protocol,
         src_port,
         dst_port,
         fragment,
-    })
+    }
 }
 
 /// (protocol, offset of the transport header, fragment) of an IPv4 packet.
@@ -167,6 +187,14 @@ fn ipv6(packet: &[u8]) -> Option<(u8, usize, Fragment)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+        parse(packet).map(|h| (h.source, h.destination))
+    }
+
+    fn transport(packet: &[u8]) -> Option<Transport> {
+        parse(packet)?.transport
+    }
 
     #[test]
     fn reads_ipv4_and_ipv6_addresses() {
@@ -357,8 +385,7 @@ mod tests {
     proptest! {
         #[test]
         fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..160)) {
-            let _ = addresses(&bytes);
-            let _ = transport(&bytes);
+            let _ = parse(&bytes);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::fragments::{FragmentKey, FragmentTable};
-use super::packet::{Fragment, Transport, transport};
+use super::packet::{Fragment, Header, Transport};
 use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::stats::DropReason;
 use crate::policy::Direction;
@@ -29,28 +29,23 @@ impl PacketPolicy {
         }
     }
 
-    /// Records the flow of a packet this node sends (`source` to `destination`). A later
-    /// fragment has no ports and belongs to the flow its first fragment recorded.
-    pub fn outbound(&mut self, source: IpAddr, destination: IpAddr, packet: &[u8], now: Instant) {
-        if let Some(t) = transport(packet)
+    /// Records the flow of a packet this node sends. A later fragment has no ports and belongs
+    /// to the flow its first fragment recorded.
+    pub fn outbound(&mut self, header: &Header, now: Instant) {
+        if let Some(t) = header.transport
             && !matches!(t.fragment, Fragment::Later(_))
         {
             self.gate
-                .record_outbound(flow_key(source, destination, t), now);
+                .record_outbound(flow_key(header.source, header.destination, t), now);
         }
     }
 
-    /// Judges a decrypted packet from `source` to the local `destination`, and counts it.
-    pub fn inbound(
-        &mut self,
-        source: IpAddr,
-        destination: IpAddr,
-        packet: &[u8],
-        now: Instant,
-    ) -> Result<(), DropReason> {
-        let Some(t) = transport(packet) else {
+    /// Judges a decrypted packet (its source remote, its destination local), and counts it.
+    pub fn inbound(&mut self, header: &Header, now: Instant) -> Result<(), DropReason> {
+        let Some(t) = header.transport else {
             return Err(DropReason::NotIp);
         };
+        let (source, destination) = (header.source, header.destination);
         let datagram = |id| FragmentKey {
             src: source,
             dst: destination,

@@ -4,6 +4,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::datapath::packet::parse;
 use crate::policy::conntrack::{Conntrack, Timeouts};
 use crate::policy::test_support::world;
 
@@ -27,6 +28,13 @@ fn policy() -> PacketPolicy {
 
 fn ip(octets: [u8; 4]) -> IpAddr {
     IpAddr::from(octets)
+}
+
+/// The parsed headers of `packet`, which must be from `source` to `destination`.
+fn header(packet: &[u8], source: IpAddr, destination: IpAddr) -> Header {
+    let header = parse(packet).unwrap();
+    assert_eq!((header.source, header.destination), (source, destination));
+    header
 }
 
 /// An IPv4 packet from `C` to `S` with protocol `protocol`, identification `id`, the flags
@@ -58,7 +66,7 @@ fn tcp_ports(dst_port: u16) -> [u8; 20] {
 fn later_ipv4_fragments_take_the_verdict_of_their_first() {
     let mut policy = policy();
     let now = Instant::now();
-    let mut check = |packet: &[u8]| policy.inbound(ip(C), ip(S), packet, now);
+    let mut check = |packet: &[u8]| policy.inbound(&header(packet, ip(C), ip(S)), now);
 
     // A datagram to port 80, in three fragments: all delivered (the later ones carry no
     // ports, so judged on their own they would be denied).
@@ -120,7 +128,7 @@ fn ipv6_packets_are_judged_by_the_transport_header_behind_extension_headers() {
     let mut policy = policy();
     let now = Instant::now();
     let (c6, s6): (IpAddr, IpAddr) = (C6.parse().unwrap(), S6.parse().unwrap());
-    let mut check = |packet: &[u8]| policy.inbound(c6, s6, packet, now);
+    let mut check = |packet: &[u8]| policy.inbound(&header(packet, c6, s6), now);
 
     // Hop-by-hop, then destination options, then TCP.
     let to = |port| ipv6(0, &[&options(60), &options(6), &tcp_ports(port)]);
@@ -148,10 +156,10 @@ fn later_fragments_record_no_flow_of_their_own() {
     let mut first = ipv4(6, 1, MORE_FRAGMENTS, &tcp_ports(80));
     first[12..16].copy_from_slice(&S);
     first[16..20].copy_from_slice(&C);
-    policy.outbound(ip(S), ip(C), &first, now);
+    policy.outbound(&header(&first, ip(S), ip(C)), now);
     let mut later = ipv4(6, 1, 3, &[0; 24]);
     later[12..16].copy_from_slice(&S);
     later[16..20].copy_from_slice(&C);
-    policy.outbound(ip(S), ip(C), &later, now);
+    policy.outbound(&header(&later, ip(S), ip(C)), now);
     assert_eq!(policy.gate.conntrack().len(), 1);
 }

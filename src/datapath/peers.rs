@@ -29,7 +29,8 @@ pub struct PeerSlot {
     pub endpoint: Option<SocketAddr>,
     /// At most one per (our key, the peer's key) pair.
     pub sessions: Vec<Session>,
-    /// The session outbound packets use (see `session::preferred`).
+    /// The session outbound packets use (see `session::preferred`); only
+    /// `PeerTable::choose_outbound` sets it.
     preferred: usize,
     pub counters: PeerCounters,
 }
@@ -51,12 +52,6 @@ impl PeerSlot {
 
     fn peer_newest_key(&self) -> PublicKey {
         self.peer.next_public_key.unwrap_or(self.peer.public_key)
-    }
-
-    /// Re-picks the outbound session, given our newest key.
-    fn refresh(&mut self, own_newest: &x25519::PublicKey) {
-        let newest = self.peer_newest_key();
-        self.preferred = preferred(&self.sessions, own_newest, &newest).unwrap_or(0);
     }
 }
 
@@ -132,6 +127,8 @@ impl PeerTable {
             self.retain_sessions(id, |s| held.contains(&s.own));
         }
         self.ensure_targets();
+        // Our newest key may have changed: it weighs in every peer's choice.
+        self.choose_outbound(None);
     }
 
     /// The peers as the mesh last described them.
@@ -194,7 +191,10 @@ impl PeerTable {
                 self.routes.insert(*prefix, *id);
             }
         }
-        self.ensure_targets()
+        let created = self.ensure_targets();
+        // Peers' keys may have changed: they weigh in their choices.
+        self.choose_outbound(None);
+        created
     }
 
     /// Drops the sessions of peer `id` for which `keep` is false.
@@ -206,6 +206,7 @@ impl PeerTable {
             self.sessions.remove(&session.index);
         }
         slot.sessions.retain(keep);
+        self.choose_outbound(Some(id));
     }
 
     /// Gives every peer a session between our newest key and its newest key.
@@ -223,12 +224,10 @@ impl PeerTable {
                 (!has).then_some((*id, key))
             })
             .collect();
-        let created = targets
+        targets
             .into_iter()
             .filter_map(|(id, key)| self.add_session(id, own, key))
-            .collect();
-        self.refresh_preferred();
-        created
+            .collect()
     }
 
     fn add_session(&mut self, id: u32, own: x25519::PublicKey, peer_key: PublicKey) -> Option<u32> {
@@ -241,6 +240,7 @@ impl PeerTable {
         let slot = self.slots.get_mut(&id)?;
         slot.sessions.push(session);
         self.sessions.insert(index, id);
+        self.choose_outbound(Some(id));
         Some(index)
     }
 
@@ -259,19 +259,20 @@ impl PeerTable {
         None
     }
 
-    /// Re-picks peer `id`'s outbound session.
-    pub fn refresh_slot(&mut self, id: u32) {
+    /// Chooses the outbound session of peer `only`, or of every peer for `None`: the one
+    /// place that decides it (by `session::preferred`). Called wherever what it depends on
+    /// changes: a peer's sessions (added or dropped here), our keys or a peer's (`set_keys`,
+    /// `sync`), and the sessions' handshake state (after a handshake message is handled and
+    /// after the timers run, which the datapath reports).
+    pub fn choose_outbound(&mut self, only: Option<u32>) {
         let own = self.own_newest();
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.refresh(&own);
-        }
-    }
-
-    /// Re-picks every peer's outbound session (after handshakes complete or keys change).
-    pub fn refresh_preferred(&mut self) {
-        let own = self.own_newest();
-        for slot in self.slots.values_mut() {
-            slot.refresh(&own);
+        let choose = |slot: &mut PeerSlot| {
+            let newest = slot.peer_newest_key();
+            slot.preferred = preferred(&slot.sessions, &own, &newest).unwrap_or(0);
+        };
+        match only {
+            Some(id) => self.slots.get_mut(&id).into_iter().for_each(choose),
+            None => self.slots.values_mut().for_each(choose),
         }
     }
 
@@ -338,9 +339,7 @@ impl PeerTable {
         {
             return Some(found.index);
         }
-        let index = self.add_session(id, own, initiator)?;
-        self.refresh_preferred();
-        Some(index)
+        self.add_session(id, own, initiator)
     }
 
     /// The peer whose allowed IPs hold `destination` (longest prefix).

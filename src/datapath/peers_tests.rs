@@ -1,9 +1,18 @@
-//! Peer table tests, including key rotations between two in-memory peer tables that exchange
-//! real WireGuard messages (no sockets): every data packet sent at every step must arrive.
+//! Peer table tests, including key rotations between two in-memory nodes whose forwarders (the
+//! datapath without its devices) exchange real WireGuard messages: every data packet sent at
+//! every step must arrive.
 
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use super::*;
+use crate::datapath::forward::{Forwarder, Wire};
+use crate::datapath::fragments::FragmentTable;
+use crate::datapath::packet_policy::PacketPolicy;
+use crate::datapath::stats::DropCounters;
+use crate::policy::conntrack::{Conntrack, Timeouts};
+use crate::policy::gate::PolicyGate;
 
 fn secret(seed: u8) -> x25519::StaticSecret {
     x25519::StaticSecret::from([seed; 32])
@@ -111,87 +120,97 @@ fn changing_one_peer_keeps_the_others_state() {
     );
 }
 
-/// A node of the in-memory network: its peer table and what it delivered.
+/// A node of the in-memory network: its forwarder (Pods 10.244.<key>.0/24, no policy source)
+/// and what it delivered.
 struct Node {
-    table: PeerTable,
+    forwarder: Forwarder,
     addr: SocketAddr,
-    /// Inner packets that passed decryption and the allowed-source check.
+    /// Inner packets that passed decryption and every check after it.
     delivered: Vec<Vec<u8>>,
 }
 
 fn node(key: u8) -> Node {
+    let mut local_blocks = PrefixTable::default();
+    local_blocks.insert(format!("10.244.{key}.0/24").parse().unwrap(), ());
+    let conntrack = Conntrack::new(NonZeroUsize::new(64).unwrap(), Timeouts::default());
     Node {
-        table: PeerTable::new(secret(key), 100),
+        forwarder: Forwarder {
+            peers: PeerTable::new(secret(key), 100),
+            local_blocks,
+            policy: PacketPolicy::new(
+                PolicyGate::new(conntrack, false),
+                FragmentTable::new(16, Duration::from_secs(30)),
+            ),
+            drops: DropCounters::default(),
+        },
         addr: format!("198.18.0.{key}:51820").parse().unwrap(),
         delivered: Vec::new(),
     }
 }
 
 /// Datagrams in flight: (to node, from address, bytes).
-type Wire = VecDeque<(usize, SocketAddr, Vec<u8>)>;
+type Network = VecDeque<(usize, SocketAddr, Vec<u8>)>;
 
 fn node_at(nodes: &[Node], addr: SocketAddr) -> usize {
     nodes.iter().position(|n| n.addr == addr).unwrap()
 }
 
-/// What the engine does with a datagram: classify, decapsulate and flush, check the source.
-fn receive(nodes: &mut [Node], to: usize, from: SocketAddr, datagram: &[u8], wire: &mut Wire) {
-    let sender = node_at(nodes, from);
-    let node = &mut nodes[to];
-    let mut out = vec![0u8; 2048];
-    let (peer, session) = match node.table.classify(from, datagram, &mut out) {
-        Incoming::Session { peer, session } => (peer, session),
-        Incoming::Reply(bytes) => {
-            wire.push_back((sender, node.addr, bytes.to_vec()));
-            return;
-        }
-        Incoming::Drop(_) => return,
-    };
-    let mut input = datagram;
-    loop {
-        let slot = node.table.slot_mut(peer).unwrap();
-        let tunnel = slot.session_mut(session).unwrap();
-        match tunnel.tunn.decapsulate(Some(from.ip()), input, &mut out) {
-            TunnResult::WriteToNetwork(bytes) => {
-                wire.push_back((sender, node.addr, bytes.to_vec()))
-            }
-            TunnResult::WriteToTunnelV4(packet, source) => {
-                if node.table.source_allowed(peer, source.into()) {
-                    node.delivered.push(packet.to_vec());
-                }
-                break;
-            }
-            _ => break,
-        }
-        input = &[];
+/// What one node's forwarder wrote: messages to send, packets delivered.
+#[derive(Default)]
+struct Outbox {
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    delivered: Vec<Vec<u8>>,
+}
+
+impl Wire for Outbox {
+    async fn send(&mut self, message: &[u8], to: SocketAddr) {
+        self.sent.push((to, message.to_vec()));
     }
-    if matches!(datagram.first(), Some(1 | 2)) {
-        node.table.refresh_slot(peer);
+
+    async fn deliver(&mut self, packet: &[u8]) {
+        self.delivered.push(packet.to_vec());
     }
 }
 
-fn pump(nodes: &mut [Node], wire: &mut Wire) {
-    while let Some((to, from, bytes)) = wire.pop_front() {
-        receive(nodes, to, from, &bytes, wire);
+/// Runs `step` on node `at`'s forwarder (with a datapath-sized buffer), then puts what it sent
+/// on the network and records what it delivered.
+fn on_node(
+    nodes: &mut [Node],
+    at: usize,
+    network: &mut Network,
+    step: impl AsyncFnOnce(&mut Forwarder, &mut [u8], &mut Outbox),
+) {
+    let mut out = vec![0u8; 2048];
+    let mut outbox = Outbox::default();
+    futures::executor::block_on(step(&mut nodes[at].forwarder, &mut out, &mut outbox));
+    let from = nodes[at].addr;
+    nodes[at].delivered.extend(outbox.delivered);
+    for (to, bytes) in outbox.sent {
+        network.push_back((node_at(nodes, to), from, bytes));
+    }
+}
+
+/// Delivers the datagrams in flight, and those they cause, until none is left.
+fn pump(nodes: &mut [Node], network: &mut Network) {
+    while let Some((to, from, bytes)) = network.pop_front() {
+        on_node(nodes, to, network, async |forwarder, out, outbox| {
+            forwarder.receive(from, &bytes, out, outbox).await;
+        });
     }
 }
 
 /// Sends handshake initiations for new sessions, as the engine does.
-fn initiate(nodes: &mut [Node], from: usize, sessions: &[u32], wire: &mut Wire) {
-    let mut out = vec![0u8; 2048];
-    for index in sessions {
-        let node = &mut nodes[from];
-        let addr = node.addr;
-        let peer = node.table.peer_of_session(*index).unwrap();
-        let slot = node.table.slot_mut(peer).unwrap();
-        let to = slot.endpoint.unwrap();
-        let session = slot.session_mut(*index).unwrap();
-        if let TunnResult::WriteToNetwork(bytes) =
-            session.tunn.format_handshake_initiation(&mut out, false)
-        {
-            wire.push_back((node_at(nodes, to), addr, bytes.to_vec()));
-        }
-    }
+fn initiate(nodes: &mut [Node], from: usize, sessions: &[u32], network: &mut Network) {
+    on_node(nodes, from, network, async |forwarder, out, outbox| {
+        forwarder.initiate(sessions, out, outbox).await;
+    });
+}
+
+/// A packet from the TUN of node `from`, as the engine hands it to the forwarder.
+fn outbound(nodes: &mut [Node], from: usize, packet: &[u8], network: &mut Network) {
+    on_node(nodes, from, network, async |forwarder, out, outbox| {
+        forwarder.outbound(packet, out, outbox).await;
+    });
 }
 
 /// A minimal IPv4/UDP packet from `src` to `dst` carrying `seq`.
@@ -209,21 +228,14 @@ fn packet(src: [u8; 4], dst: [u8; 4], seq: u32) -> Vec<u8> {
 
 /// Sends one data packet from node `from` to the Pod address `dst` and delivers everything
 /// that follows from it; the packet must arrive.
-fn send(nodes: &mut [Node], from: usize, src: [u8; 4], dst: [u8; 4], seq: u32, wire: &mut Wire) {
-    let mut out = vec![0u8; 2048];
-    let node = &mut nodes[from];
-    let addr = node.addr;
-    let peer = node.table.index_for_destination(IpAddr::from(dst)).unwrap();
-    let slot = node.table.slot_mut(peer).unwrap();
-    let to = slot.endpoint.unwrap();
+fn send(nodes: &mut [Node], from: usize, src: [u8; 4], dst: [u8; 4], seq: u32, wire: &mut Network) {
     let data = packet(src, dst, seq);
-    if let TunnResult::WriteToNetwork(bytes) =
-        slot.outbound().unwrap().tunn.encapsulate(&data, &mut out)
-    {
-        wire.push_back((node_at(nodes, to), addr, bytes.to_vec()));
-    }
+    outbound(nodes, from, &data, wire);
     pump(nodes, wire);
-    let receiver = nodes.iter().position(|n| n.addr != addr).unwrap();
+    let receiver = nodes
+        .iter()
+        .position(|n| n.addr != nodes[from].addr)
+        .unwrap();
     assert_eq!(
         nodes[receiver].delivered.last(),
         Some(&data),
@@ -232,7 +244,7 @@ fn send(nodes: &mut [Node], from: usize, src: [u8; 4], dst: [u8; 4], seq: u32, w
 }
 
 /// Traffic both ways, several packets each: every one must arrive.
-fn traffic(nodes: &mut [Node], seq: &mut u32, wire: &mut Wire) {
+fn traffic(nodes: &mut [Node], seq: &mut u32, wire: &mut Network) {
     for _ in 0..3 {
         *seq += 1;
         send(nodes, 0, [10, 244, 1, 5], [10, 244, 2, 5], *seq, wire);
@@ -256,15 +268,15 @@ fn peer_b(key: u8, next: Option<u8>) -> BTreeMap<String, Peer> {
 }
 
 /// Two connected nodes: a (key 1, Pods 10.244.1.0/24) and b (key 2, Pods 10.244.2.0/24).
-fn connected() -> (Vec<Node>, Wire, u32) {
+fn connected() -> (Vec<Node>, Network, u32) {
     connect(vec![node(1), node(2)])
 }
 
 /// Makes the two nodes peers, handshakes, and checks traffic both ways.
-fn connect(mut nodes: Vec<Node>) -> (Vec<Node>, Wire, u32) {
-    let mut wire = Wire::new();
-    let created = nodes[0].table.sync(&peer_b(2, None));
-    nodes[1].table.sync(&peer_a(1, None));
+fn connect(mut nodes: Vec<Node>) -> (Vec<Node>, Network, u32) {
+    let mut wire = Network::new();
+    let created = nodes[0].forwarder.peers.sync(&peer_b(2, None));
+    nodes[1].forwarder.peers.sync(&peer_a(1, None));
     initiate(&mut nodes, 0, &created, &mut wire);
     pump(&mut nodes, &mut wire);
     let mut seq = 0;
@@ -301,7 +313,8 @@ fn initiation_from(key: u8, peers: &BTreeMap<String, Peer>) -> Vec<u8> {
 
 /// The sessions of a node's table on one of its own keys.
 fn sessions_on(node: &Node, own: x25519::PublicKey) -> Vec<u32> {
-    node.table
+    node.forwarder
+        .peers
         .slots()
         .flat_map(|slot| slot.sessions.iter())
         .filter(|s| s.own == own)
@@ -310,8 +323,14 @@ fn sessions_on(node: &Node, own: x25519::PublicKey) -> Vec<u32> {
 }
 
 fn outbound_keys(node: &mut Node, peer: &str) -> (x25519::PublicKey, PublicKey) {
-    let id = *node.table.by_name.get(peer).unwrap();
-    let session = node.table.slot_mut(id).unwrap().outbound().unwrap();
+    let id = *node.forwarder.peers.by_name.get(peer).unwrap();
+    let session = node
+        .forwarder
+        .peers
+        .slot_mut(id)
+        .unwrap()
+        .outbound()
+        .unwrap();
     (session.own, session.peer_key)
 }
 
@@ -323,37 +342,40 @@ fn one_side_rotating_loses_no_packet_at_any_step() {
     // a announces: it accepts both keys and has a session on the next one. If its timers
     // start that handshake before b knows the next key, it goes nowhere; the old session
     // carries on.
-    nodes[0].table.set_keys(secret(1), Some(secret(11)));
+    nodes[0]
+        .forwarder
+        .peers
+        .set_keys(secret(1), Some(secret(11)));
     let early = sessions_on(&nodes[0], a_next);
     assert_eq!(early.len(), 1);
     initiate(&mut nodes, 0, &early, &mut wire);
     pump(&mut nodes, &mut wire);
     traffic(&mut nodes, &mut seq, &mut wire);
     assert_eq!(
-        nodes[0].table.key_moves().unwrap().pending,
+        nodes[0].forwarder.peers.key_moves().unwrap().pending,
         vec!["b".to_string()]
     );
 
     // b reads a's record with the next key: it handshakes to it at once.
-    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    let created = nodes[1].forwarder.peers.sync(&peer_a(1, Some(11)));
     initiate(&mut nodes, 1, &created, &mut wire);
     pump(&mut nodes, &mut wire);
-    nodes[0].table.refresh_preferred();
-    nodes[1].table.refresh_preferred();
+    nodes[0].forwarder.peers.choose_outbound(None);
+    nodes[1].forwarder.peers.choose_outbound(None);
     traffic(&mut nodes, &mut seq, &mut wire);
-    let moves = nodes[0].table.key_moves().unwrap();
+    let moves = nodes[0].forwarder.peers.key_moves().unwrap();
     assert_eq!(moves.moved, vec!["b".to_string()]);
     assert_eq!(outbound_keys(&mut nodes[0], "b").0, a_next);
     assert_eq!(outbound_keys(&mut nodes[1], "a").1, public(11));
 
     // a completes: the next key is its only key; then b reads the record without it.
-    nodes[0].table.set_keys(secret(11), None);
+    nodes[0].forwarder.peers.set_keys(secret(11), None);
     traffic(&mut nodes, &mut seq, &mut wire);
-    nodes[1].table.sync(&peer_a(11, None));
+    nodes[1].forwarder.peers.sync(&peer_a(11, None));
     traffic(&mut nodes, &mut seq, &mut wire);
-    assert!(nodes[0].table.key_moves().is_none());
+    assert!(nodes[0].forwarder.peers.key_moves().is_none());
     for node in &mut nodes {
-        for slot in node.table.slots_mut() {
+        for slot in node.forwarder.peers.slots_mut() {
             for session in &slot.sessions {
                 assert!(
                     session.own != x25519::PublicKey::from(&secret(1))
@@ -368,36 +390,42 @@ fn one_side_rotating_loses_no_packet_at_any_step() {
 #[test]
 fn both_sides_rotating_at_once_lose_no_packet() {
     let (mut nodes, mut wire, mut seq) = connected();
-    nodes[0].table.set_keys(secret(1), Some(secret(11)));
-    nodes[1].table.set_keys(secret(2), Some(secret(12)));
+    nodes[0]
+        .forwarder
+        .peers
+        .set_keys(secret(1), Some(secret(11)));
+    nodes[1]
+        .forwarder
+        .peers
+        .set_keys(secret(2), Some(secret(12)));
     traffic(&mut nodes, &mut seq, &mut wire);
 
     // Each reads the other's announcement.
-    let created = nodes[0].table.sync(&peer_b(2, Some(12)));
+    let created = nodes[0].forwarder.peers.sync(&peer_b(2, Some(12)));
     initiate(&mut nodes, 0, &created, &mut wire);
-    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    let created = nodes[1].forwarder.peers.sync(&peer_a(1, Some(11)));
     initiate(&mut nodes, 1, &created, &mut wire);
     pump(&mut nodes, &mut wire);
-    nodes[0].table.refresh_preferred();
-    nodes[1].table.refresh_preferred();
+    nodes[0].forwarder.peers.choose_outbound(None);
+    nodes[1].forwarder.peers.choose_outbound(None);
     traffic(&mut nodes, &mut seq, &mut wire);
     assert_eq!(
-        nodes[0].table.key_moves().unwrap().moved,
+        nodes[0].forwarder.peers.key_moves().unwrap().moved,
         vec!["b".to_string()]
     );
     assert_eq!(
-        nodes[1].table.key_moves().unwrap().moved,
+        nodes[1].forwarder.peers.key_moves().unwrap().moved,
         vec!["a".to_string()]
     );
 
     // a completes first, b a little later; the records follow.
-    nodes[0].table.set_keys(secret(11), None);
+    nodes[0].forwarder.peers.set_keys(secret(11), None);
     traffic(&mut nodes, &mut seq, &mut wire);
-    nodes[1].table.sync(&peer_a(11, None));
+    nodes[1].forwarder.peers.sync(&peer_a(11, None));
     traffic(&mut nodes, &mut seq, &mut wire);
-    nodes[1].table.set_keys(secret(12), None);
+    nodes[1].forwarder.peers.set_keys(secret(12), None);
     traffic(&mut nodes, &mut seq, &mut wire);
-    nodes[0].table.sync(&peer_b(12, None));
+    nodes[0].forwarder.peers.sync(&peer_b(12, None));
     traffic(&mut nodes, &mut seq, &mut wire);
     assert_eq!(
         outbound_keys(&mut nodes[0], "b"),
@@ -414,11 +442,11 @@ fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
     let (mut nodes, _, _) = connected();
     // b thinks a rotates to key 11, but a never announced it: a must refuse the handshake
     // (its MAC1 is keyed to a key a does not hold).
-    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
-    let init = initiation(&mut nodes[1].table, created[0], false);
+    let created = nodes[1].forwarder.peers.sync(&peer_a(1, Some(11)));
+    let init = initiation(&mut nodes[1].forwarder.peers, created[0], false);
     let from = nodes[1].addr;
     assert_eq!(
-        dropped(&mut nodes[0].table, from, &init),
+        dropped(&mut nodes[0].forwarder.peers, from, &init),
         Some(DropReason::Malformed)
     );
 }
@@ -426,19 +454,22 @@ fn a_handshake_to_a_key_we_do_not_hold_is_dropped() {
 #[test]
 fn after_a_rotation_the_old_key_is_refused_both_ways() {
     let (mut nodes, mut wire, mut seq) = connected();
-    nodes[0].table.set_keys(secret(1), Some(secret(11)));
-    let created = nodes[1].table.sync(&peer_a(1, Some(11)));
+    nodes[0]
+        .forwarder
+        .peers
+        .set_keys(secret(1), Some(secret(11)));
+    let created = nodes[1].forwarder.peers.sync(&peer_a(1, Some(11)));
     initiate(&mut nodes, 1, &created, &mut wire);
     pump(&mut nodes, &mut wire);
-    nodes[0].table.set_keys(secret(11), None);
-    nodes[1].table.sync(&peer_a(11, None));
+    nodes[0].forwarder.peers.set_keys(secret(11), None);
+    nodes[1].forwarder.peers.sync(&peer_a(11, None));
     traffic(&mut nodes, &mut seq, &mut wire);
 
     // Someone holding a's old key initiates to b as a: b knows no peer with that key.
     let init = initiation_from(1, &peer_b(2, None));
     let from = nodes[0].addr;
     assert_eq!(
-        dropped(&mut nodes[1].table, from, &init),
+        dropped(&mut nodes[1].forwarder.peers, from, &init),
         Some(DropReason::UnknownPeer)
     );
 
@@ -447,7 +478,7 @@ fn after_a_rotation_the_old_key_is_refused_both_ways() {
     let init = initiation_from(2, &peer_a(1, None));
     let from = nodes[1].addr;
     assert_eq!(
-        dropped(&mut nodes[0].table, from, &init),
+        dropped(&mut nodes[0].forwarder.peers, from, &init),
         Some(DropReason::Malformed)
     );
 }
@@ -457,20 +488,21 @@ fn a_handshake_is_counted_once_by_the_rate_limiter() {
     // With a limit of one handshake per second, one handshake must still complete: counting
     // it twice (once on arrival, once inside the session) would answer it with a cookie.
     let mut b = node(2);
-    b.table = PeerTable::new(secret(2), 1);
+    b.forwarder.peers = PeerTable::new(secret(2), 1);
     let (mut nodes, _, _) = connect(vec![node(1), b]);
     let created: Vec<u32> = nodes[0]
-        .table
+        .forwarder
+        .peers
         .slots()
         .flat_map(|slot| slot.sessions.iter().map(|s| s.index))
         .collect();
 
     // The next one within the second is over the limit: answered with a cookie reply, before
     // anything about it is trusted.
-    let init = initiation(&mut nodes[0].table, created[0], true);
+    let init = initiation(&mut nodes[0].forwarder.peers, created[0], true);
     let mut reply = vec![0u8; 2048];
     let from = nodes[0].addr;
-    match nodes[1].table.classify(from, &init, &mut reply) {
+    match nodes[1].forwarder.peers.classify(from, &init, &mut reply) {
         Incoming::Reply(cookie) => assert_eq!(cookie.first(), Some(&3)),
         other => panic!("expected a cookie reply, got {other:?}"),
     }
@@ -480,7 +512,7 @@ fn a_handshake_is_counted_once_by_the_rate_limiter() {
 fn truncated_handshakes_and_garbage_are_malformed() {
     let (mut nodes, _, _) = connected();
     let index = sessions_on(&nodes[1], x25519::PublicKey::from(&secret(2)))[0];
-    let init = initiation(&mut nodes[1].table, index, true);
+    let init = initiation(&mut nodes[1].forwarder.peers, index, true);
     let from = nodes[1].addr;
     for bad in [
         &init[..init.len() - 1],
@@ -489,7 +521,7 @@ fn truncated_handshakes_and_garbage_are_malformed() {
         &[1u8, 0, 0, 0, 7, 7][..],
     ] {
         assert_eq!(
-            dropped(&mut nodes[0].table, from, bad),
+            dropped(&mut nodes[0].forwarder.peers, from, bad),
             Some(DropReason::Malformed),
             "{} bytes",
             bad.len()
@@ -507,7 +539,46 @@ fn data_for_an_unknown_receiver_index_is_dropped_as_such() {
     data.extend_from_slice(&0xdead_be00u32.to_le_bytes());
     data.extend_from_slice(&[0u8; 8 + 16]);
     assert_eq!(
-        dropped(&mut nodes[0].table, from, &data),
+        dropped(&mut nodes[0].forwarder.peers, from, &data),
         Some(DropReason::UnknownReceiver)
     );
+}
+
+fn counters(node: &mut Node, peer: &str) -> PeerCounters {
+    let id = *node.forwarder.peers.by_name.get(peer).unwrap();
+    node.forwarder.peers.slot_mut(id).unwrap().counters.clone()
+}
+
+#[test]
+fn packets_queued_during_a_handshake_count_as_sent_when_flushed() {
+    let mut nodes = vec![node(1), node(2)];
+    let mut network = Network::new();
+    nodes[0].forwarder.peers.sync(&peer_b(2, None));
+    nodes[1].forwarder.peers.sync(&peer_a(1, None));
+
+    // No session yet: the packets wait in the session's queue; the first starts the
+    // handshake. Nothing has been sent to b but that initiation.
+    let packets: Vec<Vec<u8>> = (1..=3)
+        .map(|seq| packet([10, 244, 1, 5], [10, 244, 2, 5], seq))
+        .collect();
+    for data in &packets {
+        outbound(&mut nodes, 0, data, &mut network);
+    }
+    assert_eq!(network.len(), 1, "only the handshake initiation leaves");
+    assert_eq!(counters(&mut nodes[0], "b").tx_bytes, 0);
+
+    // The handshake completes and the queue is flushed: now they are sent, and counted.
+    pump(&mut nodes, &mut network);
+    assert_eq!(nodes[1].delivered, packets);
+    let bytes: u64 = packets.iter().map(|p| p.len() as u64).sum();
+    assert_eq!(counters(&mut nodes[0], "b").tx_bytes, bytes);
+    assert_eq!(counters(&mut nodes[1], "a").rx_bytes, bytes);
+
+    // A packet on the established session is counted as it leaves, once.
+    let next = packet([10, 244, 1, 5], [10, 244, 2, 5], 4);
+    outbound(&mut nodes, 0, &next, &mut network);
+    pump(&mut nodes, &mut network);
+    let bytes = bytes + next.len() as u64;
+    assert_eq!(counters(&mut nodes[0], "b").tx_bytes, bytes);
+    assert_eq!(counters(&mut nodes[1], "a").rx_bytes, bytes);
 }

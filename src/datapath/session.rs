@@ -98,3 +98,18 @@ pub fn preferred(
             .map(|(i, _)| i)
     })
 }
+
+/// WireGuard's transport data message type, and its overhead: type, receiver index and
+/// counter (16 bytes), then the AEAD tag (16 bytes).
+const DATA_MESSAGE: u8 = 4;
+const DATA_OVERHEAD: usize = 32;
+
+/// The length of the packet a WireGuard message carries: for a transport data message, its
+/// plaintext (boringtun does not pad, so the inner packet; 0 for a keepalive); 0 for handshake
+/// and cookie messages.
+pub fn data_bytes(message: &[u8]) -> usize {
+    match message.first() {
+        Some(&DATA_MESSAGE) => message.len().saturating_sub(DATA_OVERHEAD),
+        _ => 0,
+    }
+}

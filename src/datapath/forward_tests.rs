@@ -1,4 +1,5 @@
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use boringtun::x25519;
 
@@ -32,14 +33,13 @@ fn packets_queued_during_a_handshake_are_recorded_as_flows_opened_here() {
         PolicyGate::new(conntrack, false),
         FragmentTable::new(16, Duration::from_secs(30)),
     );
-    let addresses = ("10.244.2.2".parse().unwrap(), "10.244.1.2".parse().unwrap());
     let mut out = vec![0u8; 2048];
 
     // No session yet: the first packet is queued and starts the handshake...
     let first = seal(
         &mut policy,
         &mut tunn,
-        addresses,
+        &parse(&udp_packet(1000)).unwrap(),
         &udp_packet(1000),
         &mut out,
     );
@@ -49,7 +49,7 @@ fn packets_queued_during_a_handshake_are_recorded_as_flows_opened_here() {
         let queued = seal(
             &mut policy,
             &mut tunn,
-            addresses,
+            &parse(&udp_packet(sport)).unwrap(),
             &udp_packet(sport),
             &mut out,
         );
