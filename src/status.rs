@@ -188,6 +188,9 @@ impl Status {
                 "datapath:   {} port {} encryption {}",
                 datapath.interface, datapath.listen_port, datapath.encryption
             );
+            if let Some(error) = &datapath.apply_error {
+                let _ = writeln!(out, "apply error: {error} (retrying)");
+            }
             let drops = |map: &std::collections::BTreeMap<String, u64>| {
                 let list: Vec<String> = map.iter().map(|(r, n)| format!("{r}={n}")).collect();
                 if list.is_empty() {

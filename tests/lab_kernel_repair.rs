@@ -143,6 +143,11 @@ fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_
     );
     let (_, metrics) = http_get(&n1, HEALTH, "/metrics").unwrap();
     assert!(metrics.lines().any(|l| l == "weft_ready 0"), "{metrics}");
+    let shown = lab.status(1).unwrap()["datapath"]["applyError"].clone();
+    assert!(
+        shown.as_str().is_some_and(|e| e.contains("No such device")),
+        "weft status does not say why: {shown}"
+    );
     // Meanwhile n2's block stays unreachable from n1: nothing leaves in clear.
     let table = run_ok("ip", &["-n", &n1, "route", "show", "table", "51820"]);
     assert!(
@@ -193,6 +198,10 @@ fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_
     assert!(rules.contains("lookup 51820"), "{rules}");
     let (_, metrics) = http_get(&n1, HEALTH, "/metrics").unwrap();
     assert!(metrics.lines().any(|l| l == "weft_ready 1"), "{metrics}");
+    assert_eq!(
+        lab.status(1).unwrap()["datapath"]["applyError"],
+        serde_json::Value::Null
+    );
     wait_for(
         CONVERGE,
         "n1's Pod to reach n2's Pod through the tunnel",

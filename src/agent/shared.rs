@@ -46,7 +46,11 @@ impl SharedStatus {
             .map_err(|_| "status lock poisoned".to_string())?
             .clone()
             .ok_or_else(|| self.starting())?;
-        status.datapath = self.datapath.get().map(|d| d.borrow().clone());
+        status.datapath = self.datapath.get().map(|d| {
+            let mut datapath = d.borrow().clone();
+            datapath.apply_error = self.apply_error.read().ok().and_then(|e| e.clone());
+            datapath
+        });
         if let Some(rejected) = self.rejected_policy_files.get() {
             status.rejected_policy_files = rejected.borrow().clone();
         }
@@ -207,5 +211,27 @@ mod tests {
         );
         *shared.apply_error.write().unwrap() = None;
         assert_eq!(shared.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn status_shows_why_the_datapath_update_failed_until_it_applies() {
+        let shared = SharedStatus::default();
+        *shared.status.write().unwrap() = Some(synced_status());
+        let (_sender, receiver) = tokio::sync::watch::channel(DatapathStatus::default());
+        let _ = shared.datapath.set(receiver);
+        *shared.apply_error.write().unwrap() = Some("netlink: No such device".into());
+        let status = shared.snapshot().unwrap();
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["datapath"]["applyError"], "netlink: No such device");
+        assert!(
+            status
+                .to_table()
+                .contains("apply error: netlink: No such device (retrying)"),
+            "{}",
+            status.to_table()
+        );
+        *shared.apply_error.write().unwrap() = None;
+        let json = serde_json::to_value(shared.snapshot().unwrap()).unwrap();
+        assert_eq!(json["datapath"]["applyError"], serde_json::Value::Null);
     }
 }

@@ -127,6 +127,10 @@ pub struct DatapathStatus {
     /// NetworkPolicy on decrypted packets: the rule set in force, verdicts, denials.
     #[serde(default)]
     pub policy: super::policy_stats::PolicyStatus,
+    /// Why the last attempt to apply the mesh to the kernel (routes, rules, the TUN) failed;
+    /// `None` once it applies. Filled in by the agent, which retries.
+    #[serde(default)]
+    pub apply_error: Option<String>,
     /// While this node rotates its key: which peers have moved to the next key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<KeyRotationProgress>,
