@@ -58,10 +58,13 @@ pub enum DirRead {
 pub enum InForce {
     /// The file's last good content.
     LastGood,
-    /// Nothing: the file has never been good since the agent started.
+    /// Nothing: the file turned up bad after the agent's first complete read (a new file, or
+    /// one deleted and written again), so no policy of it was in force.
     Nothing,
     /// The whole rule set in force (none before the first) is kept: nothing new is published
-    /// while this file or directory cannot be read and no last good content of it is known.
+    /// while this file or directory cannot be read, or has been bad since the agent started,
+    /// and no last good content of it is known (it may hold policies in force before a
+    /// restart: leaving them out could un-isolate Pods).
     PreviousRuleSet,
 }
 
@@ -110,7 +113,7 @@ pub fn parse_file(text: &str) -> FileRead {
 }
 
 fn parse_documents(text: &str) -> Result<PolicyObjects, String> {
-    use serde_yaml_ng::{Value, from_value};
+    use serde_yaml_ng::Value;
     let mut objects = PolicyObjects::default();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let at = |reason: String| format!("document {index}: {reason}");
@@ -124,12 +127,16 @@ fn parse_documents(text: &str) -> Result<PolicyObjects, String> {
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_string();
-        let bad = |error: serde_yaml_ng::Error| at(format!("bad {kind}: {error}"));
+        let bad = |reason: String| at(format!("bad {kind}: {reason}"));
         match kind.as_str() {
-            "Namespace" => objects.namespaces.push(from_value(value).map_err(bad)?),
-            "Pod" => objects.pods.push(from_value(value).map_err(bad)?),
+            "Namespace" => objects
+                .namespaces
+                .push(strict(value, Strictness::Metadata).map_err(bad)?),
+            "Pod" => objects
+                .pods
+                .push(strict(value, Strictness::Metadata).map_err(bad)?),
             "NetworkPolicy" => {
-                let policy: NetworkPolicy = from_value(value).map_err(bad)?;
+                let policy: NetworkPolicy = strict(value, Strictness::Whole).map_err(bad)?;
                 // Checked here as compiling would, so that an invalid policy keeps its file's
                 // last good content in force rather than leaving it out.
                 if let Err(rejected) = check_policy(&policy) {
@@ -151,11 +158,69 @@ fn parse_documents(text: &str) -> Result<PolicyObjects, String> {
     Ok(objects)
 }
 
+/// Which unknown fields make a document bad.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// Any: a misspelt field of a NetworkPolicy (`matchLabel`, `polcyTypes`) would otherwise
+    /// be dropped silently, and a selector left empty selects everything.
+    Whole,
+    /// Under `metadata` only (a misspelt `labels`): Pods and Namespaces exported from a newer
+    /// cluster may carry spec and status fields this build does not know, which policy never
+    /// reads.
+    Metadata,
+}
+
+/// Deserializes `value`, refusing the unknown fields `strictness` covers (which the
+/// Kubernetes types would otherwise ignore), as the API server's strict field validation does.
+fn strict<T: serde::de::DeserializeOwned>(
+    value: serde_yaml_ng::Value,
+    strictness: Strictness,
+) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let parsed: T = serde_ignored::deserialize(value, |path| {
+        let path = field_path(&path);
+        if strictness == Strictness::Whole || path == "metadata" || path.starts_with("metadata.") {
+            unknown.push(path);
+        }
+    })
+    .map_err(|error| error.to_string())?;
+    match unknown.as_slice() {
+        [] => Ok(parsed),
+        fields => Err(format!("unknown field {}", fields.join(", "))),
+    }
+}
+
+/// A field's path as written in YAML: `spec.ingress.0.from`, leaving out the `Option` and
+/// newtype layers serde sees.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    let join = |parent: &Path<'_>, part: &dyn std::fmt::Display| {
+        let parent = field_path(parent);
+        if parent.is_empty() {
+            part.to_string()
+        } else {
+            format!("{parent}.{part}")
+        }
+    };
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(parent, index),
+        Path::Map { parent, key } => join(parent, key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
 /// The last good content of every policy file, carried from one read of the directory to
 /// the next.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyFiles {
     last_good: BTreeMap<String, PolicyObjects>,
+    /// A read has been complete (and its rule set published): a bad file seen after that is
+    /// new or was deleted since, so it held nothing. Before, it may hold policies in force
+    /// before the agent (re)started.
+    complete_once: bool,
 }
 
 impl PolicyFiles {
@@ -192,7 +257,7 @@ impl PolicyFiles {
                     last_good.insert(file.clone(), objects);
                     InForce::LastGood
                 }
-                None if unreadable => InForce::PreviousRuleSet,
+                None if unreadable || !self.complete_once => InForce::PreviousRuleSet,
                 None => InForce::Nothing,
             };
             merged.incomplete |= in_force == InForce::PreviousRuleSet;
@@ -203,6 +268,7 @@ impl PolicyFiles {
             });
         }
         self.last_good = last_good;
+        self.complete_once |= !merged.incomplete;
         merged.objects = self.objects();
         merged.rejected.sort_by(|a, b| a.file.cmp(&b.file));
         merged

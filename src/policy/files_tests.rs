@@ -115,22 +115,43 @@ fn a_deleted_file_is_gone_even_after_it_was_bad() {
 }
 
 #[test]
-fn a_file_never_good_contributes_nothing_and_is_reported() {
+fn a_file_bad_since_the_start_holds_the_rule_set_until_fixed_or_deleted() {
     let mut files_seen = PolicyFiles::default();
-    // Bad from the start.
+    // Bad when the agent starts: it may hold policies in force before a restart.
     let start = files_seen.merge(files(vec![
         ("a.yaml", good(&policy("a"))),
         ("b.yaml", bad("typo")),
     ]));
-    assert_eq!(in_force(&start), ["x/a"]);
-    assert_eq!(rejected(&start), [("b.yaml", InForce::Nothing)]);
-    assert!(!start.incomplete, "a bad file does not hold the rule set");
-    // A new file that is bad.
+    assert!(
+        start.incomplete,
+        "a rule set without b's policies may be published"
+    );
+    assert_eq!(rejected(&start), [("b.yaml", InForce::PreviousRuleSet)]);
+    let fixed = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&policy("b"))),
+    ]));
+    assert!(!fixed.incomplete && fixed.rejected.is_empty());
+    assert_eq!(in_force(&fixed), ["x/a", "x/b"]);
+
+    // Deleting the bad file instead releases the rule set too.
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![("b.yaml", bad("typo"))]));
+    let deleted = files_seen.merge(files(vec![("a.yaml", good(&policy("a")))]));
+    assert!(!deleted.incomplete);
+    assert_eq!(in_force(&deleted), ["x/a"]);
+}
+
+#[test]
+fn a_new_file_that_is_bad_contributes_nothing_and_is_reported() {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![("a.yaml", good(&policy("a")))]));
     let new = files_seen.merge(files(vec![
         ("a.yaml", good(&policy("a"))),
         ("b.yaml", bad("typo")),
         ("c.yaml", bad("typo")),
     ]));
+    assert!(!new.incomplete, "a new bad file does not hold the rule set");
     assert_eq!(in_force(&new), ["x/a"]);
     assert_eq!(
         rejected(&new),
@@ -250,4 +271,34 @@ fn in_force_codes_are_its_json_names() {
             serde_json::json!(in_force.code())
         );
     }
+}
+
+#[test]
+fn a_misspelt_networkpolicy_field_makes_the_file_bad_not_the_selector_empty() {
+    let typo = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                metadata: {name: a, namespace: x}\n\
+                spec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabel: {app: web}}\n";
+    parse_bad(
+        typo,
+        "unknown field spec.ingress.0.from.0.podSelector.matchLabel",
+    );
+    let typo = policy("a").replace("spec: {", "spec: {polcyTypes: [Ingress], ");
+    parse_bad(&typo, "bad NetworkPolicy: unknown field spec.polcyTypes");
+    // Spelt right, the same policy is taken.
+    good(&typo.replace("polcyTypes", "policyTypes"));
+}
+
+#[test]
+fn pods_and_namespaces_are_strict_in_metadata_only() {
+    parse_bad(
+        &pod("p", "10.244.1.2").replace("namespace: x", "namespace: x, label: {app: web}"),
+        "unknown field metadata.label",
+    );
+    parse_bad(
+        "kind: Namespace\nmetadata: {name: x, lables: {team: a}}\n",
+        "bad Namespace: unknown field metadata.lables",
+    );
+    // A field this build does not know outside metadata (an export from a newer cluster) is
+    // no reason to refuse a Pod: policy reads none of it.
+    good(&pod("p", "10.244.1.2").replace("status: {", "status: {newerField: 1, "));
 }

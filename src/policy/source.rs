@@ -15,7 +15,17 @@ use super::files::{DirRead, FileRead, Merged, PolicyFiles, RejectedPolicyFile, p
 /// Reads every `.yaml`, `.yml` and `.json` file of `dir` (hidden files aside), each parsed.
 pub fn read_dir(dir: &Path) -> DirRead {
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        // An entry that cannot be listed makes the listing unknown: it must not look like a
+        // deleted file.
+        Ok(entries) => match entries.map(|e| e.map(|e| e.path())).collect() {
+            Ok(paths) => paths,
+            Err(error) => {
+                return DirRead::Unreadable {
+                    dir: dir.display().to_string(),
+                    reason: format!("listing it failed: {error}"),
+                };
+            }
+        },
         Err(error) => {
             return DirRead::Unreadable {
                 dir: dir.display().to_string(),
@@ -51,8 +61,8 @@ fn is_policy_file(path: &Path) -> bool {
         && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
 }
 
-/// What the directory holds now, for an agent that has never read it before: files that
-/// cannot be used contribute nothing.
+/// What the directory holds now, for an agent that has never read it before: a file that
+/// cannot be used makes the read incomplete.
 pub fn read_once(dir: &Path) -> Merged {
     PolicyFiles::default().merge(read_dir(dir))
 }
@@ -136,7 +146,8 @@ pub async fn watch_dir(
             } else {
                 publish_objects(&sets, &merged, &dir);
             }
-            // After the rule set: a report seen means the read it comes from is in force.
+            // After the rule set: a report seen means the rule set of the read it comes from
+            // has been handed to the agent.
             report_rejected(&rejected, merged.rejected);
         }
         tokio::select! {
@@ -340,13 +351,18 @@ spec: {podSelector: {}}
         let merged = read_once(dir.path());
         assert!(merged.incomplete);
         assert_eq!(merged.rejected[0].in_force, InForce::PreviousRuleSet);
-        // A file that is read but not UTF-8 is bad content, rejected like bad YAML.
+        // A file that is read but not UTF-8 is bad content, rejected like bad YAML (which,
+        // on a first read, also holds the rule set).
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("bad.yaml"), [0xff, 0xfe, 0x00]).unwrap();
         let merged = read_once(other.path());
-        assert!(!merged.incomplete);
+        assert!(merged.incomplete);
         assert_eq!(merged.rejected.len(), 1);
-        assert_eq!(merged.rejected[0].in_force, InForce::Nothing);
+        assert!(
+            merged.rejected[0].reason.contains("UTF-8"),
+            "{:?}",
+            merged.rejected
+        );
 
         let (task, receiver, mut rejected) = watch(&missing);
         let report = next(&mut rejected).await;
