@@ -191,7 +191,7 @@ pub fn render(
         failures.inc_by(apply_failures);
         registry.register(
             "weft_datapath_apply_failures",
-            "Datapath updates (peers, weft's routes) that failed; a failed one is retried every 2 s",
+            "Datapath updates (peers, weft's routes) and periodic kernel repairs that failed; a failed one is retried every 2 s",
             failures,
         );
         let evictions = Counter::<u64>::default();

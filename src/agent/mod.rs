@@ -292,7 +292,11 @@ async fn serve_node(
             _ = sleep_until(retry_apply_at), if retry_apply_at.is_some() => false,
             _ = repair_tick.tick(), if datapath.is_some() && retry_apply_at.is_none() => {
                 if let Some(datapath) = &datapath {
-                    retry_apply_at = note_apply(&shared, datapath.repair().await);
+                    let repaired = datapath.repair().await;
+                    if let Ok(count) = repaired && count > 0 {
+                        tracing::warn!(count, "put back kernel state changed behind weft's back");
+                    }
+                    retry_apply_at = note_apply(&shared, repaired.map(|_| ()));
                 }
                 continue;
             }
@@ -406,9 +410,8 @@ async fn start_datapath(
     Ok(Some(datapath))
 }
 
-/// Sleeps until `deadline`; never returns without one.
-/// Records how applying the mesh to the kernel went (readiness, the failure counter, the log)
-/// and returns when to try again, if it failed.
+/// Records how applying the mesh to the kernel (an update, or the periodic repair) went
+/// (readiness, the failure counter, the log) and returns when to try again, if it failed.
 fn note_apply(
     shared: &SharedStatus,
     applied: Result<(), DatapathError>,
@@ -428,6 +431,7 @@ fn note_apply(
         .then(|| tokio::time::Instant::now() + APPLY_RETRY)
 }
 
+/// Sleeps until `deadline`; never returns without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -70,6 +71,9 @@ pub struct Kernel {
     handle: Handle,
     plumbing: Plumbing,
     link_index: u32,
+    /// The IPv6 rule is part of this node's state: required (IPv6 blocks), or the kernel
+    /// took it at setup. Otherwise (a kernel without IPv6) it is neither expected nor repaired.
+    ipv6_rule: bool,
     _connection: tokio::task::JoinHandle<()>,
 }
 
@@ -88,51 +92,74 @@ impl Kernel {
             .ok()
             .flatten()
             .ok_or_else(|| KernelError::NoLink(plumbing.interface.clone()))?;
-        let kernel = Self {
+        let mut kernel = Self {
             handle,
             plumbing,
             link_index: link.header.index,
+            ipv6_rule: true,
             _connection: connection,
         };
         kernel.configure_link().await?;
-        // Rules left by an earlier run may differ (another mark or table): replace them.
+        // Rules left by an earlier run are replaced.
         kernel.remove_rules().await?;
-        for version in [IpVersion::V4, IpVersion::V6] {
-            kernel.add_rule(version).await?;
-        }
+        kernel.add_rule(IpVersion::V4).await?;
+        kernel.ipv6_rule = kernel.add_rule(IpVersion::V6).await?;
         Ok(kernel)
     }
 
     /// Puts back what something else changed behind weft's back: the TUN's MTU, state and
     /// addresses, and a missing rule (added, never removed and re-added, so traffic is never
-    /// left without the rule). Routes are [`Kernel::sync_routes`]'s. Idempotent.
-    pub async fn repair(&self) -> Result<(), KernelError> {
-        self.configure_link().await?;
-        for version in [IpVersion::V4, IpVersion::V6] {
-            if !self.has_rule(version.clone()).await? {
+    /// left without the rule). Routes are [`Kernel::sync_routes`]'s. Idempotent; returns how
+    /// many things it put back.
+    pub async fn repair(&self) -> Result<usize, KernelError> {
+        let mut repaired = self.configure_link().await?;
+        let mut versions = vec![IpVersion::V4];
+        if self.ipv6_rule {
+            versions.push(IpVersion::V6);
+        }
+        for version in versions {
+            if self.our_rules(version.clone()).await?.is_empty() {
                 tracing::warn!(
                     ?version,
                     priority = self.plumbing.rule_priority,
                     "weft's rule was missing; adding it again"
                 );
-                self.add_rule(version).await?;
+                repaired += usize::from(self.add_rule(version).await?);
             }
         }
-        Ok(())
+        Ok(repaired)
     }
 
-    /// The TUN's MTU, up, and its addresses.
-    async fn configure_link(&self) -> Result<(), KernelError> {
-        self.handle
+    /// The TUN's MTU, up, and its addresses; returns how many of them it had to set.
+    async fn configure_link(&self) -> Result<usize, KernelError> {
+        let mut changed = 0;
+        let link = self
+            .handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(self.link_index)
-                    .mtu(self.plumbing.mtu)
-                    .up()
-                    .build(),
-            )
+            .get()
+            .match_index(self.link_index)
             .execute()
-            .await?;
+            .try_next()
+            .await?
+            .ok_or_else(|| KernelError::NoLink(self.plumbing.interface.clone()))?;
+        let up = link.header.flags.contains(LinkFlags::Up);
+        let mtu = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        });
+        if !up || mtu != Some(self.plumbing.mtu) {
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(self.link_index)
+                        .mtu(self.plumbing.mtu)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await?;
+            changed += 1;
+        }
         for address in &self.plumbing.tunnel_addresses {
             let len = if address.is_ipv4() { 32 } else { 128 };
             match self
@@ -142,12 +169,12 @@ impl Kernel {
                 .execute()
                 .await
             {
-                Ok(()) => {}
+                Ok(()) => changed += 1,
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_eexist() => {}
                 Err(error) => return Err(error.into()),
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn is_our_rule(&self, rule: &RuleMessage) -> bool {
@@ -165,6 +192,8 @@ impl Kernel {
         table == self.plumbing.table
             && priority == Some(self.plumbing.rule_priority)
             && mark == Some(self.plumbing.fwmark)
+            && rule.header.action == RuleAction::ToTable
+            && rule.header.flags.contains(RuleFlags::Invert)
     }
 
     async fn our_rules(&self, version: IpVersion) -> Result<Vec<RuleMessage>, KernelError> {
@@ -178,13 +207,18 @@ impl Kernel {
         Ok(rules.into_iter().filter(|r| self.is_our_rule(r)).collect())
     }
 
-    async fn has_rule(&self, version: IpVersion) -> Result<bool, KernelError> {
-        Ok(!self.our_rules(version).await?.is_empty())
-    }
-
     async fn remove_rules(&self) -> Result<(), KernelError> {
         for version in [IpVersion::V4, IpVersion::V6] {
-            for rule in self.our_rules(version).await? {
+            let rules = match self.our_rules(version.clone()).await {
+                Ok(rules) => rules,
+                // A kernel without IPv6 has no IPv6 rules to list.
+                Err(error) if version == IpVersion::V6 && !self.plumbing.require_ipv6 => {
+                    tracing::debug!(%error, "cannot list IPv6 rules; the node has no IPv6 blocks");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            for rule in rules {
                 self.handle.rule().del(rule).execute().await?;
             }
         }
@@ -192,7 +226,9 @@ impl Kernel {
     }
 
     /// Adds the rule sending traffic without weft's mark to weft's table, for one family.
-    async fn add_rule(&self, version: IpVersion) -> Result<(), KernelError> {
+    /// Returns whether it was added (an IPv6 rule a kernel without IPv6 refuses is not, on a
+    /// node without IPv6 blocks).
+    async fn add_rule(&self, version: IpVersion) -> Result<bool, KernelError> {
         let p = &self.plumbing;
         let v6 = version == IpVersion::V6;
         let mut request = self
@@ -211,12 +247,12 @@ impl Kernel {
         };
         message.header.flags |= RuleFlags::Invert;
         match request.execute().await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // A kernel without IPv6 refuses the rule: fine for an IPv4-only node, fatal for a
             // node with IPv6 Pods, whose traffic would otherwise leave in clear.
             Err(error) if v6 && !p.require_ipv6 => {
                 tracing::debug!(%error, "cannot add the IPv6 rule; the node has no IPv6 blocks");
-                Ok(())
+                Ok(false)
             }
             Err(error) => Err(error.into()),
         }
@@ -258,21 +294,24 @@ impl Kernel {
         Ok(current)
     }
 
-    /// Makes weft's table hold exactly `desired`.
+    /// Makes weft's table hold exactly `desired`; returns how many routes it removed or added.
     pub async fn sync_routes(
         &self,
         desired: &BTreeSet<(IpNetwork, TableRoute)>,
-    ) -> Result<(), KernelError> {
+    ) -> Result<usize, KernelError> {
         let current = self.current_routes().await?;
+        let mut changed = 0;
         for (prefix, kind) in current.difference(desired) {
             let message = self.route_message(*prefix, *kind)?;
             self.handle.route().del(message).execute().await?;
+            changed += 1;
         }
         for (prefix, kind) in desired.difference(&current) {
             let message = self.route_message(*prefix, *kind)?;
             self.handle.route().add(message).replace().execute().await?;
+            changed += 1;
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn route_message(
@@ -314,7 +353,8 @@ impl Kernel {
     /// Removes weft's rules and routes (clean shutdown).
     pub async fn teardown(&self) -> Result<(), KernelError> {
         self.remove_rules().await?;
-        self.sync_routes(&BTreeSet::new()).await
+        self.sync_routes(&BTreeSet::new()).await?;
+        Ok(())
     }
 }
 

@@ -293,23 +293,33 @@ impl Datapath {
         if let Ok(mut desired) = self.desired.lock() {
             *desired = Some(table.clone());
         }
-        self.kernel.repair().await?;
-        self.kernel.sync_routes(&table).await?;
-        Ok(())
+        self.apply_kernel(Some(&table)).await.map(|_| ())
     }
 
     /// Puts the kernel state back as the last mesh asked for, whatever changed it since (a TUN
-    /// set down, a rule or route deleted by hand): run periodically by the agent.
-    pub async fn repair(&self) -> Result<(), DatapathError> {
+    /// set down, a rule or route deleted by hand): run periodically by the agent. Returns how
+    /// many things it put back.
+    pub async fn repair(&self) -> Result<usize, DatapathError> {
         let table = match self.desired.lock() {
             Ok(desired) => desired.clone(),
             Err(_) => return Err(DatapathError::Stopped),
         };
-        self.kernel.repair().await?;
-        if let Some(table) = table {
-            self.kernel.sync_routes(&table).await?;
-        }
-        Ok(())
+        self.apply_kernel(table.as_ref()).await
+    }
+
+    /// Repairs the link and rules and syncs the routes to `table` (if known yet). The routes
+    /// are synced even if the link repair fails, so peers that come and go still get their
+    /// routes and backstops; the first error is returned.
+    async fn apply_kernel(
+        &self,
+        table: Option<&BTreeSet<(IpNetwork, TableRoute)>>,
+    ) -> Result<usize, DatapathError> {
+        let repaired = self.kernel.repair().await;
+        let synced = match table {
+            Some(table) => self.kernel.sync_routes(table).await,
+            None => Ok(0),
+        };
+        Ok(repaired? + synced?)
     }
 
     /// Live datapath counters, refreshed every second and after every mesh change.
