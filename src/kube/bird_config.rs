@@ -32,6 +32,8 @@ pub enum BirdSourceError {
     BadPodCidr(String, String),
     #[error("no Node named {0:?} in the cluster")]
     NoOwnNode(String),
+    #[error("route reflector {name:?} is left out of the BIRD configuration: {reason}")]
+    ReflectorLeftOut { name: String, reason: String },
     #[error(transparent)]
     Render(#[from] BirdConfigError),
     #[error("the Node watch stopped")]
@@ -64,15 +66,18 @@ pub fn render_nodes<'a>(
     settings: &BirdSettings,
 ) -> Result<String, BirdSourceError> {
     let mut bird_nodes = Vec::new();
+    // Nodes left out, and why (a reflector left out is an error of its own).
+    let mut left_out: BTreeMap<String, String> = BTreeMap::new();
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         // Our own node must be right; another node that cannot be routed to yet (no address,
         // a bad podCIDR) is left out, so it does not hold up everyone else.
-        let skip = |error: BirdSourceError| {
+        let mut skip = |error: BirdSourceError| {
             if name == own {
                 Err(error)
             } else {
                 tracing::warn!(%error, "leaving the node out of the BIRD configuration");
+                left_out.insert(name.clone(), error.to_string());
                 Ok(())
             }
         };
@@ -113,13 +118,29 @@ pub fn render_nodes<'a>(
         let reachable = session_addresses(&me, node).is_some();
         if !reachable {
             tracing::warn!(node = %node.name, "leaving the node out of the BIRD configuration: it shares no address family with this node");
+            left_out.insert(
+                node.name.clone(),
+                "it shares no address family (IPv4 or IPv6) with this node".into(),
+            );
         }
         reachable
     });
-    leave_out_shared(&me, &mut bird_nodes, "address", |n| n.addresses().collect());
-    leave_out_shared(&me, &mut bird_nodes, "router id", |n| {
+    leave_out_shared(&me, &mut bird_nodes, &mut left_out, "address", |n| {
+        n.addresses().collect()
+    });
+    leave_out_shared(&me, &mut bird_nodes, &mut left_out, "router id", |n| {
         n.router_id().map(IpAddr::V4).into_iter().collect()
     });
+    if let Some((name, reason)) = settings
+        .route_reflectors
+        .iter()
+        .find_map(|r| Some((r, left_out.get(r)?)))
+    {
+        return Err(BirdSourceError::ReflectorLeftOut {
+            name: name.clone(),
+            reason: reason.clone(),
+        });
+    }
     bird_nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(render(&me, &bird_nodes, settings)?)
 }
@@ -129,6 +150,7 @@ pub fn render_nodes<'a>(
 fn leave_out_shared(
     me: &BirdNode,
     nodes: &mut Vec<BirdNode>,
+    left_out: &mut BTreeMap<String, String>,
     what: &str,
     keys: impl Fn(&BirdNode) -> Vec<IpAddr>,
 ) {
@@ -143,6 +165,10 @@ fn leave_out_shared(
             .find(|key| mine.contains(key) || holders.get(key) > Some(&1));
         if let Some(shared) = shared {
             tracing::warn!(node = %node.name, %shared, "leaving the node out of the BIRD configuration: another node has its {what}");
+            left_out.insert(
+                node.name.clone(),
+                format!("another node has its {what} {shared}"),
+            );
         }
         shared.is_none()
     });
@@ -322,6 +348,22 @@ mod tests {
         ] {
             assert!(!conf.contains(gone), "{gone} in {conf}");
         }
+    }
+
+    #[test]
+    fn a_route_reflector_left_out_is_an_error_that_says_why() {
+        let nodes = [
+            node("n1", "2001:2::1", "fd00:10:244:1::/64"),
+            node("n2", "198.18.0.2", "10.244.2.0/24"),
+        ];
+        let mut with_reflector = settings();
+        with_reflector.route_reflectors = ["n1".to_string()].into();
+        let error = render_nodes(nodes.iter(), "n2", &with_reflector).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "route reflector \"n1\" is left out of the BIRD configuration: it shares no \
+             address family (IPv4 or IPv6) with this node"
+        );
     }
 
     #[test]
