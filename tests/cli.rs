@@ -276,3 +276,62 @@ fn key_status_without_an_agent_says_so() {
         assert!(stdout(&out).trim().is_empty(), "{}", stdout(&out));
     }
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_fields_on_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |sub: &str| dir.path().join(sub).to_str().unwrap().to_string();
+    let log = dir.path().join("agent.log");
+    // A control-plane-only agent in a namespace of its own: it only reads routes there.
+    let mut ns = common::Netns::new(&format!("wtlog-{}", std::process::id()));
+    ns.process = Some(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, common::weft_bin()])
+            .args(["--log-format", "json", "agent", "--node-name", "n1"])
+            .args(["--address", "198.18.0.1", "--block", "10.244.1.0/24"])
+            .args([
+                "--registry-dir",
+                &path("registry"),
+                "--key-dir",
+                &path("keys"),
+            ])
+            .args(["--run-dir", &path("run"), "--no-datapath"])
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = common::wait_for(
+        std::time::Duration::from_secs(20),
+        "the agent to log that it started",
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .find(|l| l.contains("agent started"))
+                .map(String::from)
+        },
+    );
+    let line: serde_json::Value = serde_json::from_str(&started)
+        .unwrap_or_else(|e| panic!("not a JSON object ({e}): {started}"));
+    assert_eq!(line["message"], "agent started", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["node"], "n1", "{line}");
+    drop(ns);
+    for text in std::fs::read_to_string(&log).unwrap().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object()),
+            "a log line that is not a JSON object: {text}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_naming_the_choices() {
+    let out = weft(&["--log-format", "xml", "key", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = stderr(&out);
+    assert!(
+        message.contains("--log-format") && message.contains("text, json"),
+        "{message}"
+    );
+}

@@ -8,13 +8,13 @@ mod apiserver;
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apiserver::ApiServer;
 use common::{
-    http_get, in_netns, require_root, run, run_ok, wait_for, weft_bin, weft_key_status,
-    weft_policy_check, weft_status,
+    Netns, http_get, in_netns, run_ok, wait_for, weft_bin, weft_key_status, weft_policy_check,
+    weft_status,
 };
 use serde_json::{Value, json};
 
@@ -23,25 +23,22 @@ const HEALTH: &str = "127.0.0.1:9720";
 /// A network namespace standing in for node n1: an underlay 198.18.0.1/24 and routes of
 /// protocol bird to n2's and n3's Pod blocks. Removed on drop, with everything in it.
 struct Node1 {
+    /// Its `process` is the agent.
+    netns: Netns,
     ns: String,
     dir: tempfile::TempDir,
-    agent: Option<Child>,
     api: Option<ApiServer>,
 }
 
 impl Node1 {
     fn new(ns: &str) -> Node1 {
-        require_root();
-        let _ = run("ip", &["netns", "del", ns]);
-        run_ok("ip", &["netns", "add", ns]);
         let node = Node1 {
+            netns: Netns::new(ns),
             ns: ns.to_string(),
             dir: tempfile::tempdir().unwrap(),
-            agent: None,
             api: None,
         };
         for cmd in [
-            "link set lo up",
             // No dummy module here: a veth pair with both ends inside the namespace.
             "link add d0 type veth peer name d1",
             "addr add 198.18.0.1/24 dev d0",
@@ -85,7 +82,7 @@ impl Node1 {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.agent = Some(child);
+        self.netns.process = Some(child);
     }
 
     fn log(&self) -> String {
@@ -156,17 +153,6 @@ impl Node1 {
 
     fn ready(&self) -> Option<bool> {
         self.get("/readyz").map(|(code, _)| code == 200)
-    }
-}
-
-impl Drop for Node1 {
-    fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        self.api.take();
-        let _ = run("ip", &["netns", "del", &self.ns]);
     }
 }
 

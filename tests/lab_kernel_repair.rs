@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, http_get, run, run_ok, wait_for};
+use common::{Lab, Netns, http_get, run_ok, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 /// Where the agents of a lab started with `--health-address` serve health and metrics (each
@@ -40,23 +40,6 @@ fn kernel_state(lab: &Lab) -> (String, String, String) {
         run_ok("ip", &["-n", &n1, "rule", "show", "priority", "5210"]),
         run_ok("ip", &["-6", "-n", &n1, "rule", "show", "priority", "5210"]),
     )
-}
-
-/// A network namespace the TUN is parked in, deleted (with anything still in it) on drop.
-struct Parking(String);
-
-impl Parking {
-    fn new(name: String) -> Self {
-        let _ = run("ip", &["netns", "del", &name]);
-        run_ok("ip", &["netns", "add", &name]);
-        Parking(name)
-    }
-}
-
-impl Drop for Parking {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.0]);
-    }
 }
 
 #[test]
@@ -127,8 +110,11 @@ fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_
     });
     // ... and n1's TUN is moved into another namespace under the agent (the packet loop keeps
     // running): n1's kernel now has no such link to set up or route into.
-    let parking = Parking::new(format!("{}-park", lab.name));
-    run_ok("ip", &["-n", &n1, "link", "set", &tun, "netns", &parking.0]);
+    let parking = Netns::new(&format!("{}-park", lab.name));
+    run_ok(
+        "ip",
+        &["-n", &n1, "link", "set", &tun, "netns", &parking.name],
+    );
     lab.script(&["start-agent", "2"]);
 
     // (a) n2's return is one event; applying it fails, and readiness says so.
@@ -177,7 +163,10 @@ fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_
     // (c) The cause goes away (no event for the agent, which watches no link state): the TUN
     // comes back, down and without its address; the next retry sets it up again, readiness
     // returns, and the route and rule are in place.
-    run_ok("ip", &["-n", &parking.0, "link", "set", &tun, "netns", &n1]);
+    run_ok(
+        "ip",
+        &["-n", &parking.name, "link", "set", &tun, "netns", &n1],
+    );
     wait_for(CONVERGE, "n1 to be ready again", || {
         let (code, body) = http_get(&n1, HEALTH, "/readyz")?;
         (code == 200 && body == "ready\n").then_some(())

@@ -6,28 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{require_root, run_ok, wait_for, weft_bin, weft_status};
-
-/// A network namespace (and the agent in it) that is removed on drop, even when the test fails.
-struct Netns {
-    name: String,
-    agent: Option<Child>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
+use common::{Netns, require_root, run_ok, wait_for, weft_bin, weft_status};
 
 fn learned_routes(ns: &str, run_dir: &str) -> Option<u64> {
     let status = weft_status(ns, run_dir)?;
@@ -47,13 +29,7 @@ fn bulk_route_changes_are_all_learned_and_nothing_else() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("wtroute-{}", std::process::id());
-    let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    run_ok("ip", &["netns", "add", &name]);
-    let mut ns = Netns {
-        name: name.clone(),
-        agent: None,
-    };
-    run_ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
+    let mut ns = Netns::new(&name);
     run_ok(
         "ip",
         &[
@@ -71,7 +47,7 @@ fn bulk_route_changes_are_all_learned_and_nothing_else() {
     let run_dir = tmp.path().join("run");
     let run_dir = run_dir.to_str().unwrap().to_string();
     let dir = |sub: &str| tmp.path().join(sub).to_str().unwrap().to_string();
-    ns.agent = Some(
+    ns.process = Some(
         Command::new("ip")
             .args([
                 "netns",

@@ -18,8 +18,25 @@ use crate::status::Status;
     about = "WireGuard-encrypted overlay mesh agent for Kubernetes"
 )]
 pub struct Cli {
+    /// How to write the log (stderr; the level comes from RUST_LOG, default info): text, or
+    /// json (one object per line, fields at the top level, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "WEFT_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

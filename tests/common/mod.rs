@@ -131,6 +131,38 @@ pub fn http_get(ns: &str, address: &str, path: &str) -> Option<(u16, String)> {
     })
 }
 
+/// A network namespace a test creates (any left over from an earlier run replaced), with
+/// its loopback up, and the process the test runs in it: the process is killed and the
+/// namespace deleted on drop, even when the test fails.
+pub struct Netns {
+    pub name: String,
+    pub process: Option<std::process::Child>,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        require_root();
+        let _ = run("ip", &["netns", "del", name]);
+        run_ok("ip", &["netns", "add", name]);
+        let ns = Netns {
+            name: name.to_string(),
+            process: None,
+        };
+        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
 pub fn require_root() {
     let uid = run_ok("id", &["-u"]);
     assert_eq!(
