@@ -9,11 +9,12 @@
 #
 # Environment: WEFT_LAB (lab name, default "weft"), WEFT_BIN (weft binary; default: built with
 # cargo), WEFT_LAB_NO_AGENT=1 (no agents), WEFT_AGENT_ARGS (extra `weft agent` flags),
-# WEFT_LAB_PODS (Pods per node, 1-8, default 2).
+# WEFT_LAB_PODS (Pods per node, 1-8, default 2), WEFT_LAB_IPV6=1 (dual-stack: node K also gets
+# 2001:2::K/64 and the Pod block fd00:10:244:K::/64; the lab stays dual-stack until `down`).
 #
 # Nothing here touches the root namespace's interfaces or routes: every link is created inside
 # a lab namespace, the bridge has a namespace of its own, and only 198.18.0.0/24 (underlay) and
-# 10.244.0.0/16 (Pods) are used.
+# 10.244.0.0/16 (Pods) are used, plus 2001:2::/64 and fd00:10:244::/48 when dual-stack.
 set -euo pipefail
 
 LAB=${WEFT_LAB:-weft}
@@ -21,12 +22,16 @@ RUN=/run/$LAB
 CNI_PATH=${CNI_PATH:-/usr/lib/cni}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PODS_PER_NODE=${WEFT_LAB_PODS:-2}
+IPV6=${WEFT_LAB_IPV6:-0}
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*"; }
 
 [[ $LAB =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "WEFT_LAB must be 1-8 lowercase letters/digits, starting with a letter (got '$LAB')"
 [[ $PODS_PER_NODE =~ ^[1-8]$ ]] || die "WEFT_LAB_PODS must be 1-8 (got '$PODS_PER_NODE')"
+[[ $IPV6 =~ ^[01]$ ]] || die "WEFT_LAB_IPV6 must be 0 or 1 (got '$IPV6')"
+# A lab brought up dual-stack stays so for every later command.
+[ -f "$RUN/ipv6" ] && IPV6=1
 
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (it creates network namespaces); try: sudo $0 $*"
@@ -94,6 +99,10 @@ setup_node() {
     ip -n "$ns" addr replace "198.18.0.$k/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+    if [ "$IPV6" = 1 ]; then
+        ip -n "$ns" addr replace "2001:2::$k/64" dev eth0 nodad
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1
+    fi
 }
 
 bird_conf() {
@@ -112,8 +121,19 @@ template bgp peer {
     hold time 6; keepalive time 2; connect retry time 2; error wait time 1, 5;
     direct;
     ipv4 { import all; export where proto = "pods"; next hop self; };
-}
 EOF
+    # Dual-stack: the IPv6 block travels over the same IPv4 sessions, next hop this node's
+    # IPv6 address (as `weft bird-config` renders dual-stack nodes).
+    if [ "$IPV6" = 1 ]; then
+        cat <<EOF
+    ipv6 { import all; export filter { if proto = "pods6" then { bgp_next_hop = 2001:2::$k; accept; } reject; }; };
+}
+protocol static pods6 { ipv6; route fd00:10:244:$k::/64 unreachable; }
+protocol kernel kernel6 { ipv6 { import none; export where source = RTS_BGP; }; }
+EOF
+    else
+        echo "}"
+    fi
     for ((j = 1; j <= n; j++)); do
         [ "$j" -eq "$k" ] && continue
         echo "protocol bgp n$j from peer { neighbor 198.18.0.$j as 64512; }"
@@ -154,10 +174,15 @@ setup_bird() {
 
 cni() {
     local command=$1 k=$2 p=$3 conf
+    local ranges="[{\"subnet\":\"10.244.$k.0/24\"}]" routes='{"dst":"10.244.0.0/16"}'
+    if [ "$IPV6" = 1 ]; then
+        ranges+=",[{\"subnet\":\"fd00:10:244:$k::/64\"}]"
+        routes+=',{"dst":"fd00:10:244::/48"}'
+    fi
     conf=$(cat <<EOF
 {"cniVersion":"0.4.0","name":"$LAB-n$k","type":"ptp","ipMasq":false,"mtu":1420,
  "ipam":{"type":"host-local","dataDir":"$RUN/n$k/ipam",
-         "ranges":[[{"subnet":"10.244.$k.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}]}}
+         "ranges":[$ranges],"routes":[$routes]}}
 EOF
 )
     ip netns exec "$(node_ns "$k")" env CNI_COMMAND="$command" CNI_CONTAINERID="$(pod_ns "$k" "$p")" \
@@ -166,7 +191,7 @@ EOF
 }
 
 setup_pods() {
-    local k=$1 p ns result ip
+    local k=$1 p ns result ip ip6
     for ((p = 1; p <= PODS_PER_NODE; p++)); do
         ns=$(pod_ns "$k" "$p")
         if ns_exists "$ns" && grep -q "^$ns " "$RUN/n$k/pods" 2>/dev/null; then continue; fi
@@ -174,36 +199,46 @@ setup_pods() {
         result=$(cni ADD "$k" "$p") || die "CNI ADD failed for $ns: $result"
         ip=$(sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' <<<"$result" | head -n1)
         [ -n "$ip" ] || die "CNI gave $ns no address: $result"
+        if [ "$IPV6" = 1 ]; then
+            ip6=$(sed -n 's/.*"address": *"\([0-9a-f]*:[0-9a-f:]*\)\/[0-9]*".*/\1/p' <<<"$result" | head -n1)
+            [ -n "$ip6" ] || die "CNI gave $ns no IPv6 address: $result"
+            ip+=" $ip6"
+        fi
         echo "$ns $ip" >> "$RUN/n$k/pods"
     done
     write_pod_objects "$k"
 }
 
 # The lab's Pods as Kubernetes objects (namespace "lab", Pod "nK-pJ", labels node/pod), for
-# the agents' policy source.
+# the agents' policy source. A dual-stack Pod lists both addresses in status.podIPs.
 write_pod_objects() {
-    local k=$1 ns ip p
+    local k=$1 ns ip ip6 p pod_ips
     mkdir -p "$RUN/policy"
     [ -f "$RUN/policy/namespace.yaml" ] || printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: lab, labels: {lab: "%s"}}\n' "$LAB" > "$RUN/policy/namespace.yaml"
     : > "$RUN/policy/.pods-n$k.yaml"
-    while read -r ns ip; do
+    while read -r ns ip ip6; do
         p=${ns##*-}
-        printf -- '---\napiVersion: v1\nkind: Pod\nmetadata: {name: n%s-%s, namespace: lab, labels: {node: n%s, pod: %s}}\nspec:\n  nodeName: n%s\n  containers: [{name: main, ports: [{name: http, containerPort: 8080}]}]\nstatus: {podIP: %s}\n' \
-            "$k" "$p" "$k" "$p" "$k" "$ip" >> "$RUN/policy/.pods-n$k.yaml"
+        pod_ips=""
+        [ -z "$ip6" ] || pod_ips=", podIPs: [{ip: $ip}, {ip: \"$ip6\"}]"
+        printf -- '---\napiVersion: v1\nkind: Pod\nmetadata: {name: n%s-%s, namespace: lab, labels: {node: n%s, pod: %s}}\nspec:\n  nodeName: n%s\n  containers: [{name: main, ports: [{name: http, containerPort: 8080}]}]\nstatus: {podIP: %s%s}\n' \
+            "$k" "$p" "$k" "$p" "$k" "$ip" "$pod_ips" >> "$RUN/policy/.pods-n$k.yaml"
     done < "$RUN/n$k/pods"
     mv "$RUN/policy/.pods-n$k.yaml" "$RUN/policy/pods-n$k.yaml"
 }
 
 start_agent() {
-    local k=$1 bin=$2
+    local k=$1 bin=$2 dual_stack=""
     local dir="$RUN/n$k"
     alive "$dir/agent.pid" && return 0
+    if [ "$IPV6" = 1 ]; then
+        dual_stack="--address 2001:2::$k --block fd00:10:244:$k::/64 --pod-cidr fd00:10:244::/48"
+    fi
     # A socket left by an agent that was killed would make wait_agent return too early.
     rm -f "$dir/admin.sock"
     RUST_LOG=${RUST_LOG:-info} setsid ip netns exec "$(node_ns "$k")" "$bin" agent \
         --node-name "n$k" --address "198.18.0.$k" --block "10.244.$k.0/24" --pod-cidr 10.244.0.0/16 \
         --interface "${LAB}n$k" --policy-dir "$RUN/policy" \
-        --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" ${WEFT_AGENT_ARGS:-} \
+        --registry-dir "$RUN/registry" --key-dir "$dir/keys" --run-dir "$dir" $dual_stack ${WEFT_AGENT_ARGS:-} \
         >>"$dir/agent.log" 2>&1 < /dev/null &
     echo $! > "$dir/agent.pid"
 }
@@ -225,9 +260,13 @@ cmd_up() {
     [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "node count must be 1-200 (got '$n')"
     require_root up
     install_packages
+    if [ "$IPV6" = 1 ] && [ -f "$RUN/nodes" ] && [ ! -f "$RUN/ipv6" ]; then
+        die "lab '$LAB' is up IPv4-only; run '$0 down' before bringing it up dual-stack"
+    fi
     [ -n "${WEFT_LAB_NO_AGENT:-}" ] || bin=$(weft_bin)
     mkdir -p "$RUN/registry" "$RUN/policy"
     echo "$n" > "$RUN/nodes"
+    if [ "$IPV6" = 1 ]; then touch "$RUN/ipv6"; fi
     setup_bridge
     for ((k = 1; k <= n; k++)); do
         setup_node "$k"
@@ -248,6 +287,8 @@ cmd_up() {
     local other
     other=$(awk 'NR==1 {print $2}' "$RUN/n$n/pods")
     echo "  ip netns exec $(pod_ns 1 1) ping -c 3 $other"
+    other=$(awk 'NR==1 {print $3}' "$RUN/n$n/pods")
+    [ -z "$other" ] || echo "  ip netns exec $(pod_ns 1 1) ping -c 3 $other"
     echo "  $0 stop-bird 2   /   $0 start-bird 2"
     echo "  tail -f $RUN/n1/agent.log"
     echo "  $0 down"
@@ -282,7 +323,9 @@ cmd_status() {
         local bird=down agent=down
         alive "$RUN/n$k/bird.pid" && bird=up
         alive "$RUN/n$k/agent.pid" && agent=up
-        echo "n$k  198.18.0.$k  10.244.$k.0/24  bird=$bird  agent=$agent  pods: $(awk '{print $2}' "$RUN/n$k/pods" 2>/dev/null | xargs)"
+        local v6=""
+        [ "$IPV6" = 1 ] && v6="  2001:2::$k  fd00:10:244:$k::/64"
+        echo "n$k  198.18.0.$k  10.244.$k.0/24$v6  bird=$bird  agent=$agent  pods: $(awk '{$1 = ""; print}' "$RUN/n$k/pods" 2>/dev/null | xargs)"
     done
 }
 
@@ -300,5 +343,5 @@ case "${1:-}" in
     start-bird) require_root; node_arg "${2:-}"; start_bird "$2" ;;
     stop-agent) require_root; node_arg "${2:-}"; stop_pidfile "$RUN/n$2/agent.pid" ;;
     start-agent) require_root; node_arg "${2:-}"; start_agent "$2" "$(weft_bin)"; wait_agent "$2" ;;
-    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -202,6 +202,18 @@ fn lab_refuses_bad_input_with_clear_messages() {
         stderr(&bad_name)
     );
 
+    let bad_ipv6 = lab_sh(
+        &["up"],
+        &[("WEFT_LAB", "wtcli"), ("WEFT_LAB_IPV6", "yes")],
+        false,
+    );
+    assert!(!bad_ipv6.status.success());
+    assert!(
+        stderr(&bad_ipv6).contains("WEFT_LAB_IPV6"),
+        "{}",
+        stderr(&bad_ipv6)
+    );
+
     let bad_count = lab_sh(&["up", "many"], &[("WEFT_LAB", "wtcli")], false);
     assert!(!bad_count.status.success());
     assert!(

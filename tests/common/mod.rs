@@ -193,6 +193,8 @@ pub struct Lab {
     /// Extra `weft agent` flags for every agent of this lab.
     pub agent_args: String,
     pub pods_per_node: usize,
+    /// Dual-stack (`WEFT_LAB_IPV6=1`): IPv6 underlay, Pod blocks and Pod addresses too.
+    pub dual_stack: bool,
 }
 
 impl Lab {
@@ -208,16 +210,32 @@ impl Lab {
 
     /// Like `up_with`, with `pods_per_node` Pods on every node (1-8).
     pub fn up_with_pods(name: &str, nodes: usize, pods_per_node: usize, agent_args: &str) -> Lab {
-        require_root();
-        // The guard exists before `up` runs so a half-built lab is torn down too.
-        let lab = Lab {
+        Self::bring_up(Lab {
             name: name.to_string(),
             nodes,
             agent_args: agent_args.to_string(),
             pods_per_node,
-        };
+            dual_stack: false,
+        })
+    }
+
+    /// Like `up`, dual-stack: node K also has `2001:2::K`, the block `fd00:10:244:K::/64` and
+    /// an IPv6 address on every Pod (see [`Lab::pods6`]).
+    pub fn up_dual_stack(name: &str, nodes: usize) -> Lab {
+        Self::bring_up(Lab {
+            name: name.to_string(),
+            nodes,
+            agent_args: String::new(),
+            pods_per_node: 2,
+            dual_stack: true,
+        })
+    }
+
+    fn bring_up(lab: Lab) -> Lab {
+        require_root();
+        // The guard exists before `up` runs so a half-built lab is torn down too.
         lab.down_quietly();
-        lab.script(&["up", &nodes.to_string()]);
+        lab.script(&["up", &lab.nodes.to_string()]);
         lab
     }
 
@@ -229,6 +247,7 @@ impl Lab {
             .env("WEFT_BIN", weft_bin())
             .env("WEFT_AGENT_ARGS", &self.agent_args)
             .env("WEFT_LAB_PODS", self.pods_per_node.to_string())
+            .env("WEFT_LAB_IPV6", if self.dual_stack { "1" } else { "0" })
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
@@ -339,41 +358,81 @@ impl Lab {
     /// Pings from n1's Pod `from` to `to` fail, nothing Pod-addressed crosses the underlay
     /// meanwhile, and n1's table holds `route`.
     pub fn assert_blackholed(&self, from: &str, to: &str, route: &str) {
+        self.assert_blackholed_on(1, from, to, route);
+    }
+
+    /// Pings from node `k`'s Pod `from` to `to` fail, nothing Pod-addressed crosses the
+    /// underlay meanwhile, and node `k`'s table holds `route`.
+    pub fn assert_blackholed_on(&self, k: usize, from: &str, to: &str, route: &str) {
         let clear = Capture::start(self, CLEAR_POD_TRAFFIC);
         assert!(
             !self.ping(from, to, 3),
             "{to} is reachable without a verified peer"
         );
-        let leaked = clear.stop();
-        assert!(
-            leaked.is_empty(),
-            "traffic to {to} left in clear:\n{}",
-            leaked.join("\n")
-        );
+        clear.assert_nothing(&format!("traffic to {to} left in clear"));
+        let family = if to.contains(':') { "-6" } else { "-4" };
         let table = run_ok(
             "ip",
-            &["-n", &self.node_ns(1), "route", "show", "table", "51820"],
+            &[
+                family,
+                "-n",
+                &self.node_ns(k),
+                "route",
+                "show",
+                "table",
+                "51820",
+            ],
         );
         assert!(
             table.contains(route),
-            "{route} missing from n1's table:\n{table}"
+            "{route} missing from n{k}'s table:\n{table}"
         );
     }
 }
 
-/// Any packet on the underlay whose outer header carries a Pod address is a leak.
-pub const CLEAR_POD_TRAFFIC: &str = "net 10.244.0.0/16";
+/// Any packet on the underlay whose outer header carries a Pod address (IPv4, or IPv6 in a
+/// dual-stack lab) is a leak.
+pub const CLEAR_POD_TRAFFIC: &str = "net 10.244.0.0/16 or ip6 net fd00:10:244::/48";
 
 impl Lab {
     /// (netns, IP) of every Pod on node `k`, as the lab recorded them.
     pub fn pods(&self, k: usize) -> Vec<(String, String)> {
+        self.pod_addresses(k, 1)
+    }
+
+    /// (netns, IPv6 address) of every Pod on node `k` of a dual-stack lab.
+    pub fn pods6(&self, k: usize) -> Vec<(String, String)> {
+        self.pod_addresses(k, 2)
+    }
+
+    /// (netns, column `column` of the lab's Pod list: 1 the IPv4, 2 the IPv6 address).
+    fn pod_addresses(&self, k: usize, column: usize) -> Vec<(String, String)> {
         let text = std::fs::read_to_string(format!("/run/{}/n{k}/pods", self.name)).unwrap();
         text.lines()
             .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+                let parts: Vec<&str> = l.split_whitespace().collect();
+                Some((parts.first()?.to_string(), parts.get(column)?.to_string()))
             })
             .collect()
+    }
+
+    /// Every Pod of `pods` (node, netns, addresses) pings and reaches TCP port 8080 (a
+    /// [`tcp_server`] must answer there) on every address of every Pod of another node.
+    pub fn assert_pods_reach_remote_pods(&self, pods: &[(usize, String, Vec<String>)]) {
+        for (k, from, _) in pods {
+            for (j, to_ns, addresses) in pods {
+                if k == j {
+                    continue;
+                }
+                for to in addresses {
+                    assert!(self.ping(from, to, 5), "{from} cannot ping {to_ns} ({to})");
+                    assert!(
+                        tcp_reaches(from, to),
+                        "{from} cannot reach TCP on {to_ns} ({to})"
+                    );
+                }
+            }
+        }
     }
 
     /// Whether a ping from netns `from` reaches `to` (up to `tries` single pings).
@@ -438,6 +497,12 @@ impl Capture {
             .collect()
     }
 
+    /// Stops the capture and asserts it saw nothing; `what` says what a packet would mean.
+    pub fn assert_nothing(self, what: &str) {
+        let seen = self.stop();
+        assert!(seen.is_empty(), "{what}:\n{}", seen.join("\n"));
+    }
+
     fn finish(&mut self) {
         if let Some(mut child) = self.child.take() {
             std::thread::sleep(Duration::from_millis(500));
@@ -455,16 +520,31 @@ impl Drop for Capture {
     }
 }
 
-/// A TCP server in netns `ns` that answers every connection with "weft\n".
+/// A TCP server in netns `ns` that answers every connection on IPv4 port 8080 with "weft\n".
 pub fn tcp_server(ns: &str) -> std::process::Child {
+    answering_server(
+        ns,
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', 8080)); s.listen(16)\n",
+    )
+}
+
+/// Like [`tcp_server`], on IPv6 and IPv4.
+pub fn tcp_server_dual_stack(ns: &str) -> std::process::Child {
+    answering_server(
+        ns,
+        "s = socket.create_server(('::', 8080), family=socket.AF_INET6, dualstack_ipv6=True, backlog=16)\n",
+    )
+}
+
+/// Python in netns `ns` that runs `listen` (binding a listening socket `s`) and then answers
+/// every connection with "weft\n".
+fn answering_server(ns: &str, listen: &str) -> std::process::Child {
     std::process::Command::new("ip")
         .args(["netns", "exec", ns, "python3", "-c"])
-        .arg(
-            "import socket\n\
-             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('0.0.0.0', 8080)); s.listen(16)\n\
-             while True:\n    c, _ = s.accept(); c.sendall(b'weft\\n'); c.close()\n",
-        )
+        .arg(format!(
+            "import socket\n{listen}while True:\n    c, _ = s.accept(); c.sendall(b'weft\\n'); c.close()\n"
+        ))
         .spawn()
         .unwrap()
 }
