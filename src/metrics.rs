@@ -187,6 +187,12 @@ pub fn render(
             "Capacity of the connection tracking table",
             to_i64(datapath.conntrack_capacity),
         );
+        gauge(
+            &mut registry,
+            "weft_conntrack_revoked_flows",
+            "Flows a rule set change revoked, held apart until idle for their timeout",
+            to_i64(datapath.conntrack_revoked_flows),
+        );
         let failures = Counter::<u64>::default();
         failures.inc_by(apply_failures);
         registry.register(
@@ -200,6 +206,13 @@ pub fn render(
             "weft_conntrack_evictions",
             "Flows evicted from a full connection tracking table",
             evictions,
+        );
+        let revoked_evictions = Counter::<u64>::default();
+        revoked_evictions.inc_by(datapath.conntrack_revoked_evictions);
+        registry.register(
+            "weft_conntrack_revoked_evictions",
+            "Revoked flows evicted from a full table before their timeout",
+            revoked_evictions,
         );
         let policy = &datapath.policy;
         gauge(
@@ -291,6 +304,11 @@ mod tests {
             ..PeerTraffic::default()
         });
         datapath.drops.insert("malformed".into(), 5);
+        datapath.conntrack_flows = 12;
+        datapath.conntrack_capacity = 64;
+        datapath.conntrack_evictions = 4;
+        datapath.conntrack_revoked_flows = 2;
+        datapath.conntrack_revoked_evictions = 1;
         datapath.policy.verdicts.insert("denied_ingress".into(), 9);
         datapath.policy.address_conflicts = 2;
         datapath
@@ -340,6 +358,11 @@ mod tests {
             "weft_policy_files_rejected{in_force=\"nothing\"} 0",
             "weft_policy_files_rejected{in_force=\"previous_rule_set\"} 0",
             "weft_datapath_apply_failures_total 3",
+            "weft_conntrack_flows 12",
+            "weft_conntrack_capacity_flows 64",
+            "weft_conntrack_evictions_total 4",
+            "weft_conntrack_revoked_flows 2",
+            "weft_conntrack_revoked_evictions_total 1",
             "weft_learned_routes 2",
             "weft_key_epoch 4",
             "weft_key_rotation_in_progress 1",

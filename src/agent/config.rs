@@ -117,7 +117,8 @@ pub struct AgentArgs {
     /// no --policy-dir, they come from the Kubernetes API.
     #[arg(long, value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
-    /// Most flows connection tracking holds [default: 65536].
+    /// Most live flows connection tracking holds, and most revoked ones besides
+    /// [default: 65536].
     #[arg(long, value_name = "FLOWS")]
     pub conntrack_max: Option<std::num::NonZeroUsize>,
     /// Run the control plane only: no TUN, no encryption (status and records still work).

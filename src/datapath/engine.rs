@@ -191,6 +191,7 @@ impl Engine {
         let drops = drops.to_map();
         let conntrack = policy.gate.conntrack();
         let (flows, evictions) = (conntrack.len(), conntrack.evictions);
+        let (revoked, revoked_evictions) = (conntrack.revoked_len(), conntrack.revoked_evictions);
         let capacity = conntrack.capacity();
         let policy = policy
             .counters
@@ -202,6 +203,8 @@ impl Engine {
             status.conntrack_flows = flows;
             status.conntrack_capacity = capacity;
             status.conntrack_evictions = evictions;
+            status.conntrack_revoked_flows = revoked;
+            status.conntrack_revoked_evictions = revoked_evictions;
             status.policy = policy;
         });
     }

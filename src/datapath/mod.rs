@@ -71,7 +71,8 @@ pub struct DatapathConfig {
     pub encryption: Encryption,
     /// Where the WireGuard userspace API socket is served.
     pub uapi_socket: std::path::PathBuf,
-    /// Most flows connection tracking holds; when full, the least recently used is evicted.
+    /// Most live flows (and, apart, revoked ones) connection tracking holds; when full, the
+    /// least recently used is evicted.
     pub conntrack_max: std::num::NonZeroUsize,
     /// A NetworkPolicy source is configured: decrypted packets are dropped until its first
     /// rule set is in force (without one, nothing is isolated).

@@ -124,6 +124,12 @@ pub struct DatapathStatus {
     pub conntrack_capacity: usize,
     #[serde(default)]
     pub conntrack_evictions: u64,
+    /// Revoked flows (denied by a rule set change, held apart until idle for their timeout;
+    /// as many fit as `conntrack_capacity`), and revoked flows evicted to make room.
+    #[serde(default)]
+    pub conntrack_revoked_flows: usize,
+    #[serde(default)]
+    pub conntrack_revoked_evictions: u64,
     /// NetworkPolicy on decrypted packets: the rule set in force, verdicts, denials.
     #[serde(default)]
     pub policy: super::policy_stats::PolicyStatus,

@@ -3,8 +3,12 @@
 //! rule set version it was last judged under; a flow judged denied after a rule set change is
 //! kept as *revoked*, so neither direction can bring it back (an outbound packet answering a
 //! revoked inbound flow does not open a flow of its own), until it has been idle for its
-//! timeout. Bounded: when full, the least recently used flow is evicted and counted. Time is
-//! passed in.
+//! timeout or is judged allowed again. Time is passed in.
+//!
+//! Two bounded tables, each evicting its least recently used flow when full and counting it:
+//! live flows, which any packet policy allows can add, and revoked flows, which only a rule
+//! set change adds (a flow moves there when judged denied, and back when judged allowed). A
+//! remote Pod opening many flows therefore evicts live flows only, never a revocation.
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -79,10 +83,16 @@ pub struct Judged {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     last_seen: Instant,
-    /// This node sent the flow's first packet (its key is the outbound direction); otherwise
-    /// the key is the inbound direction policy allowed.
+    /// This node sent the flow's first packet; otherwise policy allowed it inbound.
     opened_here: bool,
     judged: Judged,
+}
+
+impl Entry {
+    /// Whether it has been idle for longer than `timeout` at `now`.
+    fn expired(&self, timeout: Duration, now: Instant) -> bool {
+        now.duration_since(self.last_seen) > timeout
+    }
 }
 
 /// What a lookup found.
@@ -96,31 +106,64 @@ pub enum Tracked {
     Miss,
 }
 
+impl Tracked {
+    fn of(entry: &Entry) -> Self {
+        if entry.opened_here {
+            Tracked::Reply(entry.judged)
+        } else {
+            Tracked::Inbound(entry.judged)
+        }
+    }
+}
+
 pub struct Conntrack {
+    /// Live flows, by their first direction: outbound for a flow opened here, inbound
+    /// otherwise.
     flows: LruCache<FlowKey, Entry>,
+    /// Revoked flows, by the direction of their decrypted packets (inbound), whoever opened
+    /// them: one probe finds them from either side. Grows as flows are revoked, up to
+    /// `revoked_capacity`.
+    revoked: LruCache<FlowKey, Entry>,
+    revoked_capacity: usize,
     timeouts: Timeouts,
+    /// Live flows evicted from a full table.
     pub evictions: u64,
+    /// Revoked flows evicted from a full table (forgotten before their timeout).
+    pub revoked_evictions: u64,
 }
 
 impl Conntrack {
+    /// Tables for `capacity` live flows and as many revoked ones: a rule set change can revoke
+    /// every tracked flow without evicting a revocation.
     pub fn new(capacity: NonZeroUsize, timeouts: Timeouts) -> Self {
         Self {
             flows: LruCache::new(capacity),
+            revoked: LruCache::unbounded(),
+            revoked_capacity: capacity.get(),
             timeouts,
             evictions: 0,
+            revoked_evictions: 0,
         }
     }
 
+    /// How many live flows the table holds (as many revoked ones besides).
     pub fn capacity(&self) -> usize {
         self.flows.cap().get()
     }
 
+    /// Live flows.
     pub fn len(&self) -> usize {
         self.flows.len()
     }
 
+    /// No live flow.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+
+    /// Revoked flows.
+    pub fn revoked_len(&self) -> usize {
+        self.revoked.len()
     }
 
     fn insert(&mut self, key: FlowKey, entry: Entry) {
@@ -128,6 +171,30 @@ impl Conntrack {
             self.evictions += 1;
         }
         self.flows.put(key, entry);
+    }
+
+    fn insert_revoked(&mut self, inbound: FlowKey, entry: Entry) {
+        if !self.revoked.contains(&inbound) && self.revoked.len() >= self.revoked_capacity {
+            self.revoked.pop_lru();
+            self.revoked_evictions += 1;
+        }
+        self.revoked.put(inbound, entry);
+    }
+
+    /// The revoked flow whose decrypted packets are `inbound`, refreshed at `now`; forgotten
+    /// if it has expired.
+    fn touch_revoked(&mut self, inbound: &FlowKey, now: Instant) -> Option<Entry> {
+        if self.revoked.is_empty() {
+            return None;
+        }
+        let timeout = self.timeouts.of(inbound.protocol);
+        let entry = self.revoked.get_mut(inbound)?;
+        if entry.expired(timeout, now) {
+            self.revoked.pop(inbound);
+            return None;
+        }
+        entry.last_seen = now;
+        Some(*entry)
     }
 
     /// Records a packet this node sends (an encrypted outbound packet), with `version` the rule
@@ -141,7 +208,7 @@ impl Conntrack {
         if let Some(entry) = self.flows.get_mut(&reverse)
             && !entry.opened_here
         {
-            if now.duration_since(entry.last_seen) <= timeout {
+            if !entry.expired(timeout, now) {
                 entry.last_seen = now;
                 return;
             }
@@ -149,9 +216,12 @@ impl Conntrack {
         }
         if let Some(entry) = self.flows.get_mut(&key)
             && entry.opened_here
-            && now.duration_since(entry.last_seen) <= timeout
+            && !entry.expired(timeout, now)
         {
             entry.last_seen = now;
+            return;
+        }
+        if self.touch_revoked(&reverse, now).is_some() {
             return;
         }
         self.insert(
@@ -183,15 +253,15 @@ impl Conntrack {
     }
 
     /// Looks up an inbound packet: a reply to a flow opened here, or a packet of an inbound
-    /// flow. Refreshes what it finds (revoked flows too: they stay revoked while in use);
-    /// forgets what has expired.
+    /// flow, live (probed first) or revoked. Refreshes what it finds (revoked flows too: they
+    /// stay revoked while in use); forgets what has expired.
     pub fn lookup_inbound(&mut self, key: &FlowKey, now: Instant) -> Tracked {
         let timeout = self.timeouts.of(key.protocol);
         let reverse = key.reversed();
         if let Some(entry) = self.flows.get_mut(&reverse)
             && entry.opened_here
         {
-            if now.duration_since(entry.last_seen) <= timeout {
+            if !entry.expired(timeout, now) {
                 entry.last_seen = now;
                 return Tracked::Reply(entry.judged);
             }
@@ -200,30 +270,50 @@ impl Conntrack {
         if let Some(entry) = self.flows.get_mut(key)
             && !entry.opened_here
         {
-            if now.duration_since(entry.last_seen) <= timeout {
+            if !entry.expired(timeout, now) {
                 entry.last_seen = now;
                 return Tracked::Inbound(entry.judged);
             }
             self.flows.pop(key);
         }
-        Tracked::Miss
+        match self.touch_revoked(key, now) {
+            Some(entry) => Tracked::of(&entry),
+            None => Tracked::Miss,
+        }
     }
 
     /// Records a new judgement of the tracked flow the inbound packet `key` belongs to (as
-    /// [`Conntrack::lookup_inbound`] found it): allowed, or revoked, under `version`. Nothing
-    /// happens if the packet belongs to no tracked flow.
+    /// [`Conntrack::lookup_inbound`] found it): allowed, or revoked, under `version`. A live
+    /// flow judged revoked moves to the revoked table, a revoked one judged allowed back to
+    /// the live table. Nothing happens if the packet belongs to no tracked flow.
     pub fn judge(&mut self, key: &FlowKey, version: u64, allowed: bool) {
         let judged = Judged {
             version,
             revoked: !allowed,
         };
-        if let Some(entry) = self.flows.peek_mut(&key.reversed())
-            && entry.opened_here
-        {
-            entry.judged = judged;
-        } else if let Some(entry) = self.flows.peek_mut(key)
-            && !entry.opened_here
-        {
+        let reverse = key.reversed();
+        let live_key = if self.flows.peek(&reverse).is_some_and(|e| e.opened_here) {
+            Some(reverse)
+        } else if self.flows.peek(key).is_some_and(|e| !e.opened_here) {
+            Some(*key)
+        } else {
+            None
+        };
+        if let Some(live_key) = live_key {
+            if allowed {
+                if let Some(entry) = self.flows.peek_mut(&live_key) {
+                    entry.judged = judged;
+                }
+            } else if let Some(mut entry) = self.flows.pop(&live_key) {
+                entry.judged = judged;
+                self.insert_revoked(*key, entry);
+            }
+        } else if allowed {
+            if let Some(mut entry) = self.revoked.pop(key) {
+                entry.judged = judged;
+                self.insert(if entry.opened_here { reverse } else { *key }, entry);
+            }
+        } else if let Some(entry) = self.revoked.peek_mut(key) {
             entry.judged = judged;
         }
     }
@@ -304,10 +394,11 @@ mod tests {
             ct.record_outbound(key(1).reversed(), 8, t);
             assert_eq!(ct.lookup_inbound(&key(1), t), Tracked::Inbound(revoked(8)));
         }
-        assert_eq!(ct.len(), 1);
-        // A later rule set may allow it again.
+        assert_eq!((ct.len(), ct.revoked_len()), (0, 1));
+        // A later rule set may allow it again: a live flow once more.
         ct.judge(&key(1), 9, true);
         assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(allowed(9)));
+        assert_eq!((ct.len(), ct.revoked_len()), (1, 0));
     }
 
     #[test]
@@ -319,7 +410,12 @@ mod tests {
         ct.judge(&reply, 2, false);
         ct.record_outbound(key(1), 2, t0 + Duration::from_secs(1));
         assert_eq!(ct.lookup_inbound(&reply, t0), Tracked::Reply(revoked(2)));
-        assert_eq!(ct.len(), 1);
+        assert_eq!((ct.len(), ct.revoked_len()), (0, 1));
+        // Allowed again: replies of a flow opened here once more.
+        ct.judge(&reply, 3, true);
+        assert_eq!(ct.lookup_inbound(&reply, t0), Tracked::Reply(allowed(3)));
+        ct.record_outbound(key(1), 3, t0);
+        assert_eq!((ct.len(), ct.revoked_len()), (1, 0));
     }
 
     #[test]
@@ -336,7 +432,63 @@ mod tests {
         let late = t1 + Duration::from_secs(3601);
         ct.record_outbound(key(1).reversed(), 2, late);
         assert_eq!(ct.lookup_inbound(&key(1), late), Tracked::Reply(allowed(2)));
-        assert_eq!(ct.len(), 1);
+        assert_eq!((ct.len(), ct.revoked_len()), (1, 0));
+    }
+
+    #[test]
+    fn an_idle_revoked_flow_is_forgotten_by_the_next_inbound_packet_too() {
+        let mut ct = table(8);
+        let t0 = Instant::now();
+        ct.record_inbound(key(1), 1, t0);
+        ct.judge(&key(1), 2, false);
+        let t1 = t0 + Duration::from_secs(3600);
+        assert_eq!(ct.lookup_inbound(&key(1), t1), Tracked::Inbound(revoked(2)));
+        let late = t1 + Duration::from_secs(3601);
+        assert_eq!(ct.lookup_inbound(&key(1), late), Tracked::Miss);
+        assert_eq!(ct.revoked_len(), 0);
+    }
+
+    #[test]
+    fn live_flows_filling_the_table_do_not_evict_a_revoked_flow() {
+        let mut ct = table(2);
+        let t0 = Instant::now();
+        ct.record_inbound(key(1), 1, t0);
+        ct.judge(&key(1), 2, false);
+        // The remote side opens many flows policy allows: live ones are evicted.
+        for sport in 2..20 {
+            ct.record_inbound(key(sport), 2, t0);
+        }
+        assert_eq!(ct.evictions, 16);
+        // The revocation stands: the local side's packet opens no flow.
+        ct.record_outbound(key(1).reversed(), 2, t0);
+        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(revoked(2)));
+        assert_eq!(
+            (ct.len(), ct.revoked_len(), ct.revoked_evictions),
+            (2, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_full_revoked_table_evicts_the_least_recently_used_and_counts_it() {
+        let mut ct = table(2);
+        let t0 = Instant::now();
+        for sport in 1..=3 {
+            ct.record_inbound(key(sport), 1, t0);
+            ct.judge(&key(sport), 2, false);
+            if sport == 2 {
+                // Touch flow 1, so flow 2 is the least recently used revoked flow.
+                ct.record_outbound(key(1).reversed(), 2, t0);
+            }
+        }
+        assert_eq!((ct.revoked_len(), ct.revoked_evictions), (2, 1));
+        assert_eq!(ct.evictions, 0);
+        assert_eq!(ct.lookup_inbound(&key(2), t0), Tracked::Miss);
+        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(revoked(2)));
+        assert_eq!(ct.lookup_inbound(&key(3), t0), Tracked::Inbound(revoked(2)));
+        // Judging a revoked flow revoked again is no eviction.
+        ct.judge(&key(3), 3, false);
+        assert_eq!(ct.lookup_inbound(&key(3), t0), Tracked::Inbound(revoked(3)));
+        assert_eq!(ct.revoked_evictions, 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   the rule set in force; after a change it is checked again.
 //! - A tracked flow found denied is kept as revoked: its packets are dropped until it has been
 //!   idle for its timeout (or a later rule set allows it again), whichever side keeps sending.
+//!   Revoked flows have a table of their own, which flows a remote Pod opens do not evict.
 //! - Anything else is checked against the rule set; if allowed, it is tracked.
 
 use std::sync::Arc;

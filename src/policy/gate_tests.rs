@@ -1,13 +1,35 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::*;
 use crate::policy::conntrack::{IPPROTO_TCP, Timeouts};
 use crate::policy::test_support::{isolate, world};
 
 fn gate(required: bool) -> PolicyGate {
-    let conntrack = Conntrack::new(NonZeroUsize::new(64).unwrap(), Timeouts::default());
+    gate_holding(64, required)
+}
+
+/// A gate whose connection tracking holds `capacity` live flows.
+fn gate_holding(capacity: usize, required: bool) -> PolicyGate {
+    let conntrack = Conntrack::new(NonZeroUsize::new(capacity).unwrap(), Timeouts::default());
     PolicyGate::new(conntrack, required)
+}
+
+/// Isolates `lab/s` for ingress, allowing `lab/c` on TCP `port` only.
+fn s_allows_c_on(port: u16) -> Value {
+    json!({
+        "metadata": {"name": "s-allows-c", "namespace": "lab"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "s"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": {"pod": "c"}}}],
+                "ports": [{"protocol": "TCP", "port": port}]
+            }]
+        }
+    })
 }
 
 /// `lab/c`:40000 -> `lab/s`:80 over TCP: inbound at the gate's node.
@@ -137,4 +159,91 @@ fn without_a_policy_source_everything_passes_from_the_start() {
     assert!(gate.synced());
     assert_eq!(gate.admit(&c_to_s(), Instant::now()), Admission::Allowed);
     assert_eq!(gate.version(), 0);
+}
+
+/// A gate holding 4 live flows where `lab/c` -> `lab/s`:80 ([`c_to_s`]) was allowed, answered
+/// by the server, then revoked at its next packet by a rule set that takes `lab/c` on port
+/// 8080 only; after which `lab/c` opened 16 flows to port 8080, more than the table holds.
+fn revoked_then_flooded(t0: Instant) -> PolicyGate {
+    let mut gate = gate_holding(4, false);
+    gate.set_policy(world(&[]));
+    let inbound = c_to_s();
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+    gate.record_outbound(inbound.reversed(), t0);
+
+    gate.set_policy(world(&[s_allows_c_on(8080)]));
+    assert_eq!(gate.admit(&inbound, t0), DENIED_S_INGRESS);
+
+    for sport in 50000..50016 {
+        let other = FlowKey {
+            src_port: sport,
+            dst_port: 8080,
+            ..inbound
+        };
+        assert_eq!(gate.admit(&other, t0), Admission::Allowed, "port {sport}");
+    }
+    assert_eq!(gate.conntrack().evictions, 12);
+    gate
+}
+
+#[test]
+fn a_remote_pod_opening_many_allowed_flows_cannot_evict_a_revoked_one() {
+    let t0 = Instant::now();
+    let mut gate = revoked_then_flooded(t0);
+    let inbound = c_to_s();
+
+    // The server still answers on the revoked flow: that opens no flow of its own, and the
+    // client's packets stay denied.
+    let t1 = t0 + Duration::from_secs(1);
+    gate.record_outbound(inbound.reversed(), t1);
+    assert_eq!(gate.admit(&inbound, t1), DENIED_S_INGRESS);
+    assert_eq!(gate.conntrack().revoked_evictions, 0);
+
+    // Idle for its timeout, the revocation is forgotten: the server's next packet opens a
+    // flow, whose replies pass.
+    let late = t1 + Duration::from_secs(3601);
+    gate.record_outbound(inbound.reversed(), late);
+    assert_eq!(gate.conntrack().revoked_len(), 0);
+    assert_eq!(gate.admit(&inbound, late), Admission::TrackedReply);
+}
+
+#[test]
+fn a_revoked_flow_is_allowed_again_by_a_later_rule_set_after_many_other_flows() {
+    let t0 = Instant::now();
+    let mut gate = revoked_then_flooded(t0);
+    let inbound = c_to_s();
+
+    gate.set_policy(world(&[s_allows_c_on(80)]));
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+    assert_eq!(gate.admit(&inbound, t0), Admission::TrackedAllowed);
+    assert_eq!(gate.conntrack().revoked_len(), 0);
+}
+
+#[test]
+fn revocations_beyond_the_revoked_tables_capacity_are_evicted_and_counted() {
+    let mut gate = gate_holding(2, false);
+    let t0 = Instant::now();
+    let flow = |sport: u16| FlowKey {
+        src_port: sport,
+        ..c_to_s()
+    };
+    // Two rule set changes, each revoking two flows allowed before it.
+    for round in 0..2u16 {
+        gate.set_policy(world(&[]));
+        for sport in [40000 + 2 * round, 40001 + 2 * round] {
+            assert_eq!(gate.admit(&flow(sport), t0), Admission::Allowed);
+        }
+        gate.set_policy(world(&[isolate("s", "Ingress")]));
+        for sport in [40000 + 2 * round, 40001 + 2 * round] {
+            assert_eq!(gate.admit(&flow(sport), t0), DENIED_S_INGRESS);
+        }
+    }
+    assert_eq!(gate.conntrack().revoked_len(), 2);
+    assert_eq!(gate.conntrack().revoked_evictions, 2);
+    // The first two were forgotten: the server's packet on one opens a flow.
+    gate.record_outbound(flow(40000).reversed(), t0);
+    assert_eq!(gate.admit(&flow(40000), t0), Admission::TrackedReply);
+    // The last two stand.
+    gate.record_outbound(flow(40003).reversed(), t0);
+    assert_eq!(gate.admit(&flow(40003), t0), DENIED_S_INGRESS);
 }
