@@ -59,6 +59,12 @@ fn ipv6_pod_traffic_crosses_nodes_only_encrypted_and_an_unverified_ipv6_block_fa
             ["5210: not from all fwmark 0x5746 lookup 51820"],
             "n{k} should hold weft's IPv6 rule exactly once"
         );
+        // With an IPv6 address, WireGuard may run over IPv6: room for its larger header.
+        let link = run_ok(
+            "ip",
+            &["-n", &lab.node_ns(k), "link", "show", &lab.interface(k)],
+        );
+        assert!(link.contains("mtu 1420"), "{link}");
     }
 
     // Every Pod reaches every Pod of every other node, over IPv6 and IPv4, and nothing

@@ -397,6 +397,10 @@ async fn start_datapath(
             rule_priority: settings.rule_priority,
             underlay_mtu: settings.underlay_mtu,
             underlay_address: config.addresses.first().copied(),
+            ipv6_underlay: crate::datapath::underlay_may_be_ipv6(
+                &config.addresses,
+                config.endpoint,
+            ),
             local_blocks: config.blocks.clone(),
             encryption: settings.encryption,
             uapi_socket: settings.uapi_socket.clone(),

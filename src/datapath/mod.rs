@@ -67,6 +67,9 @@ pub struct DatapathConfig {
     /// `None`: the MTU of the interface holding `underlay_address` (1500 if none does).
     pub underlay_mtu: Option<u32>,
     pub underlay_address: Option<IpAddr>,
+    /// WireGuard may run over IPv6 here (see [`underlay_may_be_ipv6`]): the TUN leaves room
+    /// for the larger IPv6 header.
+    pub ipv6_underlay: bool,
     pub local_blocks: Vec<IpNetwork>,
     pub encryption: Encryption,
     /// Where the WireGuard userspace API socket is served.
@@ -121,6 +124,13 @@ pub fn tunnel_mtu(underlay_mtu: u32, ipv6_underlay: bool) -> u32 {
     underlay_mtu.saturating_sub(overhead)
 }
 
+/// Whether WireGuard may run over IPv6 to or from this node: its endpoint, or any of its
+/// addresses (which peers may be given as endpoints, and over which peers with IPv6
+/// endpoints are reached), is IPv6. Then every packet must fit an IPv6 underlay.
+pub fn underlay_may_be_ipv6(addresses: &[IpAddr], endpoint: Option<std::net::SocketAddr>) -> bool {
+    endpoint.is_some_and(|e| e.is_ipv6()) || addresses.iter().any(IpAddr::is_ipv6)
+}
+
 /// The first host address of each family's first block: the tunnel's own address, so traffic
 /// the node itself sends to remote Pods carries a source peers accept.
 pub fn tunnel_addresses(blocks: &[IpNetwork]) -> Vec<IpAddr> {
@@ -171,8 +181,7 @@ impl Datapath {
             (None, Some(address)) => kernel::underlay_mtu(address).await?.unwrap_or(1500),
             (None, None) => 1500,
         };
-        let ipv6_underlay = config.underlay_address.is_some_and(|a| a.is_ipv6());
-        let mtu = tunnel_mtu(underlay_mtu, ipv6_underlay);
+        let mtu = tunnel_mtu(underlay_mtu, config.ipv6_underlay);
         let tun = tun_rs::DeviceBuilder::new()
             .name(config.interface.clone())
             .mtu(u16::try_from(mtu).unwrap_or(u16::MAX))
@@ -433,6 +442,24 @@ mod tests {
         assert_eq!(tunnel_mtu(1500, true), 1420);
         assert_eq!(tunnel_mtu(9000, false), 8940);
         assert_eq!(tunnel_mtu(40, false), 0);
+    }
+
+    #[test]
+    fn an_ipv6_address_or_endpoint_anywhere_makes_room_for_an_ipv6_underlay() {
+        let v4: IpAddr = "198.18.0.1".parse().unwrap();
+        let v6: IpAddr = "2001:2::1".parse().unwrap();
+        assert!(!underlay_may_be_ipv6(&[v4], None));
+        assert!(!underlay_may_be_ipv6(
+            &[v4],
+            Some("203.0.113.1:51820".parse().unwrap())
+        ));
+        // IPv4 first, but peers may reach this node over its IPv6 address.
+        assert!(underlay_may_be_ipv6(&[v4, v6], None));
+        assert!(underlay_may_be_ipv6(
+            &[v4],
+            Some("[2001:2::9]:51820".parse().unwrap())
+        ));
+        assert!(underlay_may_be_ipv6(&[v6], None));
     }
 
     #[test]
