@@ -141,6 +141,13 @@ fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_
         "a tunnel route despite the failure:\n{table}"
     );
     lab.assert_blackholed(&from, &to, "unreachable 10.244.2.0/24");
+    // A rule deleted meanwhile comes back although the TUN's repair keeps failing: Pod
+    // traffic must not follow the main table's BGP routes in clear.
+    run_ok("ip", &["-n", &n1, "rule", "del", "priority", "5210"]);
+    wait_for(Duration::from_secs(20), "n1's rule to be put back", || {
+        let rules = run_ok("ip", &["-n", &n1, "rule", "show", "priority", "5210"]);
+        (rules.lines().count() == 1).then_some(())
+    });
 
     // (b) With no input changing, the update is tried again (and fails again).
     let inputs = mesh_inputs(&lab).unwrap();

@@ -111,23 +111,31 @@ impl Kernel {
     /// addresses, and a missing rule (added, never removed and re-added, so traffic is never
     /// left without the rule). Routes are [`Kernel::sync_routes`]'s. Idempotent; returns how
     /// many things it put back.
+    /// Each part is tried whatever became of the others (a TUN gone must not keep a deleted
+    /// rule away); the first error is returned.
     pub async fn repair(&self) -> Result<usize, KernelError> {
-        let mut repaired = self.configure_link().await?;
+        let mut results = vec![self.configure_link().await];
         let mut versions = vec![IpVersion::V4];
         if self.ipv6_rule {
             versions.push(IpVersion::V6);
         }
         for version in versions {
-            if self.our_rules(version.clone()).await?.is_empty() {
-                tracing::warn!(
-                    ?version,
-                    priority = self.plumbing.rule_priority,
-                    "weft's rule was missing; adding it again"
-                );
-                repaired += usize::from(self.add_rule(version).await?);
-            }
+            results.push(self.repair_rule(version).await);
         }
-        Ok(repaired)
+        results.into_iter().sum()
+    }
+
+    /// Adds the rule of one family if it is missing; returns whether it did.
+    async fn repair_rule(&self, version: IpVersion) -> Result<usize, KernelError> {
+        if !self.our_rules(version.clone()).await?.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(
+            ?version,
+            priority = self.plumbing.rule_priority,
+            "weft's rule was missing; adding it again"
+        );
+        Ok(usize::from(self.add_rule(version).await?))
     }
 
     /// The TUN's MTU, up, and its addresses; returns how many of them it had to set.

@@ -131,10 +131,10 @@ fn parse_documents(text: &str) -> Result<PolicyObjects, String> {
         match kind.as_str() {
             "Namespace" => objects
                 .namespaces
-                .push(strict(value, Strictness::Metadata).map_err(bad)?),
+                .push(strict(value, Strictness::Namespace).map_err(bad)?),
             "Pod" => objects
                 .pods
-                .push(strict(value, Strictness::Metadata).map_err(bad)?),
+                .push(strict(value, Strictness::Pod).map_err(bad)?),
             "NetworkPolicy" => {
                 let policy: NetworkPolicy = strict(value, Strictness::Whole).map_err(bad)?;
                 // Checked here as compiling would, so that an invalid policy keeps its file's
@@ -164,10 +164,31 @@ enum Strictness {
     /// Any: a misspelt field of a NetworkPolicy (`matchLabel`, `polcyTypes`) would otherwise
     /// be dropped silently, and a selector left empty selects everything.
     Whole,
-    /// Under `metadata` only (a misspelt `labels`): Pods and Namespaces exported from a newer
-    /// cluster may carry spec and status fields this build does not know, which policy never
-    /// reads.
-    Metadata,
+    /// Where policy reads a Pod: its top level, `metadata` (labels), the keys of `spec` and
+    /// `status` (`hostNetwork`, `podIP`, `phase`), and its containers' `ports`. A misspelt
+    /// `podIp` would leave the Pod without an address, and an unknown address is isolated by
+    /// nothing. Deeper unknown fields (an export from a newer cluster) are accepted.
+    Pod,
+    /// A Namespace's top level and `metadata` (labels).
+    Namespace,
+}
+
+impl Strictness {
+    /// Whether an unknown field at `path` (as [`field_path`] writes it) makes the document bad.
+    fn refuses(self, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('.').collect();
+        matches!(
+            (self, parts.as_slice()),
+            (Self::Whole, _)
+                | (_, [_] | ["metadata", ..])
+                | (Self::Pod, ["spec" | "status", _])
+                | (Self::Pod, ["spec", "containers" | "initContainers", _, _])
+                | (
+                    Self::Pod,
+                    ["spec", "containers" | "initContainers", _, "ports", ..]
+                )
+        )
+    }
 }
 
 /// Deserializes `value`, refusing the unknown fields `strictness` covers (which the
@@ -179,7 +200,7 @@ fn strict<T: serde::de::DeserializeOwned>(
     let mut unknown = Vec::new();
     let parsed: T = serde_ignored::deserialize(value, |path| {
         let path = field_path(&path);
-        if strictness == Strictness::Whole || path == "metadata" || path.starts_with("metadata.") {
+        if strictness.refuses(&path) {
             unknown.push(path);
         }
     })

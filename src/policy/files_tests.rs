@@ -289,16 +289,46 @@ fn a_misspelt_networkpolicy_field_makes_the_file_bad_not_the_selector_empty() {
 }
 
 #[test]
-fn pods_and_namespaces_are_strict_in_metadata_only() {
-    parse_bad(
-        &pod("p", "10.244.1.2").replace("namespace: x", "namespace: x, label: {app: web}"),
-        "unknown field metadata.label",
-    );
+fn pods_and_namespaces_are_strict_where_policy_reads_them() {
+    let pod = pod("p", "10.244.1.2");
+    for (typo, field) in [
+        (
+            pod.replace("namespace: x", "namespace: x, label: {app: web}"),
+            "metadata.label",
+        ),
+        (
+            pod.replace("status: {podIP", "status: {podIp"),
+            "status.podIp",
+        ),
+        (pod.replace("status:", "stauts:"), "stauts"),
+        (
+            format!("{pod}spec: {{hostNetwrk: true}}\n"),
+            "spec.hostNetwrk",
+        ),
+        (
+            format!("{pod}spec: {{containers: [{{name: c, port: [{{containerPort: 80}}]}}]}}\n"),
+            "spec.containers.0.port",
+        ),
+        (
+            format!(
+                "{pod}spec: {{containers: [{{name: c, ports: [{{name: http, contanerPort: 80}}]}}]}}\n"
+            ),
+            "spec.containers.0.ports.0.contanerPort",
+        ),
+    ] {
+        parse_bad(&typo, &format!("bad Pod: unknown field {field}"));
+    }
     parse_bad(
         "kind: Namespace\nmetadata: {name: x, lables: {team: a}}\n",
         "bad Namespace: unknown field metadata.lables",
     );
-    // A field this build does not know outside metadata (an export from a newer cluster) is
-    // no reason to refuse a Pod: policy reads none of it.
-    good(&pod("p", "10.244.1.2").replace("status: {", "status: {newerField: 1, "));
+    // Deeper fields this build does not know (an export from a newer cluster) are no reason
+    // to refuse a Pod: policy reads none of them.
+    good(&format!(
+        "{}spec: {{containers: [{{name: c, resources: {{newerField: 1}}}}]}}\n",
+        pod.replace(
+            "status: {",
+            "status: {conditions: [{type: Ready, newerField: 1}], "
+        )
+    ));
 }

@@ -38,18 +38,28 @@ pub fn read_dir(dir: &Path) -> DirRead {
         .into_iter()
         .filter(|path| is_policy_file(path))
         .map(|path| {
-            let read = match std::fs::read_to_string(&path) {
-                Ok(text) => parse_file(&text),
-                // Read, but not UTF-8: bad content, like bad YAML.
-                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                    FileRead::Bad(error.to_string())
+            let read = match std::fs::metadata(&path) {
+                // A FIFO or device would block the read (and the watch with it) or never end.
+                Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+                    FileRead::Bad("not a regular file (nor a link to one)".into())
                 }
-                Err(error) => FileRead::Unreadable(error.to_string()),
+                _ => read_file(&path),
             };
             (path.display().to_string(), read)
         })
         .collect();
     DirRead::Files(files)
+}
+
+fn read_file(path: &Path) -> FileRead {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(&text),
+        // Read, but not UTF-8: bad content, like bad YAML.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            FileRead::Bad(error.to_string())
+        }
+        Err(error) => FileRead::Unreadable(error.to_string()),
+    }
 }
 
 fn is_policy_file(path: &Path) -> bool {
@@ -360,6 +370,20 @@ spec: {podSelector: {}}
         assert_eq!(merged.rejected.len(), 1);
         assert!(
             merged.rejected[0].reason.contains("UTF-8"),
+            "{:?}",
+            merged.rejected
+        );
+
+        // A FIFO named like a policy file would block the read forever: it is refused.
+        let fifo = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(fifo.path().join("pipe.yaml"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let merged = read_once(fifo.path());
+        assert!(
+            merged.rejected[0].reason.contains("not a regular file"),
             "{:?}",
             merged.rejected
         );

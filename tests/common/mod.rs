@@ -461,7 +461,8 @@ impl Capture {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("capture.txt");
         let out = std::fs::File::create(&file).unwrap();
-        let child = Command::new("ip")
+        let log = dir.path().join("tcpdump.log");
+        let mut child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -474,11 +475,25 @@ impl Capture {
             ])
             .arg(filter)
             .stdout(out)
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        // tcpdump needs a moment to attach.
-        std::thread::sleep(Duration::from_millis(1000));
+        // A capture that never started would find nothing and prove nothing: wait until
+        // tcpdump says it listens.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            if said.contains("listening on") {
+                break;
+            }
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tcpdump {filter:?} did not start ({exited:?}): {said}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Capture {
             child: Some(child),
             file,
