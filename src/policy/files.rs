@@ -25,6 +25,27 @@ impl PolicyObjects {
         PolicySet::compile(&self.policies, &self.namespaces, &self.pods)
     }
 
+    /// Every object's kind and name, as in `NetworkPolicy x/a`.
+    fn ids(&self) -> impl Iterator<Item = String> + '_ {
+        let id = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            let name = meta.name.as_deref().unwrap_or_default();
+            match &meta.namespace {
+                Some(namespace) => format!("{kind} {namespace}/{name}"),
+                None => format!("{kind} {name}"),
+            }
+        };
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(move |n| id("Namespace", &n.metadata));
+        let pods = self.pods.iter().map(move |p| id("Pod", &p.metadata));
+        let policies = self
+            .policies
+            .iter()
+            .map(move |p| id("NetworkPolicy", &p.metadata));
+        namespaces.chain(pods).chain(policies)
+    }
+
     fn extend(&mut self, other: &PolicyObjects) {
         self.namespaces.extend_from_slice(&other.namespaces);
         self.pods.extend_from_slice(&other.pods);
@@ -264,17 +285,25 @@ impl PolicyFiles {
             DirRead::Files(files) => files,
         };
         let mut last_good = BTreeMap::new();
+        // Which file each object comes from: the same object in a later file is refused (one
+        // of the two is stale, and stale allows would add up).
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
         for (file, read) in files {
             let (reason, unreadable) = match read {
-                FileRead::Good(objects) => {
-                    last_good.insert(file, objects);
-                    continue;
-                }
+                FileRead::Good(objects) => match duplicate(&claimed, &objects) {
+                    Some(reason) => (reason, false),
+                    None => {
+                        claim(&mut claimed, &objects, &file);
+                        last_good.insert(file, objects);
+                        continue;
+                    }
+                },
                 FileRead::Bad(reason) => (reason, false),
                 FileRead::Unreadable(reason) => (reason, true),
             };
             let in_force = match self.last_good.remove(&file) {
                 Some(objects) => {
+                    claim(&mut claimed, &objects, &file);
                     last_good.insert(file.clone(), objects);
                     InForce::LastGood
                 }
@@ -302,6 +331,23 @@ impl PolicyFiles {
             objects.extend(file);
         }
         objects
+    }
+}
+
+/// Why `objects` cannot be taken: one of them is in a file already taken, or twice in theirs.
+fn duplicate(claimed: &BTreeMap<String, String>, objects: &PolicyObjects) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    objects.ids().find_map(|id| match claimed.get(&id) {
+        Some(other) => Some(format!("{id} is also in {other}")),
+        None if !seen.insert(id.clone()) => Some(format!("{id} is in this file twice")),
+        None => None,
+    })
+}
+
+/// Records that `file` holds `objects` (the first file holding an object keeps it).
+fn claim(claimed: &mut BTreeMap<String, String>, objects: &PolicyObjects, file: &str) {
+    for id in objects.ids() {
+        claimed.entry(id).or_insert_with(|| file.to_string());
     }
 }
 

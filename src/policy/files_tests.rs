@@ -332,3 +332,53 @@ fn pods_and_namespaces_are_strict_where_policy_reads_them() {
         )
     ));
 }
+
+#[test]
+fn the_same_object_in_a_later_file_is_refused_until_one_copy_goes() {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&policy("b"))),
+    ]));
+    // x/a copied into b.yaml (say, on its way there from a.yaml): b.yaml is refused and its
+    // last good content stays.
+    let both = format!("{}---\n{}", policy("b"), policy("a"));
+    let copied = files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&both)),
+    ]));
+    assert_eq!(in_force(&copied), ["x/a", "x/b"]);
+    assert_eq!(rejected(&copied), [("b.yaml", InForce::LastGood)]);
+    assert_eq!(
+        copied.rejected[0].reason,
+        "NetworkPolicy x/a is also in a.yaml"
+    );
+    // Gone from a.yaml: b.yaml is taken.
+    let moved = files_seen.merge(files(vec![("a.yaml", good("")), ("b.yaml", good(&both))]));
+    assert!(moved.rejected.is_empty(), "{:?}", moved.rejected);
+    assert_eq!(in_force(&moved), ["x/a", "x/b"]);
+    assert_eq!(moved.objects.policies.len(), 2);
+    // Pods and Namespaces too; cluster-scoped Namespaces by name alone.
+    let ns = "kind: Namespace\nmetadata: {name: x}\n";
+    let merged = PolicyFiles::default().merge(files(vec![
+        (
+            "a.yaml",
+            good(&format!("{ns}---\n{}", pod("p", "10.244.1.2"))),
+        ),
+        ("b.yaml", good(&pod("p", "10.244.1.3"))),
+        ("c.yaml", good(ns)),
+    ]));
+    let twice = PolicyFiles::default().merge(files(vec![(
+        "a.yaml",
+        good(&format!("{}---\n{}", policy("a"), policy("a"))),
+    )]));
+    assert_eq!(
+        twice.rejected[0].reason,
+        "NetworkPolicy x/a is in this file twice"
+    );
+    let reasons: Vec<&str> = merged.rejected.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["Pod x/p is also in a.yaml", "Namespace x is also in a.yaml"]
+    );
+}
