@@ -347,3 +347,51 @@ fn an_unknown_log_format_is_refused_naming_the_choices() {
         "{message}"
     );
 }
+
+#[test]
+fn policy_lint_names_each_file_an_agent_would_reject_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("deny.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pods.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.244.1.2}\n",
+    )
+    .unwrap();
+    let out = weft(&["policy", "lint", d.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 NetworkPolicies, 1 Pods, 0 Namespaces taken from"),
+        "{}",
+        stdout(&out)
+    );
+
+    std::fs::write(
+        d.join("typo.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: allow, namespace: x}\nspec: {podSelector: {}, polcyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    let out = weft(&["policy", "lint", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout(&out);
+    assert!(
+        report.contains("typo.yaml: document 0: bad NetworkPolicy: unknown field spec.polcyTypes"),
+        "{report}"
+    );
+    assert!(report.contains("would publish no rule set"), "{report}");
+    assert!(
+        stderr(&out).contains("files an agent would reject"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = weft(&["policy", "lint", d.join("missing").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("No such file"), "{}", stdout(&out));
+}

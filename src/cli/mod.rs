@@ -1,6 +1,7 @@
 //! The `weft` command line: argument types and the thin commands behind them.
 
 mod key;
+mod policy_lint;
 
 use std::path::PathBuf;
 
@@ -103,6 +104,13 @@ pub enum PolicyCommand {
         /// The agent's run directory.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
+    },
+    /// Check a policy directory as an agent would read it (without one): every file it would
+    /// reject, and why. Exits non-zero if it would reject any.
+    Lint {
+        /// The policy directory (`weft agent --policy-dir`).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -289,6 +297,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", answer["verdict"].as_str().unwrap_or("unknown"));
             if answer["allowed"] != serde_json::Value::Bool(true) {
                 anyhow::bail!("the flow is denied");
+            }
+        }
+        Command::Policy(PolicyCommand::Lint { dir }) => {
+            let (report, clean) = policy_lint::lint(&dir);
+            print!("{report}");
+            if !clean {
+                anyhow::bail!("{} has files an agent would reject", dir.display());
             }
         }
         Command::Status(args) => {
