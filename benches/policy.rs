@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use weft::policy::conntrack::{Conntrack, FlowKey, Timeouts};
+use weft::policy::conntrack::{Conntrack, FlowKey, Sent, Timeouts};
 use weft::policy::gate::{Admission, PolicyGate};
 use weft::policy::{Flow, PolicySet, Protocol};
 
@@ -116,11 +116,12 @@ fn bench(c: &mut Criterion) {
                 src_port: port,
                 ..key.reversed()
             },
+            Sent::Opening,
             1,
             now,
         );
     }
-    conntrack.record_outbound(key.reversed(), 1, now);
+    conntrack.record_outbound(key.reversed(), Sent::Opening, 1, now);
     c.bench_function("conntrack hit", |b| {
         b.iter(|| black_box(conntrack.lookup_inbound(black_box(&key), now)))
     });
@@ -132,7 +133,7 @@ fn bench(c: &mut Criterion) {
         let capacity = NonZeroUsize::new(65536).unwrap();
         let mut gate = PolicyGate::new(Conntrack::new(capacity, Timeouts::default()), true);
         gate.set_policy(std::sync::Arc::new(world(policies)));
-        gate.record_outbound(key.reversed(), now);
+        gate.record_outbound(key.reversed(), Sent::Opening, now);
         assert!(matches!(gate.admit(&key, now), Admission::TrackedReply));
         c.bench_function(&format!("gate, tracked reply, {policies} policies"), |b| {
             b.iter(|| matches!(gate.admit(black_box(&key), now), Admission::TrackedReply))

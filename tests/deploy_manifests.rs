@@ -500,6 +500,11 @@ fn the_daemonset_arguments_are_accepted_by_the_agent_parser() {
     assert_eq!(datapath.encryption, weft::datapath::Encryption::Required);
     assert_eq!(datapath.interface, "weft0");
     assert_eq!(
+        datapath.conntrack_pickup,
+        std::time::Duration::from_secs(120),
+        "established connections are picked up for 2 minutes after a restart"
+    );
+    assert_eq!(
         config.pod_cidrs,
         vec!["10.42.0.0/16".parse::<ipnetwork::IpNetwork>().unwrap()],
         "the k3s default cluster CIDR"

@@ -18,7 +18,8 @@ fn write_policy(lab: &Lab, file: &str, yaml: &str) {
 
 #[test]
 fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
-    let lab = Lab::up("wtpol", 2);
+    // No pickup window: only a SYN opens a TCP flow, from the start.
+    let lab = Lab::up_with("wtpol", 2, "--conntrack-pickup 0s");
     lab.wait_for_mesh(Duration::from_secs(60));
     let (n1p1, _) = lab.pods(1)[0].clone();
     let (n1p2, _) = lab.pods(1)[1].clone();
@@ -99,6 +100,15 @@ fn policy_on_decryption_denies_allows_tracks_replies_and_follows_changes() {
         lab.ping(&n2p1, &n1p1_ip, 3),
         "the reply to n2-p1's own ping was dropped"
     );
+    // Over TCP too: n2-p1's SYN, as the kernel sends it, opens the flow.
+    {
+        let _server = Servers(vec![tcp_server(&n1p1)]);
+        wait_for(
+            Duration::from_secs(10),
+            "n2-p1's own TCP connection",
+            || tcp_reaches(&n2p1, &n1p1_ip).then_some(()),
+        );
+    }
 
     // Allow TCP to the named port "http" from n1-p1 only.
     write_policy(

@@ -27,6 +27,12 @@ pub const DEFAULT_CONNTRACK_MAX: std::num::NonZeroUsize = match std::num::NonZer
     Some(n) => n,
     None => std::num::NonZeroUsize::MIN,
 };
+/// How long after the agent starts any outbound TCP packet opens a tracked flow (so
+/// connections established before a restart keep working); see SECURITY.md.
+pub const DEFAULT_CONNTRACK_PICKUP: Duration = Duration::from_secs(120);
+/// Longest pickup window: the TCP idle timeout (a connection idle for longer is forgotten
+/// anyway).
+const MAX_CONNTRACK_PICKUP: Duration = Duration::from_secs(3600);
 
 /// `weft agent` flags. Every flag may also be set in the config file (same name, kebab-case);
 /// a flag given on the command line wins.
@@ -121,6 +127,11 @@ pub struct AgentArgs {
     /// [default: 65536].
     #[arg(long, value_name = "FLOWS")]
     pub conntrack_max: Option<std::num::NonZeroUsize>,
+    /// For how long after the agent starts any TCP packet a local Pod sends opens a tracked
+    /// flow, not only a SYN, so connections established before a restart keep working; `0s`
+    /// for none (see SECURITY.md) [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub conntrack_pickup: Option<Duration>,
     /// Run the control plane only: no TUN, no encryption (status and records still work).
     #[arg(long)]
     pub no_datapath: bool,
@@ -181,6 +192,8 @@ struct ConfigFile {
     uapi_socket: Option<PathBuf>,
     policy_dir: Option<PathBuf>,
     conntrack_max: Option<std::num::NonZeroUsize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    conntrack_pickup: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -245,6 +258,8 @@ pub struct DatapathSettings {
     pub uapi_socket: PathBuf,
     pub policy_dir: Option<PathBuf>,
     pub conntrack_max: std::num::NonZeroUsize,
+    /// How long after start any outbound TCP packet opens a tracked flow (zero: none).
+    pub conntrack_pickup: Duration,
 }
 
 impl DatapathSettings {
@@ -432,9 +447,20 @@ impl AgentConfig {
             .conntrack_max
             .or(file.conntrack_max)
             .unwrap_or(DEFAULT_CONNTRACK_MAX);
+        let conntrack_pickup = args
+            .conntrack_pickup
+            .or(file.conntrack_pickup)
+            .unwrap_or(DEFAULT_CONNTRACK_PICKUP);
+        if conntrack_pickup > MAX_CONNTRACK_PICKUP {
+            return Err(invalid(format!(
+                "conntrack-pickup must be at most {} (the TCP idle timeout)",
+                humantime::format_duration(MAX_CONNTRACK_PICKUP)
+            )));
+        }
         let datapath = (!(args.no_datapath || file.no_datapath)).then(|| DatapathSettings {
             policy_dir,
             conntrack_max,
+            conntrack_pickup,
             uapi_socket,
             interface,
             encryption: args

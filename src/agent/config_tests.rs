@@ -93,6 +93,28 @@ fn a_key_rotation_interval_comes_from_flag_or_file_and_must_not_be_tiny() {
 }
 
 #[test]
+fn the_conntrack_pickup_window_comes_from_flag_or_file_and_0s_disables_it() {
+    let pickup = |flags: &AgentArgs, file: &str| {
+        let file: ConfigFile = toml::from_str(file).unwrap();
+        AgentConfig::merge(flags, file).map(|config| {
+            config
+                .datapath
+                .expect("the datapath is on")
+                .conntrack_pickup
+        })
+    };
+    assert_eq!(pickup(&args(), "").unwrap(), Duration::from_secs(120));
+    let file = "conntrack-pickup = \"0s\"\n";
+    assert_eq!(pickup(&args(), file).unwrap(), Duration::ZERO);
+    let mut flags = args();
+    flags.conntrack_pickup = Some(Duration::from_secs(30));
+    assert_eq!(pickup(&flags, file).unwrap(), Duration::from_secs(30));
+    flags.conntrack_pickup = Some(Duration::from_secs(3601));
+    let error = pickup(&flags, "").unwrap_err();
+    assert!(error.to_string().contains("conntrack-pickup"), "{error}");
+}
+
+#[test]
 fn flags_win_over_the_file() {
     let file: ConfigFile = toml::from_str(
         "node-name = \"file-node\"\nblocks = [\"10.244.9.0/24\"]\nlisten-port = 5000\nroute-protocols = [\"zebra\"]\ndebounce = \"1s\"\n",

@@ -405,6 +405,7 @@ async fn start_datapath(
             encryption: settings.encryption,
             uapi_socket: settings.uapi_socket.clone(),
             conntrack_max: settings.conntrack_max,
+            conntrack_pickup: settings.conntrack_pickup,
             policy_required,
         },
         keys.current(),

@@ -24,7 +24,8 @@ const BUFFER_BYTES: usize = 65_536;
 const BATCH: usize = 64;
 /// How often boringtun's timers run (handshake retries, keepalives, session expiry).
 const TIMER_TICK: Duration = Duration::from_millis(100);
-/// How often the status snapshot is refreshed and the handshake rate limiter reset.
+/// How often the status snapshot is refreshed, the handshake rate limiter reset and expired
+/// revoked flows forgotten.
 const STATUS_TICK: Duration = Duration::from_secs(1);
 /// Drops are summarised in the log at most this often.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -133,6 +134,7 @@ impl Engine {
                 }
                 _ = status.tick() => {
                     self.forwarder.peers.reset_rate_limiters();
+                    self.forwarder.policy.gate.sweep_revoked(std::time::Instant::now());
                     self.publish_status();
                     self.log_drops();
                 }

@@ -77,6 +77,9 @@ pub struct DatapathConfig {
     /// Most live flows (and, apart, revoked ones) connection tracking holds; when full, the
     /// least recently used is evicted.
     pub conntrack_max: std::num::NonZeroUsize,
+    /// For how long after the datapath starts any outbound TCP packet opens a tracked flow,
+    /// not only a SYN (zero: never).
+    pub conntrack_pickup: std::time::Duration,
     /// A NetworkPolicy source is configured: decrypted packets are dropped until its first
     /// rule set is in force (without one, nothing is isolated).
     pub policy_required: bool,
@@ -235,7 +238,8 @@ impl Datapath {
                         crate::policy::conntrack::Conntrack::new(
                             config.conntrack_max,
                             crate::policy::conntrack::Timeouts::default(),
-                        ),
+                        )
+                        .with_pickup(std::time::Instant::now(), config.conntrack_pickup),
                         config.policy_required,
                     ),
                     fragments::FragmentTable::new(FRAGMENT_DATAGRAMS, FRAGMENT_TIMEOUT),

@@ -1,5 +1,6 @@
 //! Just enough IP header parsing for the datapath: source and destination addresses, and
-//! the transport (protocol, ports, fragment position; IPv6 extension headers walked).
+//! the transport (protocol, ports, TCP flags, fragment position; IPv6 extension headers
+//! walked).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -54,7 +55,33 @@ pub struct Transport {
     pub protocol: u8,
     pub src_port: u16,
     pub dst_port: u16,
+    /// The TCP header's flags: `None` for other protocols, later fragments and a TCP header
+    /// too short to hold them.
+    pub tcp_flags: Option<TcpFlags>,
     pub fragment: Fragment,
+}
+
+impl Transport {
+    /// Whether this packet can be the first of a flow: a TCP connection opening (SYN without
+    /// ACK), or any packet of a protocol without one (UDP, ICMP, others). A TCP packet whose
+    /// flags are unknown (a later fragment, a truncated header) cannot.
+    pub fn opens_flow(&self) -> bool {
+        self.protocol != TCP || self.tcp_flags.is_some_and(TcpFlags::is_connection_opening)
+    }
+}
+
+/// The flags byte of a TCP header (byte 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const SYN: u8 = 0x02;
+    pub const ACK: u8 = 0x10;
+
+    /// SYN without ACK: a client opening a connection (a SYN-ACK answers one).
+    pub fn is_connection_opening(self) -> bool {
+        self.0 & (Self::SYN | Self::ACK) == Self::SYN
+    }
 }
 
 /// Which fragmented datagram a fragment belongs to (with its source and destination): the
@@ -115,10 +142,15 @@ fn transport(packet: &[u8], (protocol, offset, fragment): (u8, usize, Fragment))
         },
         _ => (0, 0),
     };
+    let tcp_flags = match protocol {
+        TCP => header(14).map(|h| TcpFlags(h[13])),
+        _ => None,
+    };
     Transport {
         protocol,
         src_port,
         dst_port,
+        tcp_flags,
         fragment,
     }
 }
@@ -224,6 +256,7 @@ mod tests {
             protocol: 6,
             src_port,
             dst_port,
+            tcp_flags: None,
             fragment,
         })
     }
@@ -261,6 +294,7 @@ mod tests {
                 protocol: 1,
                 src_port,
                 dst_port,
+                tcp_flags: None,
                 fragment: Fragment::Whole,
             })
         };
@@ -320,6 +354,7 @@ mod tests {
                 protocol: 58,
                 src_port: 12345,
                 dst_port: 0,
+                tcp_flags: None,
                 fragment: Fragment::Whole,
             })
         );
@@ -377,9 +412,69 @@ mod tests {
                 protocol: 60,
                 src_port: 0,
                 dst_port: 0,
+                tcp_flags: None,
                 fragment: Fragment::Later(id),
             })
         );
+    }
+
+    /// A TCP header (20 bytes) from port 12345 to 80 with `flags`.
+    fn tcp_header(flags: u8) -> [u8; 20] {
+        let mut header = [0u8; 20];
+        header[..4].copy_from_slice(&TCP_PORTS);
+        header[12] = 0x50;
+        header[13] = flags;
+        header
+    }
+
+    fn tcp_flags(packet: &[u8]) -> Option<TcpFlags> {
+        transport(packet)?.tcp_flags
+    }
+
+    const SYN: u8 = TcpFlags::SYN;
+    const SYN_ACK: u8 = TcpFlags::SYN | TcpFlags::ACK;
+    const ACK: u8 = TcpFlags::ACK;
+
+    #[test]
+    fn reads_tcp_flags_where_the_tcp_header_is() {
+        let whole = ipv6(6, &[&tcp_header(SYN)]);
+        assert_eq!(tcp_flags(&whole), Some(TcpFlags(SYN)));
+        assert!(transport(&whole).unwrap().opens_flow());
+        // The first fragment carries the TCP header, hence the flags; later ones do not.
+        let first = ipv6(44, &[&fragment_header(6, 0, true, 1), &tcp_header(SYN)]);
+        assert_eq!(tcp_flags(&first), Some(TcpFlags(SYN)));
+        let later = ipv6(44, &[&fragment_header(6, 3, false, 1), &tcp_header(SYN)]);
+        assert_eq!(tcp_flags(&later), None);
+        assert!(!transport(&later).unwrap().opens_flow());
+        // A TCP header too short for the flags byte: ports, but no flags.
+        let short = ipv6(6, &[&tcp_header(SYN)[..13]]);
+        assert_eq!(transport(&short), tcp(12345, 80, Fragment::Whole));
+        assert!(!transport(&short).unwrap().opens_flow());
+        // Other protocols have no TCP flags, and any of their packets may open a flow.
+        let udp = ipv6(17, &[&tcp_header(SYN)]);
+        assert_eq!(tcp_flags(&udp), None);
+        assert!(transport(&udp).unwrap().opens_flow());
+    }
+
+    #[test]
+    fn only_a_syn_without_ack_opens_a_tcp_flow() {
+        for (flags, opens) in [
+            (SYN, true),
+            (SYN | 0x08, true), // SYN with PSH
+            (SYN_ACK, false),
+            (ACK, false),
+            (ACK | 0x01, false), // FIN-ACK
+            (0x04, false),       // RST
+            (0, false),
+        ] {
+            let packet = ipv6(6, &[&tcp_header(flags)]);
+            assert_eq!(tcp_flags(&packet), Some(TcpFlags(flags)));
+            assert_eq!(
+                transport(&packet).unwrap().opens_flow(),
+                opens,
+                "{flags:#04x}"
+            );
+        }
     }
 
     proptest! {

@@ -11,7 +11,7 @@ use super::packet::{Fragment, Header, Transport};
 use super::policy_stats::{PolicyCounters, PolicyOutcome};
 use super::stats::DropReason;
 use crate::policy::Direction;
-use crate::policy::conntrack::FlowKey;
+use crate::policy::conntrack::{FlowKey, Sent};
 use crate::policy::gate::{Admission, PolicyGate};
 
 pub struct PacketPolicy {
@@ -30,13 +30,19 @@ impl PacketPolicy {
     }
 
     /// Records the flow of a packet this node sends. A later fragment has no ports and belongs
-    /// to the flow its first fragment recorded.
+    /// to the flow its first fragment recorded. Only an opening packet (for TCP: SYN without
+    /// ACK) opens a flow, but in the pickup window (see [`crate::policy::conntrack`]).
     pub fn outbound(&mut self, header: &Header, now: Instant) {
         if let Some(t) = header.transport
             && !matches!(t.fragment, Fragment::Later(_))
         {
+            let sent = if t.opens_flow() {
+                Sent::Opening
+            } else {
+                Sent::MidStream
+            };
             self.gate
-                .record_outbound(flow_key(header.source, header.destination, t), now);
+                .record_outbound(flow_key(header.source, header.destination, t), sent, now);
         }
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::datapath::packet::parse;
+use crate::datapath::packet::{TcpFlags, parse};
 use crate::policy::conntrack::{Conntrack, Timeouts};
 use crate::policy::test_support::world;
 
@@ -12,9 +12,23 @@ const C: [u8; 4] = [10, 244, 1, 2];
 const S: [u8; 4] = [10, 244, 2, 2];
 const MORE_FRAGMENTS: u16 = 0x2000;
 
-/// `lab/s` accepts TCP port 80 only, from anyone.
+/// `lab/s` accepts TCP port 80 only, from anyone. No pickup window.
 fn policy() -> PacketPolicy {
+    policy_tracking(Conntrack::new(
+        NonZeroUsize::new(64).unwrap(),
+        Timeouts::default(),
+    ))
+}
+
+/// [`policy`] with a pickup window of 2 minutes from `started`.
+fn policy_picking_up_from(started: Instant) -> PacketPolicy {
     let conntrack = Conntrack::new(NonZeroUsize::new(64).unwrap(), Timeouts::default());
+    policy_tracking(conntrack.with_pickup(started, PICKUP))
+}
+
+const PICKUP: Duration = Duration::from_secs(120);
+
+fn policy_tracking(conntrack: Conntrack) -> PacketPolicy {
     let mut gate = PolicyGate::new(conntrack, true);
     gate.set_policy(world(&[json!({
         "metadata": {"name": "web", "namespace": "lab"},
@@ -55,10 +69,16 @@ fn ipv4(protocol: u8, id: u16, fragment: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn tcp_ports(dst_port: u16) -> [u8; 20] {
+    tcp_segment(40000, dst_port, 0)
+}
+
+/// A TCP header from `src_port` to `dst_port` with `flags`.
+fn tcp_segment(src_port: u16, dst_port: u16, flags: u8) -> [u8; 20] {
     let mut header = [0u8; 20];
-    header[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    header[0..2].copy_from_slice(&src_port.to_be_bytes());
     header[2..4].copy_from_slice(&dst_port.to_be_bytes());
     header[12] = 0x50;
+    header[13] = flags;
     header
 }
 
@@ -151,9 +171,9 @@ fn ipv6_packets_are_judged_by_the_transport_header_behind_extension_headers() {
 fn later_fragments_record_no_flow_of_their_own() {
     let mut policy = policy();
     let now = Instant::now();
-    // Sent by `S` to `C`: the first fragment records the flow, the later ones (no ports)
-    // nothing.
-    let mut first = ipv4(6, 1, MORE_FRAGMENTS, &tcp_ports(80));
+    // Sent by `S` to `C`: the first fragment (a SYN) records the flow, the later ones (no
+    // ports) nothing.
+    let mut first = ipv4(6, 1, MORE_FRAGMENTS, &tcp_segment(40000, 80, SYN));
     first[12..16].copy_from_slice(&S);
     first[16..20].copy_from_slice(&C);
     policy.outbound(&header(&first, ip(S), ip(C)), now);
@@ -162,4 +182,78 @@ fn later_fragments_record_no_flow_of_their_own() {
     later[16..20].copy_from_slice(&C);
     policy.outbound(&header(&later, ip(S), ip(C)), now);
     assert_eq!(policy.gate.conntrack().len(), 1);
+}
+
+const SYN: u8 = TcpFlags::SYN;
+const ACK: u8 = TcpFlags::ACK;
+const SYN_ACK: u8 = TcpFlags::SYN | TcpFlags::ACK;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// A whole IPv4 packet from `S`:40000 to `C`:81 (what `lab/s` sends as a client) with
+/// `protocol` and, for TCP, `flags`.
+fn from_s(protocol: u8, flags: u8) -> Vec<u8> {
+    let mut packet = ipv4(protocol, 0, 0, &tcp_segment(40000, 81, flags));
+    packet[12..16].copy_from_slice(&S);
+    packet[16..20].copy_from_slice(&C);
+    packet
+}
+
+/// The answer to [`from_s`]: `C`:81 to `S`:40000, which policy alone denies (`lab/s` accepts
+/// port 80 only).
+fn answer(protocol: u8) -> Vec<u8> {
+    ipv4(protocol, 0, 0, &tcp_segment(81, 40000, ACK))
+}
+
+/// Whether `policy` delivers the answer to `S` sending `sent` at `now`.
+fn answer_passes(policy: &mut PacketPolicy, sent: &[u8], now: Instant) -> bool {
+    policy.outbound(&header(sent, ip(S), ip(C)), now);
+    let protocol = sent[9];
+    let reply = answer(protocol);
+    match policy.inbound(&header(&reply, ip(C), ip(S)), now) {
+        Ok(()) => true,
+        Err(DropReason::PolicyIngress) => false,
+        other => panic!("unexpected verdict {other:?}"),
+    }
+}
+
+#[test]
+fn a_syn_opens_a_flow_and_a_mid_stream_tcp_packet_does_not() {
+    let mut policy = policy();
+    let now = Instant::now();
+    // A mid-stream ACK, or a SYN-ACK, of a connection weft does not track opens nothing:
+    // the answer is judged on its own (denied).
+    assert!(!answer_passes(&mut policy, &from_s(TCP, ACK), now));
+    assert!(!answer_passes(&mut policy, &from_s(TCP, SYN_ACK), now));
+    assert!(policy.gate.conntrack().is_empty());
+    // A SYN opens the flow; the connection's later packets keep it.
+    assert!(answer_passes(&mut policy, &from_s(TCP, SYN), now));
+    assert!(answer_passes(&mut policy, &from_s(TCP, ACK), now));
+}
+
+#[test]
+fn in_the_pickup_window_a_mid_stream_tcp_packet_opens_a_flow() {
+    let started = Instant::now();
+    let mut policy = policy_picking_up_from(started);
+    // Just after a restart: the local client's connection is picked up.
+    let inside = started + PICKUP - Duration::from_secs(1);
+    assert!(answer_passes(&mut policy, &from_s(TCP, ACK), inside));
+    // A fresh table, same window: a SYN-ACK is picked up too, but not once it has passed.
+    let mut policy = policy_picking_up_from(started);
+    assert!(answer_passes(&mut policy, &from_s(TCP, SYN_ACK), inside));
+    let mut policy = policy_picking_up_from(started);
+    let after = started + PICKUP;
+    assert!(!answer_passes(&mut policy, &from_s(TCP, SYN_ACK), after));
+    assert!(!answer_passes(&mut policy, &from_s(TCP, ACK), after));
+    assert!(answer_passes(&mut policy, &from_s(TCP, SYN), after));
+}
+
+#[test]
+fn any_udp_packet_of_no_tracked_flow_opens_one_in_or_out_of_the_window() {
+    let started = Instant::now();
+    for now in [started, started + PICKUP] {
+        let mut policy = policy_picking_up_from(started);
+        assert!(answer_passes(&mut policy, &from_s(UDP, 0), now));
+    }
+    assert!(answer_passes(&mut policy(), &from_s(UDP, 0), started));
 }

@@ -5,10 +5,21 @@
 //! revoked inbound flow does not open a flow of its own), until it has been idle for its
 //! timeout or is judged allowed again. Time is passed in.
 //!
+//! A TCP flow is opened here only by a connection opening (SYN without ACK): a later TCP
+//! packet of no tracked flow (say, the local server's next packet on an inbound flow that was
+//! evicted) opens nothing, so eviction never turns an inbound connection into one the local
+//! side opened. Except in the *pickup window* after the table is created (agent start): any
+//! outbound TCP packet then opens a flow, so connections established before a restart keep
+//! working (as Linux's `nf_conntrack_tcp_loose`). UDP, ICMP and other protocols have no
+//! opening packet: any outbound packet of no tracked flow opens one.
+//!
 //! Two bounded tables, each evicting its least recently used flow when full and counting it:
 //! live flows, which any packet policy allows can add, and revoked flows, which only a rule
 //! set change adds (a flow moves there when judged denied, and back when judged allowed). A
-//! remote Pod opening many flows therefore evicts live flows only, never a revocation.
+//! remote Pod opening many flows therefore evicts live flows only, never a revocation. A
+//! revoked flow idle for its timeout is forgotten by its next packet or by
+//! [`Conntrack::sweep_revoked`] (the datapath's status tick), and pushing one out of a full
+//! table is no eviction.
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -70,6 +81,17 @@ impl Timeouts {
     }
 }
 
+/// What an outbound packet is to connection tracking, if it belongs to no tracked flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// It may open a flow: a TCP connection opening (SYN without ACK), or any packet of a
+    /// protocol without one (UDP, ICMP, others).
+    Opening,
+    /// A TCP packet past the opening (or whose flags are unknown): it opens a flow only in the
+    /// pickup window.
+    MidStream,
+}
+
 /// The last judgement of a tracked flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Judged {
@@ -121,29 +143,50 @@ pub struct Conntrack {
     /// otherwise.
     flows: LruCache<FlowKey, Entry>,
     /// Revoked flows, by the direction of their decrypted packets (inbound), whoever opened
-    /// them: one probe finds them from either side. Grows as flows are revoked, up to
-    /// `revoked_capacity`.
+    /// them: one probe finds them from either side. Sized up front (no rehash on the packet
+    /// path); evicted explicitly, so evictions are counted.
     revoked: LruCache<FlowKey, Entry>,
-    revoked_capacity: usize,
     timeouts: Timeouts,
+    /// Until then, any outbound TCP packet of no tracked flow opens one (see the module
+    /// documentation); `None`: no pickup window.
+    pickup_until: Option<Instant>,
     /// Live flows evicted from a full table.
     pub evictions: u64,
     /// Revoked flows evicted from a full table (forgotten before their timeout).
     pub revoked_evictions: u64,
 }
 
+/// Most expired revoked flows one [`Conntrack::sweep_revoked`] forgets, so a sweep after a
+/// rule set change revoked a full table stays short.
+pub const SWEEP_BATCH: usize = 4096;
+
 impl Conntrack {
     /// Tables for `capacity` live flows and as many revoked ones: a rule set change can revoke
-    /// every tracked flow without evicting a revocation.
+    /// every tracked flow without evicting a revocation. No pickup window (see
+    /// [`Conntrack::with_pickup`]).
     pub fn new(capacity: NonZeroUsize, timeouts: Timeouts) -> Self {
         Self {
             flows: LruCache::new(capacity),
-            revoked: LruCache::unbounded(),
-            revoked_capacity: capacity.get(),
+            revoked: LruCache::new(capacity),
             timeouts,
+            pickup_until: None,
             evictions: 0,
             revoked_evictions: 0,
         }
+    }
+
+    /// With a pickup window of `window` from `created` (when the agent started): until then
+    /// any outbound TCP packet of no tracked flow opens one. A zero `window` has none.
+    pub fn with_pickup(mut self, created: Instant, window: Duration) -> Self {
+        self.pickup_until = (!window.is_zero())
+            .then(|| created.checked_add(window))
+            .flatten();
+        self
+    }
+
+    /// Whether an outbound packet of no tracked flow opens one at `now`.
+    fn opens(&self, sent: Sent, now: Instant) -> bool {
+        sent == Sent::Opening || self.pickup_until.is_some_and(|until| now < until)
     }
 
     /// How many live flows the table holds (as many revoked ones besides).
@@ -173,12 +216,41 @@ impl Conntrack {
         self.flows.put(key, entry);
     }
 
-    fn insert_revoked(&mut self, inbound: FlowKey, entry: Entry) {
-        if !self.revoked.contains(&inbound) && self.revoked.len() >= self.revoked_capacity {
-            self.revoked.pop_lru();
+    /// Whether a revoked flow has been idle for its timeout at `now`.
+    fn revoked_expired(&self, inbound: &FlowKey, entry: &Entry, now: Instant) -> bool {
+        entry.expired(self.timeouts.of(inbound.protocol), now)
+    }
+
+    /// Adds a revoked flow, judged at `now`; a full table first forgets its least recently
+    /// used flow, counted as an eviction unless it had expired already.
+    fn insert_revoked(&mut self, inbound: FlowKey, entry: Entry, now: Instant) {
+        let full = self.revoked.len() == self.revoked.cap().get();
+        if full
+            && !self.revoked.contains(&inbound)
+            && let Some((oldest_key, oldest)) = self.revoked.pop_lru()
+            && !self.revoked_expired(&oldest_key, &oldest, now)
+        {
             self.revoked_evictions += 1;
         }
         self.revoked.put(inbound, entry);
+    }
+
+    /// Forgets revoked flows that have been idle for their timeout at `now`, from the least
+    /// recently used on, stopping at the first that has not (an expired flow behind it waits
+    /// for a later sweep, or its next packet) or after [`SWEEP_BATCH`]. Returns how many it
+    /// forgot. Cheap enough for a periodic tick.
+    pub fn sweep_revoked(&mut self, now: Instant) -> usize {
+        let mut forgotten = 0;
+        while forgotten < SWEEP_BATCH
+            && self
+                .revoked
+                .peek_lru()
+                .is_some_and(|(key, entry)| self.revoked_expired(key, entry, now))
+        {
+            self.revoked.pop_lru();
+            forgotten += 1;
+        }
+        forgotten
     }
 
     /// The revoked flow whose decrypted packets are `inbound`, refreshed at `now`; forgotten
@@ -201,8 +273,10 @@ impl Conntrack {
     /// set in force. A packet answering an inbound flow, allowed or revoked, is that flow's
     /// reply, not a flow of its own: it only refreshes the inbound entry, so the inbound
     /// direction stays subject to policy. A packet of a flow opened here refreshes it (a
-    /// revoked one stays revoked). Anything else opens a flow.
-    pub fn record_outbound(&mut self, key: FlowKey, version: u64, now: Instant) {
+    /// revoked one stays revoked). Anything else opens a flow if it is an opening packet
+    /// ([`Sent::Opening`]) or sent in the pickup window; otherwise it records nothing (it is
+    /// still sent: policy never drops what this node sends).
+    pub fn record_outbound(&mut self, key: FlowKey, sent: Sent, version: u64, now: Instant) {
         let timeout = self.timeouts.of(key.protocol);
         let reverse = key.reversed();
         if let Some(entry) = self.flows.get_mut(&reverse)
@@ -221,7 +295,7 @@ impl Conntrack {
             entry.last_seen = now;
             return;
         }
-        if self.touch_revoked(&reverse, now).is_some() {
+        if self.touch_revoked(&reverse, now).is_some() || !self.opens(sent, now) {
             return;
         }
         self.insert(
@@ -286,7 +360,7 @@ impl Conntrack {
     /// [`Conntrack::lookup_inbound`] found it): allowed, or revoked, under `version`. A live
     /// flow judged revoked moves to the revoked table, a revoked one judged allowed back to
     /// the live table. Nothing happens if the packet belongs to no tracked flow.
-    pub fn judge(&mut self, key: &FlowKey, version: u64, allowed: bool) {
+    pub fn judge(&mut self, key: &FlowKey, version: u64, allowed: bool, now: Instant) {
         let judged = Judged {
             version,
             revoked: !allowed,
@@ -306,7 +380,7 @@ impl Conntrack {
                 }
             } else if let Some(mut entry) = self.flows.pop(&live_key) {
                 entry.judged = judged;
-                self.insert_revoked(*key, entry);
+                self.insert_revoked(*key, entry, now);
             }
         } else if allowed {
             if let Some(mut entry) = self.revoked.pop(key) {
@@ -320,217 +394,5 @@ impl Conntrack {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(sport: u16) -> FlowKey {
-        FlowKey {
-            protocol: IPPROTO_TCP,
-            src: "10.244.1.2".parse().unwrap(),
-            dst: "10.244.2.2".parse().unwrap(),
-            src_port: sport,
-            dst_port: 80,
-        }
-    }
-
-    fn table(capacity: usize) -> Conntrack {
-        Conntrack::new(NonZeroUsize::new(capacity).unwrap(), Timeouts::default())
-    }
-
-    fn allowed(version: u64) -> Judged {
-        Judged {
-            version,
-            revoked: false,
-        }
-    }
-
-    fn revoked(version: u64) -> Judged {
-        Judged {
-            version,
-            revoked: true,
-        }
-    }
-
-    #[test]
-    fn replies_to_outbound_flows_are_tracked_until_they_expire() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_outbound(key(1000), 3, t0);
-        assert_eq!(
-            ct.lookup_inbound(&key(1000).reversed(), t0),
-            Tracked::Reply(allowed(3))
-        );
-        // The same direction as the outbound flow is not a reply.
-        assert_eq!(ct.lookup_inbound(&key(1000), t0), Tracked::Miss);
-        let late = t0 + Duration::from_secs(3601);
-        assert_eq!(
-            ct.lookup_inbound(&key(1000).reversed(), late),
-            Tracked::Miss
-        );
-        assert!(ct.is_empty());
-    }
-
-    #[test]
-    fn answering_an_inbound_flow_does_not_turn_it_into_a_reply() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_inbound(key(1), 7, t0);
-        ct.record_outbound(key(1).reversed(), 7, t0);
-        assert_eq!(ct.len(), 1);
-        // The inbound direction is still an inbound flow (re-checked when policy changes).
-        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(allowed(7)));
-    }
-
-    #[test]
-    fn answering_a_revoked_inbound_flow_opens_no_flow_of_its_own() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_inbound(key(1), 7, t0);
-        ct.judge(&key(1), 8, false);
-        // The local Pod keeps sending on the flow: its packets are not a flow it opened, so
-        // the remote side's packets never become replies.
-        for s in 1..=3 {
-            let t = t0 + Duration::from_secs(s);
-            ct.record_outbound(key(1).reversed(), 8, t);
-            assert_eq!(ct.lookup_inbound(&key(1), t), Tracked::Inbound(revoked(8)));
-        }
-        assert_eq!((ct.len(), ct.revoked_len()), (0, 1));
-        // A later rule set may allow it again: a live flow once more.
-        ct.judge(&key(1), 9, true);
-        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(allowed(9)));
-        assert_eq!((ct.len(), ct.revoked_len()), (1, 0));
-    }
-
-    #[test]
-    fn a_revoked_flow_opened_here_stays_revoked_while_the_local_side_sends() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_outbound(key(1), 1, t0);
-        let reply = key(1).reversed();
-        ct.judge(&reply, 2, false);
-        ct.record_outbound(key(1), 2, t0 + Duration::from_secs(1));
-        assert_eq!(ct.lookup_inbound(&reply, t0), Tracked::Reply(revoked(2)));
-        assert_eq!((ct.len(), ct.revoked_len()), (0, 1));
-        // Allowed again: replies of a flow opened here once more.
-        ct.judge(&reply, 3, true);
-        assert_eq!(ct.lookup_inbound(&reply, t0), Tracked::Reply(allowed(3)));
-        ct.record_outbound(key(1), 3, t0);
-        assert_eq!((ct.len(), ct.revoked_len()), (1, 0));
-    }
-
-    #[test]
-    fn a_revoked_flow_is_forgotten_once_idle_for_its_timeout() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_inbound(key(1), 1, t0);
-        ct.judge(&key(1), 2, false);
-        // Kept alive by the local side until then.
-        let t1 = t0 + Duration::from_secs(3000);
-        ct.record_outbound(key(1).reversed(), 2, t1);
-        assert_eq!(ct.lookup_inbound(&key(1), t1), Tracked::Inbound(revoked(2)));
-        // Idle for longer than the TCP timeout: the next outbound packet opens a new flow.
-        let late = t1 + Duration::from_secs(3601);
-        ct.record_outbound(key(1).reversed(), 2, late);
-        assert_eq!(ct.lookup_inbound(&key(1), late), Tracked::Reply(allowed(2)));
-        assert_eq!((ct.len(), ct.revoked_len()), (1, 0));
-    }
-
-    #[test]
-    fn an_idle_revoked_flow_is_forgotten_by_the_next_inbound_packet_too() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_inbound(key(1), 1, t0);
-        ct.judge(&key(1), 2, false);
-        let t1 = t0 + Duration::from_secs(3600);
-        assert_eq!(ct.lookup_inbound(&key(1), t1), Tracked::Inbound(revoked(2)));
-        let late = t1 + Duration::from_secs(3601);
-        assert_eq!(ct.lookup_inbound(&key(1), late), Tracked::Miss);
-        assert_eq!(ct.revoked_len(), 0);
-    }
-
-    #[test]
-    fn live_flows_filling_the_table_do_not_evict_a_revoked_flow() {
-        let mut ct = table(2);
-        let t0 = Instant::now();
-        ct.record_inbound(key(1), 1, t0);
-        ct.judge(&key(1), 2, false);
-        // The remote side opens many flows policy allows: live ones are evicted.
-        for sport in 2..20 {
-            ct.record_inbound(key(sport), 2, t0);
-        }
-        assert_eq!(ct.evictions, 16);
-        // The revocation stands: the local side's packet opens no flow.
-        ct.record_outbound(key(1).reversed(), 2, t0);
-        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(revoked(2)));
-        assert_eq!(
-            (ct.len(), ct.revoked_len(), ct.revoked_evictions),
-            (2, 1, 0)
-        );
-    }
-
-    #[test]
-    fn a_full_revoked_table_evicts_the_least_recently_used_and_counts_it() {
-        let mut ct = table(2);
-        let t0 = Instant::now();
-        for sport in 1..=3 {
-            ct.record_inbound(key(sport), 1, t0);
-            ct.judge(&key(sport), 2, false);
-            if sport == 2 {
-                // Touch flow 1, so flow 2 is the least recently used revoked flow.
-                ct.record_outbound(key(1).reversed(), 2, t0);
-            }
-        }
-        assert_eq!((ct.revoked_len(), ct.revoked_evictions), (2, 1));
-        assert_eq!(ct.evictions, 0);
-        assert_eq!(ct.lookup_inbound(&key(2), t0), Tracked::Miss);
-        assert_eq!(ct.lookup_inbound(&key(1), t0), Tracked::Inbound(revoked(2)));
-        assert_eq!(ct.lookup_inbound(&key(3), t0), Tracked::Inbound(revoked(2)));
-        // Judging a revoked flow revoked again is no eviction.
-        ct.judge(&key(3), 3, false);
-        assert_eq!(ct.lookup_inbound(&key(3), t0), Tracked::Inbound(revoked(3)));
-        assert_eq!(ct.revoked_evictions, 1);
-    }
-
-    #[test]
-    fn judging_an_untracked_packet_changes_nothing() {
-        let mut ct = table(8);
-        let t0 = Instant::now();
-        ct.record_outbound(key(1), 1, t0);
-        // key(1) itself is the outbound direction, not a packet of the flow coming in.
-        ct.judge(&key(1), 2, false);
-        ct.judge(&key(2), 2, false);
-        assert_eq!(
-            ct.lookup_inbound(&key(1).reversed(), t0),
-            Tracked::Reply(allowed(1))
-        );
-        assert_eq!(ct.len(), 1);
-    }
-
-    #[test]
-    fn a_full_table_evicts_the_least_recently_used_and_counts_it() {
-        let mut ct = table(2);
-        let t0 = Instant::now();
-        ct.record_outbound(key(1), 0, t0);
-        ct.record_outbound(key(2), 0, t0);
-        // Touch flow 1, so flow 2 is the least recently used.
-        assert!(matches!(
-            ct.lookup_inbound(&key(1).reversed(), t0),
-            Tracked::Reply(_)
-        ));
-        ct.record_outbound(key(3), 0, t0);
-        assert_eq!(ct.evictions, 1);
-        assert_eq!(ct.len(), 2);
-        assert_eq!(ct.lookup_inbound(&key(2).reversed(), t0), Tracked::Miss);
-        assert!(matches!(
-            ct.lookup_inbound(&key(1).reversed(), t0),
-            Tracked::Reply(_)
-        ));
-        assert!(matches!(
-            ct.lookup_inbound(&key(3).reversed(), t0),
-            Tracked::Reply(_)
-        ));
-        // Refreshing an existing flow is no eviction.
-        ct.record_outbound(key(3), 0, t0);
-        assert_eq!(ct.evictions, 1);
-    }
-}
+#[path = "conntrack_tests.rs"]
+mod tests;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::conntrack::{Conntrack, FlowKey, Judged, Tracked};
+use super::conntrack::{Conntrack, FlowKey, Judged, Sent, Tracked};
 use super::{Direction, Flow, PolicySet, Protocol, Verdict};
 
 /// What the gate decided for one decrypted packet.
@@ -81,8 +81,14 @@ impl PolicyGate {
     }
 
     /// Records a packet this node sends into the mesh (see [`Conntrack::record_outbound`]).
-    pub fn record_outbound(&mut self, key: FlowKey, now: Instant) {
-        self.conntrack.record_outbound(key, self.version, now);
+    pub fn record_outbound(&mut self, key: FlowKey, sent: Sent, now: Instant) {
+        self.conntrack.record_outbound(key, sent, self.version, now);
+    }
+
+    /// Forgets revoked flows idle for their timeout (see [`Conntrack::sweep_revoked`]); the
+    /// datapath calls it on its status tick.
+    pub fn sweep_revoked(&mut self, now: Instant) -> usize {
+        self.conntrack.sweep_revoked(now)
     }
 
     /// Judges a decrypted packet of flow `key` (source: the remote side).
@@ -95,25 +101,31 @@ impl PolicyGate {
             revoked: false,
         };
         let set: &PolicySet = &self.set;
-        let verdict = match self.conntrack.lookup_inbound(key, now) {
+        let tracked = self.conntrack.lookup_inbound(key, now);
+        let verdict = match tracked {
             Tracked::Reply(judged) if judged == current => return Admission::TrackedReply,
             Tracked::Inbound(judged) if judged == current => return Admission::TrackedAllowed,
-            Tracked::Reply(judged) => {
-                // Judged under an older rule set: the reply of a flow that is still allowed
-                // passes. Otherwise (and if revoked under this one) the reply passes only if
-                // policy allows it on its own.
-                if judged.version != self.version && set.check(&flow(&key.reversed())).is_allowed()
+            Tracked::Reply(judged) | Tracked::Inbound(judged) => {
+                // A reply judged under an older rule set: it passes if the flow it answers is
+                // still allowed. Otherwise (a reply revoked under this rule set, or a packet of
+                // an inbound flow) the packet passes only if policy allows it on its own.
+                let reply = matches!(tracked, Tracked::Reply(_));
+                if reply
+                    && judged.version != self.version
+                    && set.check(&flow(&key.reversed())).is_allowed()
                 {
-                    self.conntrack.judge(key, self.version, true);
+                    self.conntrack.judge(key, self.version, true, now);
                     return Admission::TrackedReply;
                 }
                 let verdict = set.check(&flow(key));
-                rejudge(&mut self.conntrack, key, judged, self.version, &verdict);
-                verdict
-            }
-            Tracked::Inbound(judged) => {
-                let verdict = set.check(&flow(key));
-                rejudge(&mut self.conntrack, key, judged, self.version, &verdict);
+                rejudge(
+                    &mut self.conntrack,
+                    key,
+                    judged,
+                    self.version,
+                    &verdict,
+                    now,
+                );
                 verdict
             }
             Tracked::Miss => {
@@ -140,10 +152,11 @@ fn rejudge(
     judged: Judged,
     version: u64,
     verdict: &Verdict<'_>,
+    now: Instant,
 ) {
     let allowed = verdict.is_allowed();
     if judged.version != version || judged.revoked == allowed {
-        conntrack.judge(key, version, allowed);
+        conntrack.judge(key, version, allowed, now);
     }
 }
 

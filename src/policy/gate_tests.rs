@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::policy::conntrack::{IPPROTO_TCP, Timeouts};
+use crate::policy::conntrack::{IPPROTO_TCP, Sent, Timeouts};
 use crate::policy::test_support::{isolate, world};
 
 fn gate(required: bool) -> PolicyGate {
@@ -55,15 +55,16 @@ fn revoking_ingress_stops_an_inbound_flow_even_while_the_local_pod_keeps_sending
     gate.set_policy(world(&[]));
     let inbound = c_to_s();
     assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
-    gate.record_outbound(inbound.reversed(), t0);
+    gate.record_outbound(inbound.reversed(), Sent::Opening, t0);
     assert_eq!(gate.admit(&inbound, t0), Admission::TrackedAllowed);
 
     gate.set_policy(world(&[isolate("s", "Ingress")]));
     for ms in 0..5 {
         let now = t0 + Duration::from_millis(ms);
-        // The server keeps streaming to the client: that must not turn the client's packets
-        // into replies of a flow the server opened.
-        gate.record_outbound(inbound.reversed(), now);
+        // The server keeps streaming to the client (even packets that may open a flow, as
+        // any UDP packet may): that must not turn the client's packets into replies of a
+        // flow the server opened.
+        gate.record_outbound(inbound.reversed(), Sent::Opening, now);
         assert_eq!(gate.admit(&inbound, now), DENIED_S_INGRESS, "packet {ms}");
     }
 
@@ -87,7 +88,7 @@ fn revoking_the_remote_pods_egress_stops_its_flow_too() {
         pod: "lab/c",
     };
     assert_eq!(gate.admit(&inbound, t0), denied);
-    gate.record_outbound(inbound.reversed(), t0);
+    gate.record_outbound(inbound.reversed(), Sent::Opening, t0);
     assert_eq!(gate.admit(&inbound, t0), denied);
 }
 
@@ -98,7 +99,7 @@ fn replies_to_a_flow_opened_here_are_judged_again_when_the_rule_set_changes() {
     // `lab/s` is isolated for ingress: the client's packets pass only as replies.
     gate.set_policy(world(&[isolate("s", "Ingress")]));
     let reply = c_to_s();
-    gate.record_outbound(reply.reversed(), t0);
+    gate.record_outbound(reply.reversed(), Sent::Opening, t0);
     assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
 
     // An unrelated change: the flow it answers is still allowed.
@@ -109,7 +110,7 @@ fn replies_to_a_flow_opened_here_are_judged_again_when_the_rule_set_changes() {
     // more on the flow does not bring them back.
     gate.set_policy(world(&[isolate("s", "Ingress"), isolate("s", "Egress")]));
     assert_eq!(gate.admit(&reply, t0), DENIED_S_INGRESS);
-    gate.record_outbound(reply.reversed(), t0 + Duration::from_secs(1));
+    gate.record_outbound(reply.reversed(), Sent::Opening, t0 + Duration::from_secs(1));
     assert_eq!(gate.admit(&reply, t0), DENIED_S_INGRESS);
 
     // Allowed again.
@@ -124,7 +125,7 @@ fn a_reply_policy_allows_on_its_own_passes_whatever_the_flow_it_answers() {
     let t0 = Instant::now();
     gate.set_policy(world(&[]));
     let reply = c_to_s();
-    gate.record_outbound(reply.reversed(), t0);
+    gate.record_outbound(reply.reversed(), Sent::Opening, t0);
     // `lab/s` may no longer send anything, but nothing isolates its ingress.
     gate.set_policy(world(&[isolate("s", "Egress")]));
     assert_eq!(gate.admit(&reply, t0), Admission::Allowed);
@@ -139,7 +140,7 @@ fn nothing_passes_before_the_first_rule_set_when_a_source_is_configured() {
     assert!(!gate.synced());
     assert_eq!(gate.admit(&inbound, t0), Admission::NotSynced);
     // Not even replies to flows opened before the rule set arrived.
-    gate.record_outbound(inbound.reversed(), t0);
+    gate.record_outbound(inbound.reversed(), Sent::Opening, t0);
     assert_eq!(gate.admit(&inbound, t0), Admission::NotSynced);
 
     gate.set_policy(world(&[isolate("s", "Ingress")]));
@@ -169,7 +170,7 @@ fn revoked_then_flooded(t0: Instant) -> PolicyGate {
     gate.set_policy(world(&[]));
     let inbound = c_to_s();
     assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
-    gate.record_outbound(inbound.reversed(), t0);
+    gate.record_outbound(inbound.reversed(), Sent::Opening, t0);
 
     gate.set_policy(world(&[s_allows_c_on(8080)]));
     assert_eq!(gate.admit(&inbound, t0), DENIED_S_INGRESS);
@@ -195,15 +196,18 @@ fn a_remote_pod_opening_many_allowed_flows_cannot_evict_a_revoked_one() {
     // The server still answers on the revoked flow: that opens no flow of its own, and the
     // client's packets stay denied.
     let t1 = t0 + Duration::from_secs(1);
-    gate.record_outbound(inbound.reversed(), t1);
+    gate.record_outbound(inbound.reversed(), Sent::Opening, t1);
     assert_eq!(gate.admit(&inbound, t1), DENIED_S_INGRESS);
     assert_eq!(gate.conntrack().revoked_evictions, 0);
 
-    // Idle for its timeout, the revocation is forgotten: the server's next packet opens a
-    // flow, whose replies pass.
+    // Idle for its timeout, the revocation is forgotten: the server's next packet on the
+    // connection opens no flow, and the client's is judged as new (denied); a connection the
+    // server opens on those ports is a flow of its own, whose replies pass.
     let late = t1 + Duration::from_secs(3601);
-    gate.record_outbound(inbound.reversed(), late);
+    gate.record_outbound(inbound.reversed(), Sent::MidStream, late);
     assert_eq!(gate.conntrack().revoked_len(), 0);
+    assert_eq!(gate.admit(&inbound, late), DENIED_S_INGRESS);
+    gate.record_outbound(inbound.reversed(), Sent::Opening, late);
     assert_eq!(gate.admit(&inbound, late), Admission::TrackedReply);
 }
 
@@ -240,10 +244,36 @@ fn revocations_beyond_the_revoked_tables_capacity_are_evicted_and_counted() {
     }
     assert_eq!(gate.conntrack().revoked_len(), 2);
     assert_eq!(gate.conntrack().revoked_evictions, 2);
-    // The first two were forgotten: the server's packet on one opens a flow.
-    gate.record_outbound(flow(40000).reversed(), t0);
+    // The first two were forgotten: an opening packet of the server's on one opens a flow.
+    gate.record_outbound(flow(40000).reversed(), Sent::Opening, t0);
     assert_eq!(gate.admit(&flow(40000), t0), Admission::TrackedReply);
     // The last two stand.
-    gate.record_outbound(flow(40003).reversed(), t0);
+    gate.record_outbound(flow(40003).reversed(), Sent::Opening, t0);
     assert_eq!(gate.admit(&flow(40003), t0), DENIED_S_INGRESS);
+}
+
+#[test]
+fn a_remote_pod_evicting_its_own_flow_cannot_make_it_a_flow_the_server_opened() {
+    let mut gate = gate_holding(4, false);
+    let t0 = Instant::now();
+    gate.set_policy(world(&[s_allows_c_on(80)]));
+    let f1 = c_to_s();
+    assert_eq!(gate.admit(&f1, t0), Admission::Allowed);
+    // `lab/c` opens more cheap allowed flows than the table holds: F1's entry is evicted.
+    for sport in 50000..50004 {
+        let other = FlowKey {
+            src_port: sport,
+            ..f1
+        };
+        assert_eq!(gate.admit(&other, t0), Admission::Allowed, "port {sport}");
+    }
+    assert_eq!(gate.conntrack().evictions, 1);
+    // The server sends its next packet on F1 (an ACK, data, a retransmission): it is not a
+    // connection the server opened, so it records nothing.
+    let t1 = t0 + Duration::from_secs(1);
+    gate.record_outbound(f1.reversed(), Sent::MidStream, t1);
+    // A rule set that denies `lab/c` -> `lab/s`:80 denies F1's packets.
+    gate.set_policy(world(&[s_allows_c_on(8080)]));
+    assert_eq!(gate.admit(&f1, t1), DENIED_S_INGRESS);
+    assert_eq!(gate.admit(&f1, t1), DENIED_S_INGRESS);
 }
