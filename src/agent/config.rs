@@ -30,8 +30,8 @@ pub const DEFAULT_CONNTRACK_MAX: std::num::NonZeroUsize = match std::num::NonZer
 /// How long after the agent starts any outbound TCP packet opens a tracked flow (so
 /// connections established before a restart keep working); see SECURITY.md.
 pub const DEFAULT_CONNTRACK_PICKUP: Duration = Duration::from_secs(120);
-/// Longest pickup window: the TCP idle timeout (a connection idle for longer is forgotten
-/// anyway).
+/// Longest pickup window: the window trades policy strictness for continuity, and an hour
+/// covers any restart.
 const MAX_CONNTRACK_PICKUP: Duration = Duration::from_secs(3600);
 
 /// `weft agent` flags. Every flag may also be set in the config file (same name, kebab-case);
@@ -453,7 +453,7 @@ impl AgentConfig {
             .unwrap_or(DEFAULT_CONNTRACK_PICKUP);
         if conntrack_pickup > MAX_CONNTRACK_PICKUP {
             return Err(invalid(format!(
-                "conntrack-pickup must be at most {} (the TCP idle timeout)",
+                "conntrack-pickup must be at most {}",
                 humantime::format_duration(MAX_CONNTRACK_PICKUP)
             )));
         }

@@ -64,7 +64,10 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp: Duration::from_secs(3600),
+            // As Linux's established TCP timeout: well above keepalive intervals (2 h by
+            // default), since past the pickup window only a SYN opens a TCP flow, and an idle
+            // connection forgotten here would have its replies dropped for good.
+            tcp: Duration::from_secs(5 * 24 * 3600),
             udp: Duration::from_secs(120),
             other: Duration::from_secs(60),
         }

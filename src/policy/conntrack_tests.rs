@@ -1,5 +1,12 @@
 use super::*;
 
+/// Short timeouts the tests step past (TCP 1 h rather than the default 5 days).
+const TEST_TIMEOUTS: Timeouts = Timeouts {
+    tcp: Duration::from_secs(3600),
+    udp: Duration::from_secs(120),
+    other: Duration::from_secs(60),
+};
+
 fn key(sport: u16) -> FlowKey {
     FlowKey {
         protocol: IPPROTO_TCP,
@@ -11,7 +18,7 @@ fn key(sport: u16) -> FlowKey {
 }
 
 fn table(capacity: usize) -> Conntrack {
-    Conntrack::new(NonZeroUsize::new(capacity).unwrap(), Timeouts::default())
+    Conntrack::new(NonZeroUsize::new(capacity).unwrap(), TEST_TIMEOUTS)
 }
 
 fn allowed(version: u64) -> Judged {
@@ -358,4 +365,12 @@ fn a_full_revoked_table_forgetting_an_expired_flow_counts_no_eviction() {
     ct.record_inbound(key(5), 2, late);
     ct.judge(&key(5), 3, false, late);
     assert_eq!((ct.revoked_len(), ct.revoked_evictions), (2, 1));
+}
+
+#[test]
+fn the_default_tcp_timeout_outlasts_keepalives() {
+    // Past the pickup window only a SYN opens a TCP flow: a connection forgotten while idle
+    // would stay broken. Linux sends the first keepalive after 2 h by default.
+    assert!(Timeouts::default().tcp > Duration::from_secs(2 * 3600));
+    assert_eq!(Timeouts::default().udp, TEST_TIMEOUTS.udp);
 }

@@ -3,7 +3,7 @@
 //! content of it that could (fail closed: a typo in an edited file never drops the policies it
 //! held). No IO: `source` reads the directory and hands the reads in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -25,25 +25,30 @@ impl PolicyObjects {
         PolicySet::compile(&self.policies, &self.namespaces, &self.pods)
     }
 
-    /// Every object's kind and name, as in `NetworkPolicy x/a`.
+    /// Every named object's kind and name, as in `NetworkPolicy x/a` (a Pod or policy without
+    /// a namespace is in `default`, as compiling takes it; nameless objects are left out).
     fn ids(&self) -> impl Iterator<Item = String> + '_ {
-        let id = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            let name = meta.name.as_deref().unwrap_or_default();
-            match &meta.namespace {
-                Some(namespace) => format!("{kind} {namespace}/{name}"),
-                None => format!("{kind} {name}"),
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let namespaced = |kind: &'static str| {
+            move |meta: &ObjectMeta| {
+                let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+                let namespace = meta.namespace.as_deref().unwrap_or("default");
+                Some(format!("{kind} {namespace}/{name}"))
             }
         };
-        let namespaces = self
-            .namespaces
-            .iter()
-            .map(move |n| id("Namespace", &n.metadata));
-        let pods = self.pods.iter().map(move |p| id("Pod", &p.metadata));
-        let policies = self
-            .policies
-            .iter()
-            .map(move |p| id("NetworkPolicy", &p.metadata));
-        namespaces.chain(pods).chain(policies)
+        let namespaces = self.namespaces.iter().filter_map(|n| {
+            let name = n.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+            Some(format!("Namespace {name}"))
+        });
+        let pod = namespaced("Pod");
+        let policy = namespaced("NetworkPolicy");
+        namespaces
+            .chain(self.pods.iter().filter_map(move |p| pod(&p.metadata)))
+            .chain(
+                self.policies
+                    .iter()
+                    .filter_map(move |p| policy(&p.metadata)),
+            )
     }
 
     fn extend(&mut self, other: &PolicyObjects) {
@@ -186,7 +191,7 @@ enum Strictness {
     /// be dropped silently, and a selector left empty selects everything.
     Whole,
     /// Where policy reads a Pod: its top level, `metadata` (labels), the keys of `spec` and
-    /// `status` (`hostNetwork`, `podIP`, `phase`), and its containers' `ports`. A misspelt
+    /// `status` (`hostNetwork`, `podIP`, `phase`), of its `podIPs` and its containers' `ports`. A misspelt
     /// `podIp` would leave the Pod without an address, and an unknown address is isolated by
     /// nothing. Deeper unknown fields (an export from a newer cluster) are accepted.
     Pod,
@@ -203,6 +208,7 @@ impl Strictness {
             (Self::Whole, _)
                 | (_, [_] | ["metadata", ..])
                 | (Self::Pod, ["spec" | "status", _])
+                | (Self::Pod, ["status", "podIPs", _, _])
                 | (Self::Pod, ["spec", "containers" | "initContainers", _, _])
                 | (
                     Self::Pod,
@@ -284,26 +290,19 @@ impl PolicyFiles {
             }
             DirRead::Files(files) => files,
         };
+        let files = self.refuse_duplicates(files);
         let mut last_good = BTreeMap::new();
-        // Which file each object comes from: the same object in a later file is refused (one
-        // of the two is stale, and stale allows would add up).
-        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
         for (file, read) in files {
             let (reason, unreadable) = match read {
-                FileRead::Good(objects) => match duplicate(&claimed, &objects) {
-                    Some(reason) => (reason, false),
-                    None => {
-                        claim(&mut claimed, &objects, &file);
-                        last_good.insert(file, objects);
-                        continue;
-                    }
-                },
+                FileRead::Good(objects) => {
+                    last_good.insert(file, objects);
+                    continue;
+                }
                 FileRead::Bad(reason) => (reason, false),
                 FileRead::Unreadable(reason) => (reason, true),
             };
             let in_force = match self.last_good.remove(&file) {
                 Some(objects) => {
-                    claim(&mut claimed, &objects, &file);
                     last_good.insert(file.clone(), objects);
                     InForce::LastGood
                 }
@@ -334,21 +333,69 @@ impl PolicyFiles {
     }
 }
 
-/// Why `objects` cannot be taken: one of them is in a file already taken, or twice in theirs.
-fn duplicate(claimed: &BTreeMap<String, String>, objects: &PolicyObjects) -> Option<String> {
-    let mut seen = std::collections::BTreeSet::new();
-    objects.ids().find_map(|id| match claimed.get(&id) {
-        Some(other) => Some(format!("{id} is also in {other}")),
-        None if !seen.insert(id.clone()) => Some(format!("{id} is in this file twice")),
-        None => None,
-    })
+impl PolicyFiles {
+    /// Turns into bad reads the good ones that would put an object in force twice: a file
+    /// holding one twice, and a file whose new content adds an object (one its last good
+    /// content lacks) that another file holds, as read or, if that one is refused, as last
+    /// good. One of the two copies is stale, and a stale copy's allows would add up. Refusing
+    /// a file puts its last good content back, which may refuse another: repeated until none
+    /// changes (at most once per file).
+    fn refuse_duplicates(&self, files: Vec<(String, FileRead)>) -> Vec<(String, FileRead)> {
+        let mut files: Vec<(String, FileRead)> = files
+            .into_iter()
+            .map(|(file, read)| {
+                let read = match read {
+                    FileRead::Good(objects) => match twice(&objects) {
+                        Some(id) => FileRead::Bad(format!("{id} is in this file twice")),
+                        None => FileRead::Good(objects),
+                    },
+                    other => other,
+                };
+                (file, read)
+            })
+            .collect();
+        loop {
+            // What each file would put in force now, by object.
+            let mut holders: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (index, (file, read)) in files.iter().enumerate() {
+                let objects = match read {
+                    FileRead::Good(objects) => Some(objects),
+                    _ => self.last_good.get(file),
+                };
+                for id in objects.into_iter().flat_map(PolicyObjects::ids) {
+                    holders.entry(id).or_default().push(index);
+                }
+            }
+            let refused = files.iter().enumerate().find_map(|(index, (file, read))| {
+                let FileRead::Good(objects) = read else {
+                    return None;
+                };
+                let before: BTreeSet<String> = self
+                    .last_good
+                    .get(file)
+                    .into_iter()
+                    .flat_map(PolicyObjects::ids)
+                    .collect();
+                objects
+                    .ids()
+                    .filter(|id| !before.contains(id))
+                    .find_map(|id| {
+                        let other = holders.get(&id)?.iter().find(|&&other| other != index)?;
+                        Some((index, format!("{id} is also in {}", files[*other].0)))
+                    })
+            });
+            match refused {
+                Some((index, reason)) => files[index].1 = FileRead::Bad(reason),
+                None => return files,
+            }
+        }
+    }
 }
 
-/// Records that `file` holds `objects` (the first file holding an object keeps it).
-fn claim(claimed: &mut BTreeMap<String, String>, objects: &PolicyObjects, file: &str) {
-    for id in objects.ids() {
-        claimed.entry(id).or_insert_with(|| file.to_string());
-    }
+/// An object `objects` holds twice, if any.
+fn twice(objects: &PolicyObjects) -> Option<String> {
+    let mut seen = BTreeSet::new();
+    objects.ids().find(|id| !seen.insert(id.clone()))
 }
 
 #[cfg(test)]

@@ -7,13 +7,20 @@ use super::*;
 use crate::policy::conntrack::{IPPROTO_TCP, Sent, Timeouts};
 use crate::policy::test_support::{isolate, world};
 
+/// Short timeouts the tests step past (TCP 1 h rather than the default 5 days).
+const TEST_TIMEOUTS: Timeouts = Timeouts {
+    tcp: Duration::from_secs(3600),
+    udp: Duration::from_secs(120),
+    other: Duration::from_secs(60),
+};
+
 fn gate(required: bool) -> PolicyGate {
     gate_holding(64, required)
 }
 
 /// A gate whose connection tracking holds `capacity` live flows.
 fn gate_holding(capacity: usize, required: bool) -> PolicyGate {
-    let conntrack = Conntrack::new(NonZeroUsize::new(capacity).unwrap(), Timeouts::default());
+    let conntrack = Conntrack::new(NonZeroUsize::new(capacity).unwrap(), TEST_TIMEOUTS);
     PolicyGate::new(conntrack, required)
 }
 
