@@ -39,6 +39,11 @@ pub fn render(
         metric.set(value);
         registry.register(name, help, metric);
     };
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let metric = Counter::<u64>::default();
+        metric.inc_by(value);
+        registry.register(name, help, metric);
+    };
     gauge(
         &mut registry,
         "weft_ready",
@@ -193,26 +198,23 @@ pub fn render(
             "Flows a rule set change revoked, held apart until idle for their timeout",
             to_i64(datapath.conntrack_revoked_flows),
         );
-        let failures = Counter::<u64>::default();
-        failures.inc_by(apply_failures);
-        registry.register(
+        counter(
+            &mut registry,
             "weft_datapath_apply_failures",
             "Datapath updates (peers, weft's routes) and periodic kernel repairs that failed; a failed one is retried every 2 s",
-            failures,
+            apply_failures,
         );
-        let evictions = Counter::<u64>::default();
-        evictions.inc_by(datapath.conntrack_evictions);
-        registry.register(
+        counter(
+            &mut registry,
             "weft_conntrack_evictions",
             "Flows evicted from a full connection tracking table",
-            evictions,
+            datapath.conntrack_evictions,
         );
-        let revoked_evictions = Counter::<u64>::default();
-        revoked_evictions.inc_by(datapath.conntrack_revoked_evictions);
-        registry.register(
+        counter(
+            &mut registry,
             "weft_conntrack_revoked_evictions",
             "Revoked flows evicted from a full table before their timeout",
-            revoked_evictions,
+            datapath.conntrack_revoked_evictions,
         );
         let policy = &datapath.policy;
         gauge(

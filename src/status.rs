@@ -239,53 +239,54 @@ impl Status {
                 let _ = writeln!(out, "  denied to/from {pod}: {}", drops(by_direction));
             }
         }
-        if !self.rejected.is_empty() {
-            out.push('\n');
-            let rows: Vec<Vec<String>> = self
-                .rejected
-                .iter()
-                .map(|r| {
-                    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                    vec![
-                        r.kind.clone(),
-                        dash(&r.prefix),
-                        dash(&r.next_hop),
-                        dash(&r.node),
-                        r.reason.clone(),
-                        r.message.clone(),
-                    ]
-                })
-                .collect();
-            out.push_str(&table(
-                &["REJECTED", "PREFIX", "NEXT HOP", "NODE", "REASON", "DETAIL"],
-                &rows,
-            ));
-        }
-        if !self.skipped_records.is_empty() {
-            out.push('\n');
-            let rows: Vec<Vec<String>> = self
-                .skipped_records
-                .iter()
-                .map(|s| vec![s.source.clone(), s.reason.clone()])
-                .collect();
-            out.push_str(&table(&["SKIPPED RECORD", "REASON"], &rows));
-        }
-        if !self.rejected_policy_files.is_empty() {
-            out.push('\n');
-            let rows: Vec<Vec<String>> = self
-                .rejected_policy_files
-                .iter()
-                .map(|f| {
-                    let in_force = f.in_force.code().to_string();
-                    vec![f.file.clone(), in_force, f.reason.clone()]
-                })
-                .collect();
-            out.push_str(&table(
-                &["REJECTED POLICY FILE", "IN FORCE", "REASON"],
-                &rows,
-            ));
-        }
+        let rejected: Vec<Vec<String>> = self
+            .rejected
+            .iter()
+            .map(|r| {
+                let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                vec![
+                    r.kind.clone(),
+                    dash(&r.prefix),
+                    dash(&r.next_hop),
+                    dash(&r.node),
+                    r.reason.clone(),
+                    r.message.clone(),
+                ]
+            })
+            .collect();
+        optional_table(
+            &mut out,
+            &["REJECTED", "PREFIX", "NEXT HOP", "NODE", "REASON", "DETAIL"],
+            &rejected,
+        );
+        let skipped: Vec<Vec<String>> = self
+            .skipped_records
+            .iter()
+            .map(|s| vec![s.source.clone(), s.reason.clone()])
+            .collect();
+        optional_table(&mut out, &["SKIPPED RECORD", "REASON"], &skipped);
+        let policy_files: Vec<Vec<String>> = self
+            .rejected_policy_files
+            .iter()
+            .map(|f| {
+                let in_force = f.in_force.code().to_string();
+                vec![f.file.clone(), in_force, f.reason.clone()]
+            })
+            .collect();
+        optional_table(
+            &mut out,
+            &["REJECTED POLICY FILE", "IN FORCE", "REASON"],
+            &policy_files,
+        );
         out
+    }
+}
+
+/// A blank line and `table(headers, rows)`, unless there are no rows.
+fn optional_table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(headers, rows));
     }
 }
 

@@ -42,14 +42,20 @@ fn kernel_state(lab: &Lab) -> (String, String, String) {
     )
 }
 
-#[test]
-fn kernel_state_changed_behind_the_agents_back_is_put_back_without_an_event() {
-    let lab = Lab::up_with("wtrepair", 2, &format!("--health-address {HEALTH}"));
+/// A 2-node lab serving health on `HEALTH`, meshed: (lab, n1's namespace, n1's TUN, a Pod
+/// namespace on n1, a Pod address on n2).
+fn two_nodes(name: &str) -> (Lab, String, String, String, String) {
+    let lab = Lab::up_with(name, 2, &format!("--health-address {HEALTH}"));
     lab.wait_for_mesh(CONVERGE);
-    let n1 = lab.node_ns(1);
-    let tun = lab.interface(1);
+    let (n1, tun) = (lab.node_ns(1), lab.interface(1));
     let (from, _) = lab.pods(1)[0].clone();
     let (_, to) = lab.pods(2)[0].clone();
+    (lab, n1, tun, from, to)
+}
+
+#[test]
+fn kernel_state_changed_behind_the_agents_back_is_put_back_without_an_event() {
+    let (lab, n1, tun, from, to) = two_nodes("wtrepair");
     wait_for(CONVERGE, "n1's Pod to reach n2's Pod", || {
         lab.ping(&from, &to, 1).then_some(())
     });
@@ -93,12 +99,7 @@ fn kernel_state_changed_behind_the_agents_back_is_put_back_without_an_event() {
 #[test]
 fn a_route_update_the_kernel_refuses_is_reported_retried_alone_and_applies_once_the_cause_is_gone()
 {
-    let lab = Lab::up_with("wtapply", 2, &format!("--health-address {HEALTH}"));
-    lab.wait_for_mesh(CONVERGE);
-    let n1 = lab.node_ns(1);
-    let tun = lab.interface(1);
-    let (from, _) = lab.pods(1)[0].clone();
-    let (_, to) = lab.pods(2)[0].clone();
+    let (lab, n1, tun, from, to) = two_nodes("wtapply");
     assert_eq!(http_get(&n1, HEALTH, "/readyz").map(|(c, _)| c), Some(200));
     assert_eq!(apply_failures(&lab, 1), Some(0));
 

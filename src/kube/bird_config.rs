@@ -76,8 +76,7 @@ pub fn render_nodes<'a>(
             if name == own {
                 Err(error)
             } else {
-                tracing::warn!(%error, "leaving the node out of the BIRD configuration");
-                left_out.insert(name.clone(), error.to_string());
+                leave_out(&mut left_out, &name, error.to_string());
                 Ok(())
             }
         };
@@ -117,9 +116,9 @@ pub fn render_nodes<'a>(
     bird_nodes.retain(|node| {
         let reachable = session_addresses(&me, node).is_some();
         if !reachable {
-            tracing::warn!(node = %node.name, "leaving the node out of the BIRD configuration: it shares no address family with this node");
-            left_out.insert(
-                node.name.clone(),
+            leave_out(
+                &mut left_out,
+                &node.name,
                 "it shares no address family (IPv4 or IPv6) with this node".into(),
             );
         }
@@ -145,6 +144,12 @@ pub fn render_nodes<'a>(
     Ok(render(&me, &bird_nodes, settings)?)
 }
 
+/// Records (and logs) that node `name` is left out of the configuration, and why.
+fn leave_out(left_out: &mut BTreeMap<String, String>, name: &str, reason: String) {
+    tracing::warn!(node = %name, %reason, "leaving the node out of the BIRD configuration");
+    left_out.insert(name.to_string(), reason);
+}
+
 /// Leaves out the nodes holding any of `keys` (their addresses, their router id) that `me`
 /// or another node holds too.
 fn leave_out_shared(
@@ -164,9 +169,9 @@ fn leave_out_shared(
             .into_iter()
             .find(|key| mine.contains(key) || holders.get(key) > Some(&1));
         if let Some(shared) = shared {
-            tracing::warn!(node = %node.name, %shared, "leaving the node out of the BIRD configuration: another node has its {what}");
-            left_out.insert(
-                node.name.clone(),
+            leave_out(
+                left_out,
+                &node.name,
                 format!("another node has its {what} {shared}"),
             );
         }

@@ -28,6 +28,16 @@ fn parse_bad(text: &str, expected: &str) -> FileRead {
     read
 }
 
+/// Files seen once: a.yaml and b.yaml, each good with one policy (x/a, x/b).
+fn a_and_b_seen() -> PolicyFiles {
+    let mut files_seen = PolicyFiles::default();
+    files_seen.merge(files(vec![
+        ("a.yaml", good(&policy("a"))),
+        ("b.yaml", good(&policy("b"))),
+    ]));
+    files_seen
+}
+
 fn bad(reason: &str) -> FileRead {
     FileRead::Bad(reason.into())
 }
@@ -93,11 +103,7 @@ fn a_file_that_turns_bad_keeps_its_last_good_content_until_fixed() {
 
 #[test]
 fn a_deleted_file_is_gone_even_after_it_was_bad() {
-    let mut files_seen = PolicyFiles::default();
-    files_seen.merge(files(vec![
-        ("a.yaml", good(&policy("a"))),
-        ("b.yaml", good(&policy("b"))),
-    ]));
+    let mut files_seen = a_and_b_seen();
     files_seen.merge(files(vec![
         ("a.yaml", good(&policy("a"))),
         ("b.yaml", bad("typo")),
@@ -342,11 +348,7 @@ fn pods_and_namespaces_are_strict_where_policy_reads_them() {
 
 #[test]
 fn the_same_object_in_a_later_file_is_refused_until_one_copy_goes() {
-    let mut files_seen = PolicyFiles::default();
-    files_seen.merge(files(vec![
-        ("a.yaml", good(&policy("a"))),
-        ("b.yaml", good(&policy("b"))),
-    ]));
+    let mut files_seen = a_and_b_seen();
     // x/a copied into b.yaml (say, on its way there from a.yaml): b.yaml is refused and its
     // last good content stays.
     let both = format!("{}---\n{}", policy("b"), policy("a"));
@@ -366,11 +368,7 @@ fn the_same_object_in_a_later_file_is_refused_until_one_copy_goes() {
     assert_eq!(in_force(&moved), ["x/a", "x/b"]);
     assert_eq!(moved.objects.policies.len(), 2);
     // Copied into a file earlier in name order: that file is refused, not the one holding it.
-    let mut files_seen = PolicyFiles::default();
-    files_seen.merge(files(vec![
-        ("a.yaml", good(&policy("a"))),
-        ("b.yaml", good(&policy("b"))),
-    ]));
+    let mut files_seen = a_and_b_seen();
     let both = format!("{}---\n{}", policy("a"), policy("b"));
     let copied = files_seen.merge(files(vec![
         ("a.yaml", good(&both)),
