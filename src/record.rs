@@ -214,12 +214,18 @@ pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }
 
-/// Whether `outer` contains all of `inner`.
 /// Whether `prefix` lies inside one of `cidrs`.
 pub fn within(cidrs: &[IpNetwork], prefix: &IpNetwork) -> bool {
     cidrs.iter().any(|cidr| covers(cidr, prefix))
 }
 
+/// Whether `prefix` is in scope of the configured Pod CIDRs `cidrs`: inside one of them, or
+/// anywhere when none is configured (the control plane alone).
+pub fn in_pod_cidrs(cidrs: &[IpNetwork], prefix: &IpNetwork) -> bool {
+    cidrs.is_empty() || within(cidrs, prefix)
+}
+
+/// Whether `outer` contains all of `inner`.
 pub fn covers(outer: &IpNetwork, inner: &IpNetwork) -> bool {
     outer.is_ipv4() == inner.is_ipv4()
         && outer.prefix() <= inner.prefix()

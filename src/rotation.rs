@@ -169,6 +169,14 @@ pub struct RotationView {
     pub pending_peers: Vec<String>,
 }
 
+impl RotationView {
+    /// When the grace period ends: none before the announcement is published.
+    pub fn deadline(&self) -> Option<u64> {
+        self.announced_at
+            .map(|at| at.saturating_add(self.grace_secs))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompletedView {
@@ -208,11 +216,8 @@ impl KeyStatus {
         );
         match (&self.next_public_key, &self.rotation) {
             (Some(next), Some(rotation)) => {
-                let grace = match rotation.announced_at {
-                    Some(at) => format!(
-                        "grace ends in {}s",
-                        at.saturating_add(rotation.grace_secs).saturating_sub(now)
-                    ),
+                let grace = match rotation.deadline() {
+                    Some(deadline) => format!("grace ends in {}s", deadline.saturating_sub(now)),
                     None => format!(
                         "grace of {}s starts once the announcement is published",
                         rotation.grace_secs

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{KeyError, KeyStore, PrivateKey, PublicKey, atomic};
 
-const NEXT_KEY_FILE: &str = "next.key";
-const STATE_FILE: &str = "rotation.json";
+pub(crate) const NEXT_KEY_FILE: &str = "next.key";
+pub(crate) const STATE_FILE: &str = "rotation.json";
 /// A state file is a few hundred bytes; anything much larger is not one.
 const MAX_STATE_FILE_BYTES: u64 = 4096;
 

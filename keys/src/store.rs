@@ -181,7 +181,11 @@ impl KeyStore {
 }
 
 /// The files of a key store that are written through a temp file.
-const STORE_FILES: [&str; 3] = [PRIVATE_KEY_FILE, "next.key", "rotation.json"];
+const STORE_FILES: [&str; 3] = [
+    PRIVATE_KEY_FILE,
+    crate::rotation::NEXT_KEY_FILE,
+    crate::rotation::STATE_FILE,
+];
 
 /// The process id in the name of a temp file of one of the store's files.
 fn temp_file_pid(name: &str) -> Option<u32> {

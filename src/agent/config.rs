@@ -297,10 +297,10 @@ pub fn check_blocks_in_pod_cidrs(
     blocks: &[IpNetwork],
     pod_cidrs: &[IpNetwork],
 ) -> Result<(), String> {
-    if pod_cidrs.is_empty() {
-        return Ok(());
-    }
-    match blocks.iter().find(|b| !crate::record::within(pod_cidrs, b)) {
+    match blocks
+        .iter()
+        .find(|b| !crate::record::in_pod_cidrs(pod_cidrs, b))
+    {
         Some(block) => Err(format!(
             "block {block} is outside the Pod CIDRs ({}); other nodes would reject it",
             pod_cidrs

@@ -377,8 +377,7 @@ async fn serve_node(
     failure.map_or(Ok(()), Err)
 }
 
-/// Starts the datapath (unless running the control plane only) with the node's keys.
-/// Starts the datapath if configured; with `policy_required` it delivers nothing decrypted
+/// Starts the datapath (unless running the control plane only) with the node's keys; with `policy_required` it delivers nothing decrypted
 /// until the first rule set is in force.
 async fn start_datapath(
     config: &AgentConfig,

@@ -77,10 +77,12 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
         };
         // The grace period runs from the announcement's first publication, which may come
         // well after we started waiting (the API server was away): wait for all of it.
-        if let Some(announced) = status.rotation.as_ref().and_then(|r| r.announced_at) {
-            let ends = announced
-                .saturating_add(grace.as_secs())
-                .saturating_add(WAIT_SLACK.as_secs());
+        if let Some(deadline) = status
+            .rotation
+            .as_ref()
+            .and_then(crate::rotation::RotationView::deadline)
+        {
+            let ends = deadline.saturating_add(WAIT_SLACK.as_secs());
             let left = ends.saturating_sub(crate::rotation::unix_now());
             give_up = give_up.max(tokio::time::Instant::now() + Duration::from_secs(left));
         }

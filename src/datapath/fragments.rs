@@ -51,6 +51,7 @@ impl FragmentTable {
         }
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }

@@ -103,8 +103,7 @@ pub enum Fragment {
     Later(FragmentId),
 }
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+use crate::policy::conntrack::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 const SCTP: u8 = 132;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;

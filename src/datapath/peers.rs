@@ -126,9 +126,9 @@ impl PeerTable {
         for id in ids {
             self.retain_sessions(id, |s| held.contains(&s.own));
         }
+        // Every peer's choice is made again (our newest key weighs in it): by
+        // `retain_sessions` above, and by `add_session` for the new sessions.
         self.ensure_targets();
-        // Our newest key may have changed: it weighs in every peer's choice.
-        self.choose_outbound(None);
     }
 
     /// The peers as the mesh last described them.
@@ -191,10 +191,9 @@ impl PeerTable {
                 self.routes.insert(*prefix, *id);
             }
         }
-        let created = self.ensure_targets();
-        // Peers' keys may have changed: they weigh in their choices.
-        self.choose_outbound(None);
-        created
+        // A changed peer's choice was made again by `retain_sessions` (after its new keys were
+        // in place), an added peer's by `add_session`; the others' did not change.
+        self.ensure_targets()
     }
 
     /// Drops the sessions of peer `id` for which `keep` is false.
@@ -348,6 +347,7 @@ impl PeerTable {
     }
 
     /// The peer that receiver index `receiver` of ours belongs to.
+    #[cfg(test)]
     pub fn index_for_receiver(&self, receiver: u32) -> Option<u32> {
         self.peer_of_session(receiver >> 8)
     }

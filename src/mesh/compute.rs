@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnetwork::IpNetwork;
 
 use super::{Mesh, MeshInput, NodeEntry, Peer, RejectReason, Rejection, Subject};
-use crate::record::{NodeRecord, covers, overlaps, within};
+use crate::record::{NodeRecord, covers, in_pod_cidrs, overlaps};
 
 /// Computes the desired mesh. Node names are expected to be unique (registries key by name).
 pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
@@ -255,7 +255,7 @@ impl<'a> World<'a> {
 
     /// Inside the Pod CIDRs (everything is, when none are configured).
     fn in_scope(&self, prefix: &IpNetwork) -> bool {
-        self.pod_cidrs.is_empty() || within(self.pod_cidrs, prefix)
+        in_pod_cidrs(self.pod_cidrs, prefix)
     }
 
     /// A node's record, if it is valid and trusted.

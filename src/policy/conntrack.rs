@@ -212,11 +212,14 @@ impl Conntrack {
         self.revoked.len()
     }
 
+    /// Adds or replaces a live flow; a full table forgets its least recently used one, counted.
     fn insert(&mut self, key: FlowKey, entry: Entry) {
-        if !self.flows.contains(&key) && self.flows.len() == self.flows.cap().get() {
+        // `push` hands back the entry it replaced (same key) or evicted (another key).
+        if let Some((pushed_out, _)) = self.flows.push(key, entry)
+            && pushed_out != key
+        {
             self.evictions += 1;
         }
-        self.flows.put(key, entry);
     }
 
     /// Whether a revoked flow has been idle for its timeout at `now`.
@@ -227,15 +230,12 @@ impl Conntrack {
     /// Adds a revoked flow, judged at `now`; a full table first forgets its least recently
     /// used flow, counted as an eviction unless it had expired already.
     fn insert_revoked(&mut self, inbound: FlowKey, entry: Entry, now: Instant) {
-        let full = self.revoked.len() == self.revoked.cap().get();
-        if full
-            && !self.revoked.contains(&inbound)
-            && let Some((oldest_key, oldest)) = self.revoked.pop_lru()
-            && !self.revoked_expired(&oldest_key, &oldest, now)
+        if let Some((pushed_out, oldest)) = self.revoked.push(inbound, entry)
+            && pushed_out != inbound
+            && !self.revoked_expired(&pushed_out, &oldest, now)
         {
             self.revoked_evictions += 1;
         }
-        self.revoked.put(inbound, entry);
     }
 
     /// Forgets revoked flows that have been idle for their timeout at `now`, from the least
