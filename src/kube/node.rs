@@ -86,11 +86,9 @@ pub fn node_entry(node: &Node) -> Result<NodeEntry, SkippedEntry> {
         Some(text) => NodeRecord::parse(text),
         None => Err(RecordError::Missing),
     };
-    let mut addresses = node_addresses(node);
-    addresses.sort();
     Ok(NodeEntry {
         name,
-        addresses,
+        addresses: node_addresses(node),
         record,
     })
 }
@@ -162,6 +160,19 @@ mod tests {
                 "203.0.113.7".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn entries_keep_the_internal_ip_first_even_when_an_external_ip_sorts_lower() {
+        let n = node(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "ExternalIP", "address": "3.120.7.9"},
+                {"type": "InternalIP", "address": "172.31.5.10"},
+            ]}
+        }));
+        let entry = node_entry(&n).unwrap();
+        assert_eq!(entry.addresses[0], "172.31.5.10".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn compute_mesh(input: &MeshInput<'_>) -> Mesh {
             let entry = world.entries.get(name)?;
             let record = entry.record.as_ref().ok()?;
             let endpoint = record.endpoint.or_else(|| {
-                let first = entry.addresses.iter().min()?;
+                let first = entry.addresses.first()?;
                 Some(SocketAddr::new(*first, input.default_port))
             });
             let peer = Peer {

@@ -26,6 +26,8 @@ pub use reason::{RejectReason, Rejection, Subject};
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeEntry {
     pub name: String,
+    /// Without repeats, in preference order: the first is the default endpoint (a Node's
+    /// InternalIP before its ExternalIP).
     pub addresses: Vec<IpAddr>,
     pub record: Result<NodeRecord, RecordError>,
 }

@@ -194,6 +194,18 @@ fn a_remote_claim_on_our_own_block_is_rejected() {
 }
 
 #[test]
+fn without_a_record_endpoint_the_first_listed_address_is_the_endpoint() {
+    // An InternalIP listed before an ExternalIP that sorts lower: the InternalIP is used.
+    let mut nodes = lab();
+    nodes[1].addresses = vec![ip("198.18.0.2"), ip("3.120.7.9")];
+    let mesh = mesh(&nodes, &[route("10.244.2.0/24", &["198.18.0.2"])]);
+    assert_eq!(
+        mesh.peers["n2"].endpoint,
+        Some("198.18.0.2:51820".parse().unwrap())
+    );
+}
+
+#[test]
 fn record_endpoint_wins_over_the_address() {
     let mut nodes = lab();
     if let Ok(record) = &mut nodes[1].record {

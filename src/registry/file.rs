@@ -109,12 +109,9 @@ fn read_node_file(path: &Path, file_name: &str) -> Result<NodeEntry, String> {
             file.name, file.name
         ));
     }
-    let mut addresses = file.addresses;
-    addresses.sort();
-    addresses.dedup();
     Ok(NodeEntry {
         name: file.name,
-        addresses,
+        addresses: crate::registry::preference_order(&file.addresses),
         record: NodeRecord::from_value(file.record),
     })
 }
@@ -141,12 +138,9 @@ impl Registry for FileRegistry {
             path: shown.clone(),
             source,
         };
-        let mut addresses = own.addresses.clone();
-        addresses.sort();
-        addresses.dedup();
         let file = NodeFile {
             name: own.name.clone(),
-            addresses,
+            addresses: crate::registry::preference_order(&own.addresses),
             record: own.record.to_value(),
         };
         let mut bytes =

@@ -50,17 +50,26 @@ impl RegistrySnapshot {
     }
 
     /// Whether the registry holds exactly `own` as this node's entry.
-    /// Addresses compare as sets: registries list them sorted.
     pub fn holds(&self, own: &OwnNode) -> bool {
-        let mut addresses = own.addresses.clone();
-        addresses.sort();
-        addresses.dedup();
+        let addresses = preference_order(&own.addresses);
         self.nodes.iter().any(|node| {
             node.name == own.name
                 && node.addresses == addresses
                 && node.record.as_ref() == Ok(&own.record)
         })
     }
+}
+
+/// A node's addresses without repeats, in the order listed: the first is the one peers reach
+/// it at when its record names no endpoint (a Node's InternalIP before its ExternalIP).
+pub fn preference_order(addresses: &[IpAddr]) -> Vec<IpAddr> {
+    let mut ordered: Vec<IpAddr> = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        if !ordered.contains(address) {
+            ordered.push(*address);
+        }
+    }
+    ordered
 }
 
 /// Errors of registry backends.
@@ -110,7 +119,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_snapshot_holds_the_own_node_whatever_the_address_order() {
+    fn a_snapshot_holds_the_own_node_with_its_addresses_in_order_without_repeats() {
         let record = NodeRecord::parse(&format!(
             r#"{{"v":1,"publicKey":"{}","blocks":["10.244.1.0/24"]}}"#,
             weft_keys::PrivateKey::from_bytes([1; 32]).public_key()
@@ -120,23 +129,25 @@ mod tests {
         let b: IpAddr = "203.0.113.1".parse().unwrap();
         let own = OwnNode {
             name: "n1".into(),
-            addresses: vec![b, a],
+            addresses: vec![b, a, b],
             record: record.clone(),
         };
-        let snapshot = RegistrySnapshot {
+        let entry = |addresses| RegistrySnapshot {
             nodes: vec![NodeEntry {
                 name: "n1".into(),
-                addresses: vec![a, b],
-                record: Ok(record),
+                addresses,
+                record: Ok(record.clone()),
             }],
             skipped: vec![],
         };
-        assert!(snapshot.holds(&own));
+        assert!(entry(vec![b, a]).holds(&own));
+        // The first address is the default endpoint: another order is another entry.
+        assert!(!entry(vec![a, b]).holds(&own));
         let other = OwnNode {
             addresses: vec![a],
             ..own
         };
-        assert!(!snapshot.holds(&other));
+        assert!(!entry(vec![b, a]).holds(&other));
     }
 
     #[test]
