@@ -180,6 +180,7 @@ async fn serve_node(
         Backend::Kube { .. } => false,
     };
     let publisher = Publisher::spawn(registry.clone(), own.clone(), published);
+    let _ = shared.published.set(publisher.acked_receiver());
 
     let (nodes_tx, mut nodes) = watch::channel(None::<RegistrySnapshot>);
     let (routes_tx, mut routes) = watch::channel(None::<Vec<LearnedRoute>>);

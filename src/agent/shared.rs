@@ -22,6 +22,8 @@ pub(crate) struct SharedStatus {
     /// `None` while starting (before the own record exists).
     pub(super) status: RwLock<Option<Status>>,
     pub(super) datapath: OnceLock<watch::Receiver<DatapathStatus>>,
+    /// What the registry took of the own record (readiness waits for the first one).
+    pub(super) published: OnceLock<watch::Receiver<super::publisher::Acked>>,
     pub(super) policy: RwLock<Option<Arc<PolicySet>>>,
     /// The policy directory's files whose current content is not used (`--policy-dir` only).
     pub(super) rejected_policy_files: OnceLock<watch::Receiver<Vec<RejectedPolicyFile>>>,
@@ -77,8 +79,8 @@ impl SharedStatus {
             .is_some_and(|d| d.has_changed().is_err())
     }
 
-    /// Ready once the registry, the kernel routes and (if configured) the policy source have
-    /// each been read at least once. After that the agent stays ready while the API server is
+    /// Ready once the own record has been published, and the registry, the kernel routes and
+    /// (if configured) the policy source have each been read, at least once. After that the agent stays ready while the API server is
     /// away: it keeps enforcing its last known mesh and policy.
     pub(crate) fn readiness(&self) -> Result<(), String> {
         // Only the synced flags are needed: no copy of the whole status.
@@ -99,6 +101,16 @@ impl SharedStatus {
         let policy_loaded = self.policy.read().map(|p| p.is_some()).unwrap_or(false);
         if self.policy_expected.load(Ordering::Relaxed) && !policy_loaded {
             waiting.push("policy");
+        }
+        if let Some(acked) = self.published.get() {
+            let acked = acked.borrow();
+            if acked.generation == 0 {
+                // Peers cannot reach this node before its record is out.
+                return Err(match &acked.error {
+                    Some((_, error)) => format!("own record not published yet: {error}"),
+                    None => "own record not published yet".into(),
+                });
+            }
         }
         if self.datapath_stopped() {
             return Err("the datapath stopped".into());
@@ -210,6 +222,32 @@ mod tests {
             Err("applying the mesh to the datapath failed: netlink: Network is down".into())
         );
         *shared.apply_error.write().unwrap() = None;
+        assert_eq!(shared.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn the_agent_is_unready_until_the_registry_took_its_record_once() {
+        use super::super::publisher::Acked;
+        let shared = SharedStatus::default();
+        *shared.status.write().unwrap() = Some(synced_status());
+        let (acked, receiver) = tokio::sync::watch::channel(Acked::default());
+        let _ = shared.published.set(receiver);
+        assert_eq!(
+            shared.readiness(),
+            Err("own record not published yet".into())
+        );
+        acked.send_modify(|a| a.error = Some((1, "admission denied the patch".into())));
+        assert_eq!(
+            shared.readiness(),
+            Err("own record not published yet: admission denied the patch".into())
+        );
+        acked.send_modify(|a| {
+            a.generation = 1;
+            a.error = None;
+        });
+        assert_eq!(shared.readiness(), Ok(()));
+        // A later record failing to go out keeps the agent ready: peers know the last one.
+        acked.send_modify(|a| a.error = Some((2, "the API server is away".into())));
         assert_eq!(shared.readiness(), Ok(()));
     }
 
