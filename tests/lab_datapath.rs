@@ -158,6 +158,47 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
 }
 
 #[test]
+fn a_clean_stop_keeping_routing_drops_pod_traffic_until_the_agent_is_back() {
+    // As the DaemonSet runs it: every rollout stops the agent cleanly.
+    let lab = Lab::up_with("wtkeep", 2, "--keep-routing-on-exit");
+    lab.wait_for_mesh(CONVERGE);
+    let (from, _) = lab.pods(1)[0].clone();
+    let (_, to) = lab.pods(2)[0].clone();
+    assert!(lab.ping(&from, &to, 5));
+
+    lab.script(&["stop-agent", "1"]);
+    let rules = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
+    );
+    assert_eq!(rules.lines().count(), 1, "the rule must stay: {rules}");
+    let routes = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
+    );
+    // The tunnel routes went with the TUN; the unreachable ones stay.
+    assert!(routes.contains("unreachable 10.244.2.0/24"), "{routes}");
+    assert!(!routes.contains("dev wtkeepn1"), "{routes}");
+    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
+    assert!(
+        !lab.ping(&from, &to, 2),
+        "traffic flowed with the agent stopped"
+    );
+    clear.assert_nothing("traffic left in clear while the agent was stopped");
+
+    lab.script(&["start-agent", "1"]);
+    lab.wait_for_mesh(CONVERGE);
+    wait_for(CONVERGE, "traffic to flow again", || {
+        lab.ping(&from, &to, 1).then_some(())
+    });
+    let rules = run_ok(
+        "ip",
+        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
+    );
+    assert_eq!(rules.lines().count(), 1, "{rules}");
+}
+
+#[test]
 fn garbage_udp_is_counted_and_changes_nothing() {
     let lab = Lab::up("wtjunk", 2);
     lab.wait_for_mesh(CONVERGE);

@@ -135,6 +135,12 @@ pub struct AgentArgs {
     /// Run the control plane only: no TUN, no encryption (status and records still work).
     #[arg(long)]
     pub no_datapath: bool,
+    /// On a clean stop, leave weft's ip rule and unreachable routes in place, so Pod traffic
+    /// to other nodes is dropped, not sent in clear over BGP routes, until the agent is back
+    /// (for DaemonSets, where every rollout stops the agent; see deploy/README.md to remove
+    /// them on uninstall).
+    #[arg(long)]
+    pub keep_routing_on_exit: bool,
     /// Receive buffer of the route notification socket in bytes (tests use a tiny one to force
     /// overruns).
     #[arg(long, value_name = "BYTES", hide = true)]
@@ -187,6 +193,8 @@ struct ConfigFile {
     rule_priority: Option<u32>,
     #[serde(default)]
     no_datapath: bool,
+    #[serde(default)]
+    keep_routing_on_exit: bool,
     #[serde(default)]
     pod_cidrs: Vec<IpNetwork>,
     uapi_socket: Option<PathBuf>,
@@ -260,6 +268,7 @@ pub struct DatapathSettings {
     pub conntrack_max: std::num::NonZeroUsize,
     /// How long after start any outbound TCP packet opens a tracked flow (zero: none).
     pub conntrack_pickup: Duration,
+    pub keep_routing_on_exit: bool,
 }
 
 impl DatapathSettings {
@@ -461,6 +470,7 @@ impl AgentConfig {
             policy_dir,
             conntrack_max,
             conntrack_pickup,
+            keep_routing_on_exit: args.keep_routing_on_exit || file.keep_routing_on_exit,
             uapi_socket,
             interface,
             encryption: args

@@ -368,8 +368,8 @@ async fn serve_node(
     if let Some(task) = policy_task {
         task.abort();
     }
-    // A clean stop removes weft's rules and routes; after a datapath failure they stay, so
-    // the backstops keep failing closed until the agent is back.
+    // A clean stop removes weft's rules and routes (unless told to keep them); after a
+    // datapath failure they stay, so the backstops keep failing closed until the agent is back.
     if let Some(datapath) = datapath
         && failure.is_none()
     {
@@ -402,7 +402,9 @@ async fn start_datapath(
                 config.endpoint,
             ),
             local_blocks: config.blocks.clone(),
+            pod_cidrs: config.pod_cidrs.clone(),
             encryption: settings.encryption,
+            keep_routing_on_exit: settings.keep_routing_on_exit,
             uapi_socket: settings.uapi_socket.clone(),
             conntrack_max: settings.conntrack_max,
             conntrack_pickup: settings.conntrack_pickup,

@@ -234,7 +234,10 @@ pub(crate) mod tests {
         let spread: std::collections::BTreeSet<Duration> = (0..20)
             .map(|n| retry_delay(3, &format!("node-{n}")))
             .collect();
-        assert!(spread.len() > 10, "nodes retry at different moments: {spread:?}");
+        assert!(
+            spread.len() > 10,
+            "nodes retry at different moments: {spread:?}"
+        );
     }
 
     #[tokio::test]

@@ -100,11 +100,34 @@ impl Kernel {
             _connection: connection,
         };
         kernel.configure_link().await?;
-        // Rules left by an earlier run are replaced.
-        kernel.remove_rules().await?;
-        kernel.add_rule(IpVersion::V4).await?;
-        kernel.ipv6_rule = kernel.add_rule(IpVersion::V6).await?;
+        kernel.keep_one_rule(IpVersion::V4).await?;
+        kernel.ipv6_rule = kernel.keep_one_rule(IpVersion::V6).await?;
         Ok(kernel)
+    }
+
+    /// Leaves exactly one rule of the family: an earlier run's is kept (never removed and
+    /// added again, so Pod traffic is not without it for a moment, nor for good if adding
+    /// failed), duplicates are removed, a missing one is added. Returns whether the family
+    /// has the rule (see [`Kernel::add_rule`]).
+    async fn keep_one_rule(&self, version: IpVersion) -> Result<bool, KernelError> {
+        let rules = match self.our_rules(version.clone()).await {
+            Ok(rules) => rules,
+            // A kernel without IPv6 lists no IPv6 rules; adding says whether that matters.
+            Err(error) if version == IpVersion::V6 && !self.plumbing.require_ipv6 => {
+                tracing::debug!(%error, "cannot list IPv6 rules");
+                Vec::new()
+            }
+            Err(error) => return Err(error),
+        };
+        match rules.split_first() {
+            Some((_, duplicates)) => {
+                for rule in duplicates {
+                    self.handle.rule().del(rule.clone()).execute().await?;
+                }
+                Ok(true)
+            }
+            None => self.add_rule(version).await,
+        }
     }
 
     /// Puts back what something else changed behind weft's back: the TUN's MTU, state and

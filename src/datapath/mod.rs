@@ -71,7 +71,13 @@ pub struct DatapathConfig {
     /// for the larger IPv6 header.
     pub ipv6_underlay: bool,
     pub local_blocks: Vec<IpNetwork>,
+    /// The cluster's Pod CIDRs: with encryption required they are unreachable in weft's
+    /// table from the start, before the first mesh routes anything into the tunnel.
+    pub pod_cidrs: Vec<IpNetwork>,
     pub encryption: Encryption,
+    /// A clean stop leaves the rule and the unreachable routes in place (the tunnel routes
+    /// go with the TUN), so Pod traffic is dropped, not sent in clear, until weft is back.
+    pub keep_routing_on_exit: bool,
     /// Where the WireGuard userspace API socket is served.
     pub uapi_socket: std::path::PathBuf,
     /// Most live flows (and, apart, revoked ones) connection tracking holds; when full, the
@@ -263,13 +269,28 @@ impl Datapath {
                 tracing::error!(%error, path = %uapi_path.display(), "WireGuard API socket failed");
             }
         });
+        // Until the first mesh: every Pod prefix but our own unreachable (encryption required),
+        // whatever an earlier run left in the table.
+        let before_first_mesh = desired_table(
+            &Mesh {
+                peers: BTreeMap::new(),
+                rejections: Vec::new(),
+            },
+            &Guarded {
+                pod_cidrs: config.pod_cidrs.clone(),
+                own_blocks: config.local_blocks.clone(),
+                remote_blocks: Vec::new(),
+            },
+            config.encryption,
+        );
+        kernel.sync_routes(&before_first_mesh).await?;
         tracing::info!(interface = %config.interface, port = config.listen_port, mtu, "datapath up");
         Ok(Self {
             config,
             commands,
             status,
             kernel,
-            desired: std::sync::Mutex::new(None),
+            desired: std::sync::Mutex::new(Some(before_first_mesh)),
             task,
             uapi,
             uapi_key,
@@ -357,11 +378,19 @@ impl Datapath {
         self.commands.closed().await;
     }
 
-    /// Removes weft's rules and routes; the TUN disappears with the process.
+    /// Stops the packet loop and removes weft's rules and routes, unless configured to keep
+    /// them ([`DatapathConfig::keep_routing_on_exit`]); the TUN disappears with the process.
     pub async fn shutdown(self) {
         self.task.abort();
         self.uapi.abort();
         let _ = std::fs::remove_file(&self.config.uapi_socket);
+        if self.config.keep_routing_on_exit {
+            tracing::info!(
+                table = self.config.table,
+                "leaving weft's rule and unreachable routes in place: Pod traffic to other nodes is dropped until weft is back"
+            );
+            return;
+        }
         if let Err(error) = self.kernel.teardown().await {
             tracing::warn!(%error, "removing weft's routes and rules failed");
         }
