@@ -170,14 +170,15 @@ impl AdminHandler for SharedStatus {
                     .map_err(|_| "policy lock poisoned".to_string())?
                     .clone()
                     .ok_or("no policy source is configured or loaded (--policy-dir)")?;
-                let ip = |key: &str| {
-                    policy
-                        .pod_ip(key)
-                        .ok_or_else(|| format!("no Pod {key} with an address is known"))
-                };
+                let src = policy
+                    .pod_ip(&from)
+                    .ok_or_else(|| format!("no Pod {from} with an address is known"))?;
+                let dst = policy
+                    .pod_ip(&to)
+                    .ok_or_else(|| crate::policy::gate::unknown_destination_note(&policy, &to))?;
                 let flow = crate::policy::Flow {
-                    src: ip(&from)?,
-                    dst: ip(&to)?,
+                    src,
+                    dst,
                     protocol: crate::policy::Protocol::parse(Some(&protocol.to_uppercase()))?,
                     dst_port: port,
                 };

@@ -205,13 +205,14 @@ impl Datapath {
                 source,
             }
         })?;
+        let own_addresses = tunnel_addresses(&config.local_blocks);
         let kernel = Kernel::setup(Plumbing {
             interface: config.interface.clone(),
             table: config.table,
             fwmark: config.fwmark,
             rule_priority: config.rule_priority,
             mtu,
-            tunnel_addresses: tunnel_addresses(&config.local_blocks),
+            tunnel_addresses: own_addresses.clone(),
             require_ipv6: config.local_blocks.iter().any(|b| b.is_ipv6()),
         })
         .await?;
@@ -247,7 +248,8 @@ impl Datapath {
                         )
                         .with_pickup(std::time::Instant::now(), config.conntrack_pickup),
                         config.policy_required,
-                    ),
+                    )
+                    .with_own_addresses(own_addresses),
                     fragments::FragmentTable::new(FRAGMENT_DATAGRAMS, FRAGMENT_TIMEOUT),
                 ),
             },

@@ -77,6 +77,9 @@ impl PacketPolicy {
                     Err(DropReason::PolicyEgress) => {
                         self.counters.count(PolicyOutcome::DeniedEgress);
                     }
+                    Err(DropReason::PolicyUnknownDestination) => {
+                        self.counters.count(PolicyOutcome::DeniedUnknownDestination);
+                    }
                     Err(_) => {}
                 }
                 verdict
@@ -98,6 +101,10 @@ impl PacketPolicy {
                 });
             }
             Admission::NotSynced => return Err(DropReason::PolicyNotSynced),
+            Admission::UnknownDestination => {
+                self.counters.count(PolicyOutcome::DeniedUnknownDestination);
+                return Err(DropReason::PolicyUnknownDestination);
+            }
         };
         self.counters.count(outcome);
         Ok(())

@@ -257,3 +257,32 @@ fn any_udp_packet_of_no_tracked_flow_opens_one_in_or_out_of_the_window() {
     }
     assert!(answer_passes(&mut policy(), &from_s(UDP, 0), started));
 }
+
+/// While `lab/s` is isolated for ingress, a datagram to an address of its block that is no
+/// known Pod (a Pod started here, its address not known yet) is dropped with a reason of its
+/// own, its later fragments too, and counted.
+#[test]
+fn a_datagram_to_an_unknown_local_address_is_dropped_and_counted() {
+    let mut policy = policy();
+    let now = Instant::now();
+    let unknown = [10, 244, 2, 9];
+    let to_unknown = |mut packet: Vec<u8>| {
+        packet[16..20].copy_from_slice(&unknown);
+        packet
+    };
+    let mut check = |packet: &[u8]| policy.inbound(&header(packet, ip(C), ip(unknown)), now);
+    let dropped = Err(DropReason::PolicyUnknownDestination);
+    assert_eq!(check(&to_unknown(ipv4(6, 1, 0, &tcp_ports(80)))), dropped);
+    assert_eq!(
+        check(&to_unknown(ipv4(6, 2, MORE_FRAGMENTS, &tcp_ports(80)))),
+        dropped
+    );
+    assert_eq!(check(&to_unknown(ipv4(6, 2, 3, &[0; 24]))), dropped);
+
+    let status = policy
+        .counters
+        .status(policy.gate.policy(), policy.gate.version());
+    assert_eq!(status.verdicts["denied_unknown_destination"], 3);
+    assert_eq!(status.verdicts["allowed"], 0);
+    assert!(status.denied.is_empty(), "{:?}", status.denied);
+}

@@ -28,10 +28,12 @@ pub enum PolicyOutcome {
     Fragment,
     DeniedIngress,
     DeniedEgress,
+    /// Denied: the destination is no known Pod while a policy isolates Pods for ingress.
+    DeniedUnknownDestination,
 }
 
 impl PolicyOutcome {
-    pub const ALL: [PolicyOutcome; 7] = [
+    pub const ALL: [PolicyOutcome; 8] = [
         Self::TrackedReply,
         Self::TrackedAllowed,
         Self::SamePod,
@@ -39,6 +41,7 @@ impl PolicyOutcome {
         Self::Fragment,
         Self::DeniedIngress,
         Self::DeniedEgress,
+        Self::DeniedUnknownDestination,
     ];
 
     /// Stable name, as in `weft status` and metrics.
@@ -51,6 +54,7 @@ impl PolicyOutcome {
             Self::Fragment => "fragment",
             Self::DeniedIngress => "denied_ingress",
             Self::DeniedEgress => "denied_egress",
+            Self::DeniedUnknownDestination => "denied_unknown_destination",
         }
     }
 }

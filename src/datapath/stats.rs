@@ -30,13 +30,17 @@ pub enum DropReason {
     /// NetworkPolicy: a policy source is configured and its first rule set is not in force
     /// yet, so nothing decrypted is delivered.
     PolicyNotSynced,
+    /// NetworkPolicy: the destination is no known Pod (nor the node's own address) while a
+    /// policy in force isolates Pods for ingress: it may be a new Pod whose address has not
+    /// reached the policy source yet.
+    PolicyUnknownDestination,
     /// NetworkPolicy: a later fragment of a datagram whose first fragment was not judged (or
     /// is no longer remembered), so its verdict is unknown.
     UnknownFragment,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         Self::SourceNotAllowed,
         Self::DestinationNotLocal,
         Self::NoPeer,
@@ -49,6 +53,7 @@ impl DropReason {
         Self::PolicyIngress,
         Self::PolicyEgress,
         Self::PolicyNotSynced,
+        Self::PolicyUnknownDestination,
         Self::UnknownFragment,
     ];
 
@@ -67,6 +72,7 @@ impl DropReason {
             Self::PolicyIngress => "policy_ingress",
             Self::PolicyEgress => "policy_egress",
             Self::PolicyNotSynced => "policy_not_synced",
+            Self::PolicyUnknownDestination => "policy_unknown_destination",
             Self::UnknownFragment => "unknown_fragment",
         }
     }

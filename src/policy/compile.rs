@@ -34,7 +34,8 @@ impl Direction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allowance<'a> {
     /// The Pod is not isolated in this direction (no policy selects it for it), or the address
-    /// is not a known Pod.
+    /// is not a known Pod (the datapath's gate may still isolate such a local destination:
+    /// see [`super::gate::Admission::UnknownDestination`]).
     NotIsolated,
     /// Rule `rule` (0-based) of policy `policy` (`namespace/name`) allows it.
     Rule { policy: &'a str, rule: usize },
@@ -188,6 +189,9 @@ pub struct PolicySet {
     pub rejected: Vec<RejectedPolicy>,
     /// Addresses claimed by more than one live Pod, by address.
     pub conflicts: Vec<AddressConflict>,
+    /// Some policy in force isolates the Pods it selects for ingress (see
+    /// [`PolicySet::isolates_ingress`]).
+    isolates_ingress: bool,
 }
 
 /// Gives every address to one Pod, deterministically, whatever order the Pods come in: each
@@ -261,6 +265,7 @@ impl PolicySet {
         checked.sort_by(|a, b| a.key.cmp(&b.key));
         set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
         set.accepted = checked.iter().map(|c| c.key.clone()).collect();
+        set.isolates_ingress = checked.iter().any(|c| c.ingress.is_some());
         let mut resolved: Vec<Option<Resolved>> = vec![None; checked.len()];
         for pod in &pods {
             let mut rules = PodRules {
@@ -355,6 +360,12 @@ impl PolicySet {
     /// Whether `ip` is a known Pod.
     pub fn knows(&self, ip: IpAddr) -> bool {
         self.by_ip.contains_key(&ip)
+    }
+
+    /// Whether some policy in force isolates the Pods it selects for ingress, whichever Pods
+    /// those are now: only then can an address that is no known Pod yet be an isolated one.
+    pub fn isolates_ingress(&self) -> bool {
+        self.isolates_ingress
     }
 }
 
@@ -485,5 +496,22 @@ mod tests {
             panic!("the rule should list its peers");
         };
         assert_eq!(peers.len(), 200);
+    }
+
+    /// Only a policy with Ingress among its types makes an unknown address possibly isolated.
+    #[test]
+    fn a_set_isolates_for_ingress_when_some_policy_has_that_type() {
+        let policy = |name: &str, types: serde_json::Value| -> NetworkPolicy {
+            from_json(serde_json::json!({
+                "metadata": {"namespace": "x", "name": name},
+                "spec": {"podSelector": {"matchLabels": {"app": "none"}}, "policyTypes": types}
+            }))
+        };
+        let egress = policy("egress", serde_json::json!(["Egress"]));
+        let ingress = policy("ingress", serde_json::json!(["Ingress"]));
+        assert!(!PolicySet::compile(&[], &[], &[]).isolates_ingress());
+        assert!(!PolicySet::compile(std::slice::from_ref(&egress), &[], &[]).isolates_ingress());
+        // Even selecting no Pod known now: it may select one not known yet.
+        assert!(PolicySet::compile(&[egress, ingress], &[], &[]).isolates_ingress());
     }
 }

@@ -10,8 +10,13 @@
 //! - A tracked flow found denied is kept as revoked: its packets are dropped until it has been
 //!   idle for its timeout (or a later rule set allows it again), whichever side keeps sending.
 //!   Revoked flows have a table of their own, which flows a remote Pod opens do not evict.
-//! - Anything else is checked against the rule set; if allowed, it is tracked.
+//! - Anything else is checked against the rule set; if allowed, it is tracked. But while some
+//!   policy in force isolates Pods for ingress, a packet to a local address that is no known
+//!   Pod (nor one of this node's own addresses) is dropped: it may be a new Pod, which has its
+//!   address from the CNI before its `status.podIP` reaches this node, and which policies
+//!   must isolate from the start (fail closed; see [`Admission::UnknownDestination`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,14 +38,48 @@ pub enum Admission<'a> {
     Denied { direction: Direction, pod: &'a str },
     /// A policy source is configured and its first rule set is not in force yet.
     NotSynced,
+    /// The destination is no known Pod (and no address of this node's own) while some policy
+    /// in force isolates Pods for ingress. It may be a Pod this node has just started, whose
+    /// address has not reached the policy source yet (nor which policies select it), so it
+    /// is treated as isolated for ingress with nothing allowing the packet. Replies to flows
+    /// it opened pass as any tracked reply does.
+    UnknownDestination,
+}
+
+impl Admission<'_> {
+    /// Whether the packet passes.
+    pub fn is_allowed(&self) -> bool {
+        matches!(
+            self,
+            Self::TrackedReply | Self::TrackedAllowed | Self::SamePod | Self::Allowed
+        )
+    }
+}
+
+/// Why `weft policy check` cannot judge a flow to Pod `to` that has no known address: what
+/// the node holding it does with such packets under `set`.
+pub fn unknown_destination_note(set: &PolicySet, to: &str) -> String {
+    if set.isolates_ingress() {
+        format!(
+            "no Pod {to} with an address is known; while it is not, a node drops decrypted \
+             packets to an address of its Pod blocks that is no known Pod \
+             (policy_unknown_destination), as a policy in force isolates Pods for ingress"
+        )
+    } else {
+        format!("no Pod {to} with an address is known")
+    }
 }
 
 pub struct PolicyGate {
     set: Arc<PolicySet>,
     /// Counts rule set changes: 0 before the first.
     version: u64,
-    /// A policy source is configured: nothing passes before its first rule set.
+    /// A policy source is configured: nothing passes before its first rule set, and local
+    /// addresses that are no known Pod may be isolated (see [`Admission::UnknownDestination`]).
     required: bool,
+    /// This node's own addresses in its Pod blocks (the tunnel's, on `weft0`): no Pod's, so
+    /// never isolated.
+    own_addresses: Vec<IpAddr>,
     conntrack: Conntrack,
 }
 
@@ -52,8 +91,16 @@ impl PolicyGate {
             set: Arc::new(PolicySet::default()),
             version: 0,
             required,
+            own_addresses: Vec::new(),
             conntrack,
         }
+    }
+
+    /// This node's own addresses in its Pod blocks, which are no Pod's: packets to them are
+    /// never taken for packets to a Pod not known yet.
+    pub fn with_own_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
+        self.own_addresses = addresses;
+        self
     }
 
     /// Puts a new rule set in force: at once for new flows, and for tracked flows at their
@@ -91,7 +138,8 @@ impl PolicyGate {
         self.conntrack.sweep_revoked(now)
     }
 
-    /// Judges a decrypted packet of flow `key` (source: the remote side).
+    /// Judges a decrypted packet of flow `key` (source: the remote side; destination: an
+    /// address of this node's Pod blocks).
     pub fn admit(&mut self, key: &FlowKey, now: Instant) -> Admission<'_> {
         if !self.synced() {
             return Admission::NotSynced;
@@ -101,11 +149,12 @@ impl PolicyGate {
             revoked: false,
         };
         let set: &PolicySet = &self.set;
-        let tracked = self.conntrack.lookup_inbound(key, now);
-        let verdict = match tracked {
-            Tracked::Reply(judged) if judged == current => return Admission::TrackedReply,
-            Tracked::Inbound(judged) if judged == current => return Admission::TrackedAllowed,
-            Tracked::Reply(judged) | Tracked::Inbound(judged) => {
+        let unknown_isolated = self.required && set.isolates_ingress();
+        let on_its_own = |key: &FlowKey| judge(set, unknown_isolated, &self.own_addresses, key);
+        match self.conntrack.lookup_inbound(key, now) {
+            Tracked::Reply(judged) if judged == current => Admission::TrackedReply,
+            Tracked::Inbound(judged) if judged == current => Admission::TrackedAllowed,
+            tracked @ (Tracked::Reply(judged) | Tracked::Inbound(judged)) => {
                 // A reply judged under an older rule set: it passes if the flow it answers is
                 // still allowed. Otherwise (a reply revoked under this rule set, or a packet of
                 // an inbound flow) the packet passes only if policy allows it on its own.
@@ -117,30 +166,45 @@ impl PolicyGate {
                     self.conntrack.judge(key, self.version, true, now);
                     return Admission::TrackedReply;
                 }
-                let verdict = set.check(&flow(key));
+                let admission = on_its_own(key);
                 rejudge(
                     &mut self.conntrack,
                     key,
                     judged,
                     self.version,
-                    &verdict,
+                    admission.is_allowed(),
                     now,
                 );
-                verdict
+                admission
             }
             Tracked::Miss => {
-                let verdict = set.check(&flow(key));
-                if verdict.is_allowed() {
+                let admission = on_its_own(key);
+                if admission.is_allowed() {
                     self.conntrack.record_inbound(*key, self.version, now);
                 }
-                verdict
+                admission
             }
-        };
-        match verdict {
-            Verdict::SamePod => Admission::SamePod,
-            Verdict::Allowed { .. } => Admission::Allowed,
-            Verdict::Denied { direction, pod } => Admission::Denied { direction, pod },
         }
+    }
+}
+
+/// The rule set's verdict on a packet of flow `key` on its own. With `unknown_isolated`, a
+/// destination that is no known Pod, nor one of `own_addresses`, is isolated for ingress.
+fn judge<'a>(
+    set: &'a PolicySet,
+    unknown_isolated: bool,
+    own_addresses: &[IpAddr],
+    key: &FlowKey,
+) -> Admission<'a> {
+    match set.check(&flow(key)) {
+        Verdict::SamePod => Admission::SamePod,
+        Verdict::Allowed { .. }
+            if unknown_isolated && !set.knows(key.dst) && !own_addresses.contains(&key.dst) =>
+        {
+            Admission::UnknownDestination
+        }
+        Verdict::Allowed { .. } => Admission::Allowed,
+        Verdict::Denied { direction, pod } => Admission::Denied { direction, pod },
     }
 }
 
@@ -151,10 +215,9 @@ fn rejudge(
     key: &FlowKey,
     judged: Judged,
     version: u64,
-    verdict: &Verdict<'_>,
+    allowed: bool,
     now: Instant,
 ) {
-    let allowed = verdict.is_allowed();
     if judged.version != version || judged.revoked == allowed {
         conntrack.judge(key, version, allowed, now);
     }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::policy::conntrack::{IPPROTO_TCP, Sent, Timeouts};
-use crate::policy::test_support::{isolate, world};
+use crate::policy::test_support::{isolate, world, world_with};
 
 /// Short timeouts the tests step past (TCP 1 h rather than the default 5 days).
 const TEST_TIMEOUTS: Timeouts = Timeouts {
@@ -283,4 +283,102 @@ fn a_remote_pod_evicting_its_own_flow_cannot_make_it_a_flow_the_server_opened() 
     gate.set_policy(world(&[s_allows_c_on(8080)]));
     assert_eq!(gate.admit(&f1, t1), DENIED_S_INGRESS);
     assert_eq!(gate.admit(&f1, t1), DENIED_S_INGRESS);
+}
+
+/// An address of the local block (`lab/s`'s, 10.244.2.0/24) that is no known Pod: a Pod
+/// started here whose address has not reached the policy source yet.
+const NEW_POD: &str = "10.244.2.9";
+/// The node's own address in its block (the tunnel's).
+const TUNNEL: &str = "10.244.2.1";
+
+/// `lab/c`:40000 -> `dst`:80 over TCP.
+fn c_to(dst: &str) -> FlowKey {
+    FlowKey {
+        dst: dst.parse().unwrap(),
+        ..c_to_s()
+    }
+}
+
+/// A gate of a node whose own address is [`TUNNEL`], under `set`.
+fn gate_of_node(required: bool, set: Arc<PolicySet>) -> PolicyGate {
+    let mut gate = gate(required).with_own_addresses(vec![TUNNEL.parse().unwrap()]);
+    gate.set_policy(set);
+    gate
+}
+
+#[test]
+fn an_unknown_local_destination_is_isolated_while_a_policy_isolates_for_ingress() {
+    let t0 = Instant::now();
+    let mut gate = gate_of_node(true, world(&[isolate("s", "Ingress")]));
+    let to_new_pod = c_to(NEW_POD);
+    assert_eq!(gate.admit(&to_new_pod, t0), Admission::UnknownDestination);
+    // Not tracked: the next packet is judged again, and dropped again.
+    assert_eq!(gate.admit(&to_new_pod, t0), Admission::UnknownDestination);
+    // The node's own address is no Pod: not isolated.
+    assert_eq!(gate.admit(&c_to(TUNNEL), t0), Admission::Allowed);
+    // What the new Pod opens itself gets its replies.
+    let reply = FlowKey {
+        src_port: 53,
+        ..to_new_pod
+    };
+    gate.record_outbound(reply.reversed(), Sent::Opening, t0);
+    assert_eq!(gate.admit(&reply, t0), Admission::TrackedReply);
+
+    // Its address arrives, with no policy selecting it: not isolated any more.
+    gate.set_policy(world_with(&[isolate("s", "Ingress")], &[("n", NEW_POD)]));
+    assert_eq!(gate.admit(&to_new_pod, t0), Admission::Allowed);
+    // Selected by a policy: isolated by that policy.
+    gate.set_policy(world_with(&[isolate("n", "Ingress")], &[("n", NEW_POD)]));
+    assert_eq!(
+        gate.admit(&to_new_pod, t0),
+        Admission::Denied {
+            direction: Direction::Ingress,
+            pod: "lab/n",
+        }
+    );
+}
+
+#[test]
+fn an_unknown_local_destination_passes_when_no_policy_isolates_for_ingress() {
+    let t0 = Instant::now();
+    // No policy at all, or one isolating for egress only: no Pod can be isolated for
+    // ingress, so neither can one not known yet.
+    for policies in [vec![], vec![isolate("s", "Egress")]] {
+        let mut gate = gate_of_node(true, world(&policies));
+        assert_eq!(gate.admit(&c_to(NEW_POD), t0), Admission::Allowed);
+    }
+}
+
+#[test]
+fn without_a_policy_source_an_unknown_local_destination_is_not_isolated() {
+    let t0 = Instant::now();
+    let mut gate = gate_of_node(false, world(&[isolate("s", "Ingress")]));
+    assert_eq!(gate.admit(&c_to(NEW_POD), t0), Admission::Allowed);
+    assert_eq!(gate.admit(&c_to_s(), t0), DENIED_S_INGRESS);
+}
+
+#[test]
+fn a_flow_to_a_pod_that_finished_is_revoked_when_its_address_is_no_longer_known() {
+    let t0 = Instant::now();
+    let ingress = [isolate("s", "Ingress")];
+    let mut gate = gate_of_node(true, world_with(&ingress, &[("n", NEW_POD)]));
+    let inbound = c_to(NEW_POD);
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+    assert_eq!(gate.admit(&inbound, t0), Admission::TrackedAllowed);
+    // `lab/n` finished: its address may be a new Pod's any moment.
+    gate.set_policy(world(&ingress));
+    assert_eq!(gate.admit(&inbound, t0), Admission::UnknownDestination);
+    assert_eq!(gate.admit(&inbound, t0), Admission::UnknownDestination);
+}
+
+#[test]
+fn policy_check_explains_a_destination_without_an_address() {
+    let isolating = unknown_destination_note(&world(&[isolate("s", "Ingress")]), "lab/n");
+    assert!(isolating.starts_with("no Pod lab/n with an address is known;"));
+    assert!(
+        isolating.contains("policy_unknown_destination"),
+        "{isolating}"
+    );
+    let open = unknown_destination_note(&world(&[isolate("s", "Egress")]), "lab/n");
+    assert_eq!(open, "no Pod lab/n with an address is known");
 }

@@ -11,10 +11,16 @@ use super::PolicySet;
 /// Pods `lab/c` (10.244.1.2 and fd00:10:244:1::2, remote) and `lab/s` (10.244.2.2 and
 /// fd00:10:244:2::2, local), labelled `pod: <name>`, under `policies`.
 pub fn world(policies: &[Value]) -> Arc<PolicySet> {
-    let pod = |name: &str, ip: &str, ipv6: &str| -> Pod {
+    world_with(policies, &[])
+}
+
+/// [`world`] with more Pods of namespace `lab`, each `(name, IPv4 address)`.
+pub fn world_with(policies: &[Value], more: &[(&str, &str)]) -> Arc<PolicySet> {
+    let pod = |name: &str, ips: &[&str]| -> Pod {
+        let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "lab", "labels": {"pod": name}},
-            "status": {"podIP": ip, "podIPs": [{"ip": ip}, {"ip": ipv6}]}
+            "status": {"podIP": ips[0], "podIPs": pod_ips}
         }))
         .unwrap()
     };
@@ -24,14 +30,12 @@ pub fn world(policies: &[Value]) -> Arc<PolicySet> {
         .iter()
         .map(|p| serde_json::from_value(p.clone()).unwrap())
         .collect();
-    let set = PolicySet::compile(
-        &policies,
-        &[namespace],
-        &[
-            pod("c", "10.244.1.2", "fd00:10:244:1::2"),
-            pod("s", "10.244.2.2", "fd00:10:244:2::2"),
-        ],
-    );
+    let mut pods = vec![
+        pod("c", &["10.244.1.2", "fd00:10:244:1::2"]),
+        pod("s", &["10.244.2.2", "fd00:10:244:2::2"]),
+    ];
+    pods.extend(more.iter().map(|(name, ip)| pod(name, &[ip])));
+    let set = PolicySet::compile(&policies, &[namespace], &pods);
     assert!(set.rejected.is_empty(), "{:?}", set.rejected);
     Arc::new(set)
 }
