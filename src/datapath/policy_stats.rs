@@ -20,6 +20,8 @@ pub enum PolicyOutcome {
     TrackedReply,
     /// A packet of an inbound flow already allowed under the rule set in force.
     TrackedAllowed,
+    /// An ICMP error about a packet of a tracked flow (related to it).
+    Related,
     /// A Pod talking to itself.
     SamePod,
     /// Checked against the rule set and allowed.
@@ -31,9 +33,10 @@ pub enum PolicyOutcome {
 }
 
 impl PolicyOutcome {
-    pub const ALL: [PolicyOutcome; 7] = [
+    pub const ALL: [PolicyOutcome; 8] = [
         Self::TrackedReply,
         Self::TrackedAllowed,
+        Self::Related,
         Self::SamePod,
         Self::Allowed,
         Self::Fragment,
@@ -46,6 +49,7 @@ impl PolicyOutcome {
         match self {
             Self::TrackedReply => "tracked_reply",
             Self::TrackedAllowed => "tracked_allowed",
+            Self::Related => "related",
             Self::SamePod => "same_pod",
             Self::Allowed => "allowed",
             Self::Fragment => "fragment",
