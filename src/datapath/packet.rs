@@ -1,6 +1,6 @@
-//! Just enough IP header parsing for the datapath: source and destination addresses, and
-//! the transport (protocol, ports, TCP flags, fragment position; IPv6 extension headers
-//! walked).
+//! Just enough IP header parsing for the datapath: source and destination addresses, the
+//! transport (protocol, ports, TCP flags, fragment position; IPv6 extension headers walked),
+//! and for an ICMP or ICMPv6 error message the flow of the packet it quotes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -14,37 +14,70 @@ pub struct Header {
     /// length below 20 bytes, a truncated IPv6 extension header, more than
     /// [`MAX_EXTENSION_HEADERS`] of them).
     pub transport: Option<Transport>,
+    /// `Some` if the packet is an ICMP or ICMPv6 error message (see [`IcmpError`]).
+    pub icmp_error: Option<IcmpError>,
 }
 
 /// The headers of an IPv4 or IPv6 packet, or `None` if it is not one (or too short to hold
 /// both addresses).
 pub fn parse(packet: &[u8]) -> Option<Header> {
-    let (source, destination, layout) = match packet.first()? >> 4 {
-        4 => {
-            let src: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-            let dst: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-            (
-                Ipv4Addr::from(src).into(),
-                Ipv4Addr::from(dst).into(),
-                ipv4(packet),
-            )
-        }
-        6 => {
-            let src: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
-            let dst: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-            (
-                Ipv6Addr::from(src).into(),
-                Ipv6Addr::from(dst).into(),
-                ipv6(packet),
-            )
-        }
-        _ => return None,
-    };
+    let (version, source, destination, layout) = ip(packet)?;
     Some(Header {
         source,
         destination,
         transport: layout.map(|layout| transport(packet, layout)),
+        icmp_error: layout.and_then(|layout| icmp_error(packet, version, layout)),
     })
+}
+
+/// What [`ipv4`] and [`ipv6`] read past the addresses: (protocol, offset of the transport
+/// header, fragment).
+type Layout = (u8, usize, Fragment);
+
+/// (IP version, source, destination, layout) of an IP packet.
+fn ip(packet: &[u8]) -> Option<(u8, IpAddr, IpAddr, Option<Layout>)> {
+    match packet.first()? >> 4 {
+        4 => {
+            let src: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+            Some((
+                4,
+                Ipv4Addr::from(src).into(),
+                Ipv4Addr::from(dst).into(),
+                ipv4(packet),
+            ))
+        }
+        6 => {
+            let src: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+            Some((
+                6,
+                Ipv6Addr::from(src).into(),
+                Ipv6Addr::from(dst).into(),
+                ipv6(packet),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// An ICMP error message (destination unreachable, fragmentation needed included; time
+/// exceeded; parameter problem) or ICMPv6 one (destination unreachable, packet too big, time
+/// exceeded, parameter problem): it reports on a packet it quotes (its IP header and at
+/// least the first 8 bytes past it), which the error's destination sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpError {
+    /// The quoted packet, as its sender sent it; `None` if the quote is truncated (short of
+    /// 8 bytes of transport header), malformed, of the other IP version, or a later fragment.
+    pub quoted: Option<Quoted>,
+}
+
+/// The packet an ICMP error quotes: addresses and transport (ports as for any packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub transport: Transport,
 }
 
 /// The transport of an IP packet: protocol number and, for TCP, UDP and SCTP, the ports
@@ -105,8 +138,8 @@ pub enum Fragment {
 
 use crate::policy::conntrack::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 const SCTP: u8 = 132;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
+pub(crate) const ICMP: u8 = 1;
+pub(crate) const ICMPV6: u8 = 58;
 /// IPv6 extension headers walked to find the transport header.
 const HOP_BY_HOP: u8 = 0;
 const ROUTING: u8 = 43;
@@ -114,35 +147,20 @@ const FRAGMENT: u8 = 44;
 const DESTINATION_OPTIONS: u8 = 60;
 /// Most IPv6 extension headers walked; a packet with more is not parsed.
 const MAX_EXTENSION_HEADERS: usize = 8;
+/// Length of the ICMP and ICMPv6 header, before an error message's quote.
+const ICMP_HEADER: usize = 8;
+/// Bytes of the transport header an ICMP error quotes at least (RFC 792, RFC 4443).
+const ICMP_QUOTED_TRANSPORT: usize = 8;
 
-/// The transport of a packet whose IP headers `ipv4` or `ipv6` read as (protocol, offset of
-/// the transport header, fragment).
-fn transport(packet: &[u8], (protocol, offset, fragment): (u8, usize, Fragment)) -> Transport {
-    let later = matches!(fragment, Fragment::Later(_));
-    let header = |len: usize| packet.get(offset..offset + len).filter(|_| !later);
-    let (src_port, dst_port) = match protocol {
-        TCP | UDP | SCTP => match header(4) {
-            Some(p) => (
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            ),
-            None => (0, 0),
-        },
-        // ICMP echo: a request is (identifier, 0) and a reply (0, identifier), so a reply
-        // matches the reverse of its request and a request in the other direction never does.
-        ICMP | ICMPV6 => match header(8) {
-            Some(h) if matches!((protocol, h[0]), (ICMP, 8) | (ICMPV6, 128)) => {
-                (u16::from_be_bytes([h[4], h[5]]), 0)
-            }
-            Some(h) if matches!((protocol, h[0]), (ICMP, 0) | (ICMPV6, 129)) => {
-                (0, u16::from_be_bytes([h[4], h[5]]))
-            }
-            _ => (0, 0),
-        },
-        _ => (0, 0),
+/// The transport of a packet whose IP headers read as `layout`.
+fn transport(packet: &[u8], (protocol, offset, fragment): Layout) -> Transport {
+    let header = match fragment {
+        Fragment::Later(_) => &[][..],
+        _ => packet.get(offset..).unwrap_or_default(),
     };
+    let (src_port, dst_port) = ports(protocol, header);
     let tcp_flags = match protocol {
-        TCP => header(14).map(|h| TcpFlags(h[13])),
+        TCP => header.get(13).map(|&flags| TcpFlags(flags)),
         _ => None,
     };
     Transport {
@@ -154,8 +172,68 @@ fn transport(packet: &[u8], (protocol, offset, fragment): (u8, usize, Fragment))
     }
 }
 
+/// (source, destination) ports of a transport `header` (what the packet holds of it) of
+/// `protocol`: zero if it has none or is too short to hold them.
+fn ports(protocol: u8, header: &[u8]) -> (u16, u16) {
+    let field = |at: usize| match header.get(at..at + 2) {
+        Some(&[high, low]) => u16::from_be_bytes([high, low]),
+        _ => 0,
+    };
+    match protocol {
+        TCP | UDP | SCTP if header.len() >= 4 => (field(0), field(2)),
+        // ICMP echo: a request is (identifier, 0) and a reply (0, identifier), so a reply
+        // matches the reverse of its request and a request in the other direction never does.
+        ICMP | ICMPV6 if header.len() >= 8 => match (protocol, header[0]) {
+            (ICMP, 8) | (ICMPV6, 128) => (field(4), 0),
+            (ICMP, 0) | (ICMPV6, 129) => (0, field(4)),
+            _ => (0, 0),
+        },
+        _ => (0, 0),
+    }
+}
+
+/// The ICMP error an IP packet of `version` whose headers read as `layout` is, if it is one:
+/// ICMP types 3, 11, 12 in IPv4; ICMPv6 types 1 to 4 in IPv6 (of a whole packet or a first
+/// fragment, which holds the ICMP header).
+fn icmp_error(
+    packet: &[u8],
+    version: u8,
+    (protocol, offset, fragment): Layout,
+) -> Option<IcmpError> {
+    if matches!(fragment, Fragment::Later(_)) {
+        return None;
+    }
+    match (version, protocol, *packet.get(offset)?) {
+        (4, ICMP, 3 | 11 | 12) | (6, ICMPV6, 1..=4) => {}
+        _ => return None,
+    }
+    // The quote follows the 8-byte ICMP header.
+    let quote = packet.get(offset + ICMP_HEADER..).unwrap_or_default();
+    Some(IcmpError {
+        quoted: quoted(quote, version),
+    })
+}
+
+/// The packet an ICMP error of IP `version` quotes, if the quote holds its IP headers and the
+/// first [`ICMP_QUOTED_TRANSPORT`] bytes of its transport header.
+fn quoted(quote: &[u8], version: u8) -> Option<Quoted> {
+    let (quoted_version, source, destination, layout) = ip(quote)?;
+    let layout @ (_, offset, fragment) = layout?;
+    if quoted_version != version
+        || matches!(fragment, Fragment::Later(_))
+        || quote.len() < offset.checked_add(ICMP_QUOTED_TRANSPORT)?
+    {
+        return None;
+    }
+    Some(Quoted {
+        source,
+        destination,
+        transport: transport(quote, layout),
+    })
+}
+
 /// (protocol, offset of the transport header, fragment) of an IPv4 packet.
-fn ipv4(packet: &[u8]) -> Option<(u8, usize, Fragment)> {
+fn ipv4(packet: &[u8]) -> Option<Layout> {
     let header = usize::from(packet.first()? & 0x0f) * 4;
     if header < 20 {
         return None;
@@ -179,7 +257,7 @@ fn ipv4(packet: &[u8]) -> Option<(u8, usize, Fragment)> {
 /// (protocol, offset of the transport header, fragment) of an IPv6 packet: walks hop-by-hop,
 /// routing, destination options and fragment headers. For a later fragment the protocol is
 /// the fragment header's next header.
-fn ipv6(packet: &[u8]) -> Option<(u8, usize, Fragment)> {
+fn ipv6(packet: &[u8]) -> Option<Layout> {
     let mut next = *packet.get(6)?;
     let mut offset = 40;
     let mut fragment = Fragment::Whole;
@@ -476,10 +554,143 @@ mod tests {
         }
     }
 
+    /// An IPv4 packet from 198.18.0.9 to 10.244.1.2 with `protocol` and `payload`.
+    fn ipv4_to_pod(protocol: u8, payload: &[u8]) -> Vec<u8> {
+        let mut packet = vec![0u8; 20];
+        packet[0] = 0x45;
+        packet[9] = protocol;
+        packet[12..16].copy_from_slice(&[198, 18, 0, 9]);
+        packet[16..20].copy_from_slice(&[10, 244, 1, 2]);
+        packet.extend_from_slice(payload);
+        packet
+    }
+
+    /// An ICMP message of `icmp_type` (code 0) quoting `quote`.
+    fn icmp(icmp_type: u8, quote: &[u8]) -> Vec<u8> {
+        let mut message = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(quote);
+        message
+    }
+
+    /// The UDP packet 10.244.1.2:5000 to 10.244.2.3:53 (its header, no payload).
+    fn udp_sent() -> Vec<u8> {
+        let mut packet = vec![0u8; 20];
+        packet[0] = 0x45;
+        packet[9] = 17;
+        packet[12..16].copy_from_slice(&[10, 244, 1, 2]);
+        packet[16..20].copy_from_slice(&[10, 244, 2, 3]);
+        packet.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
+        packet
+    }
+
+    fn icmp_error(packet: &[u8]) -> Option<IcmpError> {
+        parse(packet)?.icmp_error
+    }
+
+    #[test]
+    fn reads_the_packet_an_icmp_error_quotes() {
+        let quoted = Some(Quoted {
+            source: "10.244.1.2".parse().unwrap(),
+            destination: "10.244.2.3".parse().unwrap(),
+            transport: Transport {
+                protocol: 17,
+                src_port: 5000,
+                dst_port: 53,
+                tcp_flags: None,
+                fragment: Fragment::Whole,
+            },
+        });
+        // Destination unreachable, time exceeded, parameter problem.
+        for icmp_type in [3, 11, 12] {
+            let error = ipv4_to_pod(1, &icmp(icmp_type, &udp_sent()));
+            assert_eq!(icmp_error(&error), Some(IcmpError { quoted }));
+            // The error's own transport is ICMP without ports, as before.
+            assert_eq!(
+                transport(&error).map(|t| (t.src_port, t.dst_port)),
+                Some((0, 0))
+            );
+        }
+        // Other ICMP messages are no errors: echo, echo reply, redirect.
+        for icmp_type in [8, 0, 5] {
+            assert_eq!(
+                icmp_error(&ipv4_to_pod(1, &icmp(icmp_type, &udp_sent()))),
+                None
+            );
+        }
+        // An ICMPv6 type in an ICMPv4 message, or a UDP packet, is none either.
+        assert_eq!(icmp_error(&ipv4_to_pod(1, &icmp(1, &udp_sent()))), None);
+        assert_eq!(icmp_error(&ipv4_to_pod(17, &icmp(3, &udp_sent()))), None);
+    }
+
+    #[test]
+    fn a_truncated_or_malformed_quote_quotes_nothing() {
+        let no_quote = Some(IcmpError { quoted: None });
+        let sent = udp_sent();
+        // Short of 8 bytes of the quoted transport header, of its IP header, or of both.
+        for len in [0, 1, 19, 20, 24, 27] {
+            let error = ipv4_to_pod(1, &icmp(3, &sent[..len]));
+            assert_eq!(icmp_error(&error), no_quote, "quote of {len} bytes");
+        }
+        // No room even for the ICMP header past the type: still an error, quoting nothing.
+        assert_eq!(icmp_error(&ipv4_to_pod(1, &[3])), no_quote);
+        // An ICMPv4 error quoting an IPv6 packet.
+        assert_eq!(
+            icmp_error(&ipv4_to_pod(1, &icmp(3, &ipv6(17, &[&[0; 8]])))),
+            no_quote
+        );
+        // A quoted later fragment has no ports.
+        let mut later = sent.clone();
+        later[7] = 1;
+        assert_eq!(icmp_error(&ipv4_to_pod(1, &icmp(3, &later))), no_quote);
+        // A later fragment of an error holds no ICMP header: not read as one.
+        let mut error = ipv4_to_pod(1, &icmp(3, &sent));
+        error[7] = 1;
+        assert_eq!(icmp_error(&error), None);
+    }
+
+    #[test]
+    fn reads_the_packet_an_icmpv6_error_quotes() {
+        // Packet too big (and the other errors) quoting a TCP segment behind a destination
+        // options header.
+        let sent = ipv6(60, &[&extension(6), &tcp_header(TcpFlags::ACK)]);
+        for icmp_type in 1..=4 {
+            let error = ipv6(58, &[&icmp(icmp_type, &sent)]);
+            let quoted = icmp_error(&error).and_then(|e| e.quoted).unwrap();
+            assert_eq!(quoted.transport.protocol, 6);
+            assert_eq!(
+                (quoted.transport.src_port, quoted.transport.dst_port),
+                (12345, 80)
+            );
+        }
+        // Echo request, router advertisement: no errors; nor ICMPv4's time exceeded (11).
+        for icmp_type in [128, 134, 11] {
+            assert_eq!(icmp_error(&ipv6(58, &[&icmp(icmp_type, &sent)])), None);
+        }
+        // Truncated: 7 bytes of the TCP header.
+        let short = &sent[..40 + 8 + 7];
+        assert_eq!(
+            icmp_error(&ipv6(58, &[&icmp(2, short)])),
+            Some(IcmpError { quoted: None })
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..160)) {
             let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_an_icmp_error_quote(
+            quote in prop::collection::vec(any::<u8>(), 0..120),
+            v6 in any::<bool>(),
+        ) {
+            let error = if v6 {
+                ipv6(58, &[&icmp(2, &quote)])
+            } else {
+                ipv4_to_pod(1, &icmp(3, &quote))
+            };
+            prop_assert!(parse(&error).is_some_and(|h| h.icmp_error.is_some()));
         }
     }
 }

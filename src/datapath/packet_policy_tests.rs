@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::datapath::packet::{TcpFlags, parse};
+use crate::datapath::packet::{ICMP, ICMPV6, TcpFlags, parse};
 use crate::policy::conntrack::{Conntrack, Timeouts};
 use crate::policy::test_support::world;
 
@@ -285,4 +285,162 @@ fn a_datagram_to_an_unknown_local_address_is_dropped_and_counted() {
     assert_eq!(status.verdicts["denied_unknown_destination"], 3);
     assert_eq!(status.verdicts["allowed"], 0);
     assert!(status.denied.is_empty(), "{:?}", status.denied);
+}
+
+const UNREACHABLE: u8 = 3;
+const PORT_UNREACHABLE: u8 = 3;
+const FRAGMENTATION_NEEDED: u8 = 4;
+const PACKET_TOO_BIG: u8 = 2;
+
+/// An ICMP or ICMPv6 message of `icmp_type` and `code` quoting `quote`.
+fn icmp(icmp_type: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+    let mut message = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0x00];
+    message.extend_from_slice(quote);
+    message
+}
+
+/// An ICMP error from `C` to `S` (from the remote Pod or a router on the way) quoting `quote`.
+fn error_to_s(icmp_type: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+    ipv4(ICMP, 0, 0, &icmp(icmp_type, code, quote))
+}
+
+/// `packet` (IPv4) with source and destination swapped.
+fn swapped(mut packet: Vec<u8>) -> Vec<u8> {
+    let (source, destination) = packet[12..20].split_at_mut(4);
+    source.swap_with_slice(destination);
+    packet
+}
+
+/// The verdict on `packet`, decrypted from `C` to `S`.
+fn to_s(policy: &mut PacketPolicy, packet: &[u8], now: Instant) -> Result<(), DropReason> {
+    policy.inbound(&header(packet, ip(C), ip(S)), now)
+}
+
+fn verdicts(policy: &PacketPolicy, outcome: &str) -> u64 {
+    let status = policy
+        .counters
+        .status(policy.gate.policy(), policy.gate.version());
+    status.verdicts[outcome]
+}
+
+const DENIED: Result<(), DropReason> = Err(DropReason::PolicyIngress);
+
+#[test]
+fn a_port_unreachable_for_a_udp_flow_opened_here_is_delivered_as_related() {
+    let mut policy = policy();
+    let now = Instant::now();
+    let sent = from_s(UDP, 0);
+    let unreachable = error_to_s(UNREACHABLE, PORT_UNREACHABLE, &sent);
+    // No flow yet: judged as ICMP to `lab/s` (which accepts TCP 80 only), denied.
+    assert_eq!(to_s(&mut policy, &unreachable, now), DENIED);
+    policy.outbound(&header(&sent, ip(S), ip(C)), now);
+    assert_eq!(to_s(&mut policy, &unreachable, now), Ok(()));
+    assert_eq!(verdicts(&policy, "related"), 1);
+    // It records no flow of its own.
+    assert_eq!(policy.gate.conntrack().len(), 1);
+    // An error quoting a flow not tracked (another source port) is denied as before.
+    let mut other = sent.clone();
+    other[20..22].copy_from_slice(&40001u16.to_be_bytes());
+    let unrelated = error_to_s(UNREACHABLE, PORT_UNREACHABLE, &other);
+    assert_eq!(to_s(&mut policy, &unrelated, now), DENIED);
+    assert_eq!(verdicts(&policy, "related"), 1);
+    assert_eq!(verdicts(&policy, "denied_ingress"), 2);
+}
+
+#[test]
+fn fragmentation_needed_for_a_tcp_connection_opened_here_is_delivered() {
+    let mut policy = policy();
+    let now = Instant::now();
+    policy.outbound(&header(&from_s(TCP, SYN), ip(S), ip(C)), now);
+    // A router quotes the IP header and 8 bytes of a data segment it could not forward.
+    let data = from_s(TCP, ACK);
+    let needed = error_to_s(UNREACHABLE, FRAGMENTATION_NEEDED, &data[..28]);
+    assert_eq!(to_s(&mut policy, &needed, now), Ok(()));
+    // Truncated short of 8 bytes of the TCP header: related to nothing, and no panic.
+    let truncated = error_to_s(UNREACHABLE, FRAGMENTATION_NEEDED, &data[..27]);
+    assert_eq!(to_s(&mut policy, &truncated, now), DENIED);
+}
+
+#[test]
+fn packet_too_big_for_a_tracked_ipv6_flow_is_delivered() {
+    let mut policy = policy();
+    let now = Instant::now();
+    let (c6, s6): (IpAddr, IpAddr) = (C6.parse().unwrap(), S6.parse().unwrap());
+    // `lab/s` opens a TCP connection to `C6`:81.
+    let mut syn = ipv6(6, &[&tcp_segment(40000, 81, SYN)]);
+    let (source, destination) = syn[8..40].split_at_mut(16);
+    source.swap_with_slice(destination);
+    let too_big = ipv6(ICMPV6, &[&icmp(PACKET_TOO_BIG, 0, &syn)]);
+    let check = |policy: &mut PacketPolicy| policy.inbound(&header(&too_big, c6, s6), now);
+    assert_eq!(check(&mut policy), DENIED);
+    policy.outbound(&header(&syn, s6, c6), now);
+    assert_eq!(check(&mut policy), Ok(()));
+}
+
+#[test]
+fn an_error_whose_quoted_packet_its_destination_did_not_send_is_not_related() {
+    let mut policy = policy();
+    let now = Instant::now();
+    // A tracked flow, whose packets `C` sends (here, as if `C` were local).
+    let sent_by_c = ipv4(UDP, 0, 0, &tcp_segment(40000, 81, 0));
+    policy.outbound(&header(&sent_by_c, ip(C), ip(S)), now);
+    // An error to `S` quoting it: `S` never sent that packet.
+    let error = error_to_s(UNREACHABLE, PORT_UNREACHABLE, &sent_by_c);
+    assert_eq!(to_s(&mut policy, &error, now), DENIED);
+}
+
+#[test]
+fn an_error_relates_only_while_policy_allows_its_flow_and_never_once_revoked() {
+    let mut policy = policy();
+    let now = Instant::now();
+    // `C` connects to `lab/s` on port 80 (allowed); `S` answers.
+    assert_eq!(
+        to_s(
+            &mut policy,
+            &ipv4(TCP, 0, 0, &tcp_segment(40000, 80, SYN)),
+            now
+        ),
+        Ok(())
+    );
+    let answer = swapped(ipv4(TCP, 0, 0, &tcp_segment(80, 40000, SYN_ACK)));
+    policy.outbound(&header(&answer, ip(S), ip(C)), now);
+    let error = error_to_s(UNREACHABLE, FRAGMENTATION_NEEDED, &answer);
+    assert_eq!(to_s(&mut policy, &error, now), Ok(()));
+    // A new rule set that still allows the connection: still related.
+    let accepting = |port: u16| {
+        world(&[json!({
+            "metadata": {"name": "web", "namespace": "lab"},
+            "spec": {
+                "podSelector": {"matchLabels": {"pod": "s"}},
+                "ingress": [{"ports": [{"port": port}]}]
+            }
+        })])
+    };
+    policy.gate.set_policy(accepting(80));
+    assert_eq!(to_s(&mut policy, &error, now), Ok(()));
+    // One that no longer does: denied, before the flow is judged again and once `C`'s next
+    // packet has revoked it.
+    policy.gate.set_policy(accepting(8080));
+    assert_eq!(to_s(&mut policy, &error, now), DENIED);
+    let next = ipv4(TCP, 0, 0, &tcp_segment(40000, 80, ACK));
+    assert_eq!(to_s(&mut policy, &next, now), DENIED);
+    assert_eq!(to_s(&mut policy, &error, now), DENIED);
+    assert_eq!(verdicts(&policy, "related"), 2);
+}
+
+#[test]
+fn an_icmp_error_a_local_pod_sends_opens_no_flow() {
+    let mut policy = policy();
+    let now = Instant::now();
+    // `C` sends UDP to `lab/s`:81 (denied, but say it were delivered); `S` answers port
+    // unreachable.
+    let from_c = ipv4(UDP, 0, 0, &tcp_segment(40000, 81, 0));
+    let unreachable = swapped(error_to_s(UNREACHABLE, PORT_UNREACHABLE, &from_c));
+    policy.outbound(&header(&unreachable, ip(S), ip(C)), now);
+    assert!(policy.gate.conntrack().is_empty());
+    // So `C`'s ICMP to `S` is still judged on its own: a timestamp request, an error.
+    let timestamp = ipv4(ICMP, 0, 0, &icmp(13, 0, &[0; 12]));
+    assert_eq!(to_s(&mut policy, &timestamp, now), DENIED);
+    let error = error_to_s(UNREACHABLE, PORT_UNREACHABLE, &from_c);
+    assert_eq!(to_s(&mut policy, &error, now), DENIED);
 }

@@ -20,6 +20,8 @@ pub enum PolicyOutcome {
     TrackedReply,
     /// A packet of an inbound flow already allowed under the rule set in force.
     TrackedAllowed,
+    /// An ICMP error about a packet of a tracked flow (related to it).
+    Related,
     /// A Pod talking to itself.
     SamePod,
     /// Checked against the rule set and allowed.
@@ -33,9 +35,10 @@ pub enum PolicyOutcome {
 }
 
 impl PolicyOutcome {
-    pub const ALL: [PolicyOutcome; 8] = [
+    pub const ALL: [PolicyOutcome; 9] = [
         Self::TrackedReply,
         Self::TrackedAllowed,
+        Self::Related,
         Self::SamePod,
         Self::Allowed,
         Self::Fragment,
@@ -49,6 +52,7 @@ impl PolicyOutcome {
         match self {
             Self::TrackedReply => "tracked_reply",
             Self::TrackedAllowed => "tracked_allowed",
+            Self::Related => "related",
             Self::SamePod => "same_pod",
             Self::Allowed => "allowed",
             Self::Fragment => "fragment",

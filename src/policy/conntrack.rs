@@ -3,7 +3,8 @@
 //! rule set version it was last judged under; a flow judged denied after a rule set change is
 //! kept as *revoked*, so neither direction can bring it back (an outbound packet answering a
 //! revoked inbound flow does not open a flow of its own), until it has been idle for its
-//! timeout or is judged allowed again. Time is passed in.
+//! timeout or is judged allowed again. An ICMP error about a packet of a live flow is
+//! *related* to it ([`Conntrack::lookup_related`]): found, never recorded. Time is passed in.
 //!
 //! A TCP flow is opened here only by a connection opening (SYN without ACK): a later TCP
 //! packet of no tracked flow (say, the local server's next packet on an inbound flow that was
@@ -357,6 +358,23 @@ impl Conntrack {
             Some(entry) => Tracked::of(&entry),
             None => Tracked::Miss,
         }
+    }
+
+    /// Looks up the live flow a packet this node sent, `sent` (as it sent it), belongs to, for
+    /// an ICMP error that quotes it: a flow opened here ([`Tracked::Reply`]), or an inbound
+    /// flow `sent` answered ([`Tracked::Inbound`]). Revoked and expired flows relate to
+    /// nothing. Looks only: refreshes nothing, forgets nothing, opens nothing.
+    pub fn lookup_related(&self, sent: &FlowKey, now: Instant) -> Tracked {
+        let timeout = self.timeouts.of(sent.protocol);
+        let live = |key: &FlowKey, opened_here: bool| {
+            self.flows
+                .peek(key)
+                .filter(|e| e.opened_here == opened_here && !e.expired(timeout, now))
+        };
+        if let Some(entry) = live(sent, true).or_else(|| live(&sent.reversed(), false)) {
+            return Tracked::of(entry);
+        }
+        Tracked::Miss
     }
 
     /// Records a new judgement of the tracked flow the inbound packet `key` belongs to (as

@@ -374,3 +374,44 @@ fn the_default_tcp_timeout_outlasts_keepalives() {
     assert!(Timeouts::default().tcp > Duration::from_secs(2 * 3600));
     assert_eq!(Timeouts::default().udp, TEST_TIMEOUTS.udp);
 }
+
+#[test]
+fn an_icmp_error_relates_to_the_live_flow_its_quoted_packet_belongs_to() {
+    let mut ct = table(8);
+    let t0 = Instant::now();
+    // Opened here: the quoted packet is the local side's, as it sent it.
+    ct.record_outbound(key(1), Sent::Opening, 3, t0);
+    assert_eq!(ct.lookup_related(&key(1), t0), Tracked::Reply(allowed(3)));
+    // The reverse of a flow opened here is no packet the local side sent.
+    assert_eq!(ct.lookup_related(&key(1).reversed(), t0), Tracked::Miss);
+    // An inbound flow: the quoted packet is the local side's answer on it.
+    ct.record_inbound(key(2), 3, t0);
+    assert_eq!(
+        ct.lookup_related(&key(2).reversed(), t0),
+        Tracked::Inbound(allowed(3))
+    );
+    assert_eq!(ct.lookup_related(&key(2), t0), Tracked::Miss);
+    // A revoked flow relates to nothing.
+    ct.judge(&key(2), 4, false, t0);
+    assert_eq!(ct.lookup_related(&key(2).reversed(), t0), Tracked::Miss);
+    assert_eq!(ct.lookup_related(&key(9), t0), Tracked::Miss);
+}
+
+#[test]
+fn a_related_lookup_refreshes_and_records_nothing() {
+    let mut ct = table(8);
+    let t0 = Instant::now();
+    ct.record_outbound(key(1), Sent::Opening, 1, t0);
+    // Looked up just before its timeout, it still expires at its timeout from t0.
+    let before = t0 + Duration::from_secs(3600);
+    assert_eq!(
+        ct.lookup_related(&key(1), before),
+        Tracked::Reply(allowed(1))
+    );
+    let after = t0 + Duration::from_secs(3601);
+    assert_eq!(ct.lookup_related(&key(1), after), Tracked::Miss);
+    assert_eq!(ct.lookup_inbound(&key(1).reversed(), after), Tracked::Miss);
+    // Nor does a lookup of an untracked packet open a flow.
+    assert_eq!(ct.lookup_related(&key(5), t0), Tracked::Miss);
+    assert!(ct.is_empty());
+}

@@ -138,6 +138,27 @@ impl PolicyGate {
         self.conntrack.sweep_revoked(now)
     }
 
+    /// Whether a decrypted ICMP error quoting `sent`, a packet a local Pod sent (as it sent
+    /// it), is related to a tracked flow (see [`Conntrack::lookup_related`]) that `sent` was
+    /// part of under the rule set in force: a flow judged under it, or else one policy still
+    /// allows (a flow opened here: its own direction; an inbound flow: the remote side's).
+    /// Looks only; records nothing.
+    pub fn is_related(&self, sent: &FlowKey, now: Instant) -> bool {
+        if !self.synced() {
+            return false;
+        }
+        let opened = match self.conntrack.lookup_related(sent, now) {
+            Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.revoked => return false,
+            Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.version == self.version => {
+                return true;
+            }
+            Tracked::Reply(_) => *sent,
+            Tracked::Inbound(_) => sent.reversed(),
+            Tracked::Miss => return false,
+        };
+        self.set.check(&flow(&opened)).is_allowed()
+    }
+
     /// Judges a decrypted packet of flow `key` (source: the remote side; destination: an
     /// address of this node's Pod blocks).
     pub fn admit(&mut self, key: &FlowKey, now: Instant) -> Admission<'_> {
