@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::RotateRequest;
 use super::admin::{AdminHandler, AdminRequest};
 use crate::datapath::stats::DatapathStatus;
-use crate::policy::PolicySet;
 use crate::policy::files::RejectedPolicyFile;
+use crate::policy::{PolicySet, Verdict};
 use crate::rotation::KeyStatus;
 use crate::status::Status;
 
@@ -185,11 +185,30 @@ impl AdminHandler for SharedStatus {
                 let verdict = policy.check(&flow);
                 Ok(serde_json::json!({
                     "allowed": verdict.is_allowed(),
-                    "verdict": verdict.to_string(),
+                    "verdict": explain(&policy, &verdict),
                 }))
             }
         }
     }
+}
+
+/// The verdict's text; a denial also names the rejected policies of the denied Pod's namespace,
+/// which isolate the Pods they select without allowing anything.
+fn explain(policy: &PolicySet, verdict: &Verdict<'_>) -> String {
+    let mut text = verdict.to_string();
+    if let Verdict::Denied { pod, .. } = verdict {
+        let namespace = pod.split('/').next().unwrap_or_default();
+        for rejected in &policy.rejected {
+            if rejected.policy.split('/').next() == Some(namespace) {
+                text.push_str(&format!(
+                    "\nnote: policy {} is rejected ({}); it still isolates the Pods it selects \
+                     and allows nothing",
+                    rejected.policy, rejected.reason
+                ));
+            }
+        }
+    }
+    text
 }
 
 const STARTING: &str = "starting: the own record is not built yet (waiting for the registry)";
@@ -197,6 +216,56 @@ const STARTING: &str = "starting: the own record is not built yet (waiting for t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denial_names_the_rejected_policies_of_the_pods_namespace() {
+        let bad = serde_json::json!({
+            "metadata": {"name": "bad", "namespace": "lab"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "s"}},
+                     "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}
+        });
+        let c_to_s = crate::policy::Flow {
+            src: "10.244.1.2".parse().unwrap(),
+            dst: "10.244.2.2".parse().unwrap(),
+            protocol: crate::policy::Protocol::Tcp,
+            dst_port: 80,
+        };
+        let set = PolicySet::compile(
+            &[serde_json::from_value(bad).unwrap()],
+            &[serde_json::from_value(serde_json::json!({"metadata": {"name": "lab"}})).unwrap()],
+            &["c", "s"].map(|name| {
+                let ip = if name == "c" {
+                    "10.244.1.2"
+                } else {
+                    "10.244.2.2"
+                };
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "lab", "labels": {"pod": name}},
+                    "status": {"podIP": ip}
+                }))
+                .unwrap()
+            }),
+        );
+        let verdict = set.check(&c_to_s);
+        assert!(!verdict.is_allowed());
+        let text = explain(&set, &verdict);
+        assert!(
+            text.starts_with("denied: lab/s is isolated for ingress"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "note: policy lab/bad is rejected (endPort 80 is not a port at or above 90)"
+            ),
+            "{text}"
+        );
+        let back = set.check(&crate::policy::Flow {
+            src: c_to_s.dst,
+            dst: c_to_s.src,
+            ..c_to_s
+        });
+        assert_eq!(explain(&set, &back), back.to_string());
+    }
 
     fn synced_status() -> Status {
         serde_json::from_value(serde_json::json!({

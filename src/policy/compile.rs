@@ -11,9 +11,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::model::{Flow, PodInfo, Protocol, namespace_labels};
+use super::model::{Flow, NamedPorts, PodInfo, namespace_labels, namespace_selected};
 use super::selector::Labels;
-use super::validate::{Checked, CheckedPeer, CheckedRule, IpBlock, PortMatch, check_policy};
+use super::validate::{
+    Checked, CheckedPeer, CheckedRule, IpBlock, PortMatch, check_policy, isolation_of_rejected,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
@@ -107,7 +109,7 @@ struct Rule {
 struct PodRules {
     key: String,
     ips: Vec<IpAddr>,
-    named_ports: HashMap<String, (u16, Protocol)>,
+    named_ports: NamedPorts,
     /// Indexes into [`PolicySet::rules`]; `None`: not isolated in that direction.
     ingress: Option<Vec<usize>>,
     egress: Option<Vec<usize>>,
@@ -128,19 +130,12 @@ fn resolve_policy(
     namespaces: &BTreeMap<String, Labels>,
     rules: &mut Vec<Rule>,
 ) -> Resolved {
-    let empty = Labels::new();
     let mut resolve = |checked: &[CheckedRule]| {
         let start = rules.len();
         rules.extend(checked.iter().enumerate().map(|(index, rule)| Rule {
             policy: policy.key.clone(),
             index,
-            peers: resolve_peers(
-                rule.peers.as_deref(),
-                &policy.namespace,
-                pods,
-                namespaces,
-                &empty,
-            ),
+            peers: resolve_peers(rule.peers.as_deref(), &policy.namespace, pods, namespaces),
             ports: rule.ports.clone(),
         }));
         start..rules.len()
@@ -159,7 +154,9 @@ fn resolve_policy(
     }
 }
 
-/// A policy that could not be compiled, and why. It is left out entirely.
+/// A policy that could not be compiled, and why. None of its rules are in force, but the
+/// Pods its podSelector selects are still isolated in its policyTypes directions (see
+/// `validate::isolation_of_rejected`): a rejected policy fails closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedPolicy {
     pub policy: String,
@@ -258,13 +255,21 @@ impl PolicySet {
         for policy in policies {
             match check_policy(policy) {
                 Ok(c) => checked.push(c),
-                Err(rejected) => set.rejected.push(rejected),
+                Err(rejected) => {
+                    checked.extend(isolation_of_rejected(policy));
+                    set.rejected.push(rejected);
+                }
             }
         }
         // Deterministic whatever order the policies come in (rules keep policy order).
         checked.sort_by(|a, b| a.key.cmp(&b.key));
         set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
-        set.accepted = checked.iter().map(|c| c.key.clone()).collect();
+        set.accepted = checked
+            .iter()
+            .filter(|c| !c.rejected)
+            .map(|c| c.key.clone())
+            .collect();
+        // Rejected policies isolate too (fail closed), so they count here.
         set.isolates_ingress = checked.iter().any(|c| c.ingress.is_some());
         let mut resolved: Vec<Option<Resolved>> = vec![None; checked.len()];
         for pod in &pods {
@@ -374,7 +379,6 @@ fn resolve_peers(
     policy_namespace: &str,
     pods: &[PodInfo],
     namespaces: &BTreeMap<String, Labels>,
-    empty: &Labels,
 ) -> Peers {
     let Some(peers) = peers else {
         return Peers::Any;
@@ -391,9 +395,7 @@ fn resolve_peers(
                 for pod in pods {
                     let ns_ok = match ns_selector {
                         None => pod.namespace == policy_namespace,
-                        Some(selector) => {
-                            selector.matches(namespaces.get(&pod.namespace).unwrap_or(empty))
-                        }
+                        Some(selector) => namespace_selected(selector, namespaces, &pod.namespace),
                     };
                     let pod_ok = pod_selector.as_ref().is_none_or(|s| s.matches(&pod.labels));
                     if ns_ok && pod_ok {
@@ -413,7 +415,7 @@ fn allowed_by<'a>(
     selected: &[usize],
     flow: &Flow,
     peer: IpAddr,
-    dst_ports: Option<&HashMap<String, (u16, Protocol)>>,
+    dst_ports: Option<&NamedPorts>,
 ) -> Option<Allowance<'a>> {
     selected
         .iter()
@@ -437,11 +439,7 @@ fn peer_matches(peers: &Peers, ip: IpAddr) -> bool {
     }
 }
 
-fn port_matches(
-    ports: &[PortMatch],
-    flow: &Flow,
-    dst_ports: Option<&HashMap<String, (u16, Protocol)>>,
-) -> bool {
+fn port_matches(ports: &[PortMatch], flow: &Flow, dst_ports: Option<&NamedPorts>) -> bool {
     ports.is_empty()
         || ports.iter().any(|port| match port {
             PortMatch::All(protocol) => *protocol == flow.protocol,
@@ -452,9 +450,7 @@ fn port_matches(
                 *protocol == flow.protocol
                     && dst_ports
                         .and_then(|named| named.get(name.as_str()))
-                        .is_some_and(|(port, proto)| {
-                            *port == flow.dst_port && *proto == flow.protocol
-                        })
+                        .is_some_and(|ports| ports.contains(&(flow.dst_port, flow.protocol)))
             }
         })
 }

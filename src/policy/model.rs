@@ -1,13 +1,13 @@
 //! The policy engine's view of Pods and Namespaces, taken from k8s-openapi objects whatever
 //! their source (API server or YAML files), and the packet it judges.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::selector::Labels;
+use super::selector::{Labels, Selector};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -58,6 +58,10 @@ pub struct Flow {
     pub dst_port: u16,
 }
 
+/// Container port name -> every (port, protocol) of that name, sorted: the API server lets
+/// containers of one Pod repeat a port name, and a rule naming it matches any of them.
+pub type NamedPorts = HashMap<String, Vec<(u16, Protocol)>>;
+
 /// A Pod: identity, labels, addresses and named container ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -65,8 +69,7 @@ pub struct PodInfo {
     pub name: String,
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
-    /// Container port name -> (port, protocol).
-    pub named_ports: HashMap<String, (u16, Protocol)>,
+    pub named_ports: NamedPorts,
     /// `metadata.creationTimestamp`: of two live Pods claiming one address, the newer holds it.
     pub created: Option<Time>,
     /// `metadata.deletionTimestamp` is set: the Pod is going away.
@@ -118,7 +121,7 @@ impl PodInfo {
         if ips.is_empty() {
             return None;
         }
-        let mut named_ports = HashMap::new();
+        let mut named_ports = NamedPorts::new();
         for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
             for port in container.ports.iter().flatten() {
                 if let (Some(port_name), Ok(number), Ok(protocol)) = (
@@ -126,9 +129,17 @@ impl PodInfo {
                     u16::try_from(port.container_port),
                     Protocol::parse(port.protocol.as_deref()),
                 ) {
-                    named_ports.insert(port_name.clone(), (number, protocol));
+                    named_ports
+                        .entry(port_name.clone())
+                        .or_default()
+                        .push((number, protocol));
                 }
             }
+        }
+        for ports in named_ports.values_mut() {
+            // Deterministic whatever order the containers list them in.
+            ports.sort_unstable();
+            ports.dedup();
         }
         Some(Self {
             namespace,
@@ -151,11 +162,32 @@ impl PodInfo {
     }
 }
 
+/// The label every namespace carries, set by the API server to the namespace's name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// A Namespace's name and labels (the `kubernetes.io/metadata.name` label is always set, as
 /// the API server does).
 pub fn namespace_labels(namespace: &Namespace) -> Option<(String, Labels)> {
     let name = namespace.metadata.name.clone()?;
     let mut labels = namespace.metadata.labels.clone().unwrap_or_default();
-    labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+    labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
     Some((name, labels))
+}
+
+/// Whether a namespaceSelector selects namespace `name`. A namespace whose Namespace object
+/// is unknown (not listed yet, or missing from a policy directory) still has its name label,
+/// as every namespace does; its other labels are unknown, so a selector that requires
+/// anything of them does not select it (fail closed: a namespaceSelector only ever allows).
+pub fn namespace_selected(
+    selector: &Selector,
+    namespaces: &BTreeMap<String, Labels>,
+    name: &str,
+) -> bool {
+    match namespaces.get(name) {
+        Some(labels) => selector.matches(labels),
+        None => {
+            selector.only_requires(NAMESPACE_NAME_LABEL)
+                && selector.matches(&Labels::from([(NAMESPACE_NAME_LABEL.into(), name.into())]))
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! A reference NetworkPolicy evaluator, written independently of the compiled engine and as
-//! plainly as possible: for every packet it walks every policy. Only for tests.
+//! plainly as possible: for every packet it walks every policy. Only for tests. It takes
+//! valid policies only (what a rejected one still does is tested on the engine alone).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -41,8 +42,23 @@ fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
     true
 }
 
-fn pod_ip(pod: &Pod) -> Option<IpAddr> {
-    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+/// A Pod's addresses: those of `podIPs` that parse, or else its `podIP`.
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips = Vec::new();
+    for entry in status.pod_ips.iter().flatten() {
+        if let Ok(ip) = entry.ip.parse() {
+            ips.push(ip);
+        }
+    }
+    if ips.is_empty()
+        && let Some(Ok(ip)) = status.pod_ip.as_ref().map(|ip| ip.parse())
+    {
+        ips.push(ip);
+    }
+    ips
 }
 
 /// Whether a Pod stands for its address in policy: not hostNetwork (its address is the
@@ -58,7 +74,7 @@ fn is_live(pod: &Pod) -> bool {
 fn pod_at(pods: &[Pod], ip: IpAddr) -> Option<&Pod> {
     let mut found: Vec<&Pod> = pods
         .iter()
-        .filter(|p| is_live(p) && pod_ip(p) == Some(ip))
+        .filter(|p| is_live(p) && pod_ips(p).contains(&ip))
         .collect();
     found.sort_by(|a, b| {
         let deleting = |p: &Pod| p.metadata.deletion_timestamp.is_some();
@@ -86,14 +102,65 @@ fn labels_of(pod: &Pod) -> Labels {
     pod.metadata.labels.clone().unwrap_or_default()
 }
 
-fn namespace_labels(namespaces: &[Namespace], name: &str) -> Labels {
-    let mut labels = namespaces
+const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Whether `selector` selects namespace `name`. Every namespace has the name label; when its
+/// Namespace object is unknown that is all that is known of it, and a selector that asks
+/// about any other label does not select it.
+fn namespace_matches(selector: &LabelSelector, namespaces: &[Namespace], name: &str) -> bool {
+    let known = namespaces
         .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(name))
-        .and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_default();
-    labels.insert("kubernetes.io/metadata.name".into(), name.into());
-    labels
+        .find(|n| n.metadata.name.as_deref() == Some(name));
+    let mut labels = match known {
+        Some(namespace) => namespace.metadata.labels.clone().unwrap_or_default(),
+        None => {
+            let keys = selector
+                .match_labels
+                .iter()
+                .flatten()
+                .map(|(key, _)| key)
+                .chain(selector.match_expressions.iter().flatten().map(|e| &e.key));
+            for key in keys {
+                if key != NAME_LABEL {
+                    return false;
+                }
+            }
+            Labels::new()
+        }
+    };
+    labels.insert(NAME_LABEL.into(), name.into());
+    selector_matches(selector, &labels)
+}
+
+/// An ipBlock CIDR: IPv4 parts (and the prefix) may have leading zeros, read as decimal.
+fn parse_cidr(text: &str) -> Option<IpNetwork> {
+    let (address, prefix) = text.split_once('/')?;
+    let number = |t: &str| -> Option<u64> {
+        let trimmed = t.trim_start_matches('0');
+        if t.is_empty() || trimmed.len() > 3 {
+            return None;
+        }
+        if trimmed.is_empty() {
+            Some(0)
+        } else {
+            trimmed.parse().ok()
+        }
+    };
+    let prefix = u8::try_from(number(prefix)?).ok()?;
+    let ip: IpAddr = if address.contains(':') {
+        address.parse().ok()?
+    } else {
+        let parts: Vec<&str> = address.split('.').collect();
+        if parts.len() != 4 {
+            return None;
+        }
+        let mut octets = Vec::new();
+        for part in parts {
+            octets.push(u8::try_from(number(part)?).ok()?);
+        }
+        IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
+    };
+    IpNetwork::new(ip, prefix).ok()
 }
 
 fn protocol_of(text: Option<&String>) -> Protocol {
@@ -112,14 +179,14 @@ fn peer_matches(
     namespaces: &[Namespace],
 ) -> bool {
     if let Some(block) = &peer.ip_block {
-        let Ok(cidr) = block.cidr.parse::<IpNetwork>() else {
+        let Some(cidr) = parse_cidr(&block.cidr) else {
             return false;
         };
         let excluded = block
             .except
             .iter()
             .flatten()
-            .any(|e| e.parse::<IpNetwork>().is_ok_and(|e| e.contains(ip)));
+            .any(|e| parse_cidr(e).is_some_and(|e| e.contains(ip)));
         return cidr.contains(ip) && !excluded;
     }
     let Some(pod) = pod_at(pods, ip) else {
@@ -128,7 +195,7 @@ fn peer_matches(
     let namespace = pod_namespace(pod);
     let namespace_ok = match &peer.namespace_selector {
         None => namespace == policy_namespace,
-        Some(selector) => selector_matches(selector, &namespace_labels(namespaces, &namespace)),
+        Some(selector) => namespace_matches(selector, namespaces, &namespace),
     };
     let pod_ok = match &peer.pod_selector {
         None => true,
@@ -179,7 +246,8 @@ fn direction_allows(
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let Some(spec) = &policy.spec else { continue };
+        // Without a spec, the defaults: podSelector {} (every Pod), policyTypes [Ingress].
+        let spec = policy.spec.clone().unwrap_or_default();
         if namespace != pod_namespace(pod)
             || !selector_matches(
                 &spec.pod_selector.clone().unwrap_or_default(),
@@ -251,6 +319,12 @@ pub fn allowed(
     }
     let src = pod_at(pods, flow.src);
     let dst = pod_at(pods, flow.dst);
+    // One Pod's two addresses (IPv4 and IPv6): a Pod may always reach itself.
+    if let (Some(a), Some(b)) = (src, dst)
+        && std::ptr::eq(a, b)
+    {
+        return true;
+    }
     let egress = src.is_none_or(|pod| {
         direction_allows("Egress", pod, flow.dst, flow, policies, namespaces, pods)
     });

@@ -56,6 +56,16 @@ impl Selector {
         Ok(Self { requirements })
     }
 
+    /// Whether every requirement is on label `key` (true of the empty selector).
+    pub fn only_requires(&self, key: &str) -> bool {
+        self.requirements.iter().all(|r| match r {
+            Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k == key,
+        })
+    }
+
     pub fn matches(&self, labels: &Labels) -> bool {
         self.requirements.iter().all(|r| match r {
             Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),

@@ -15,6 +15,7 @@ use super::*;
 
 mod pods;
 mod property;
+mod upstream_parity;
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
@@ -328,11 +329,14 @@ fn invalid_policies_are_rejected_whole_with_a_reason() {
         let set = PolicySet::compile(&[policy("x", "bad", spec)], &namespaces, &pods);
         assert_eq!(set.rejected.len(), 1, "case {i} was accepted");
         assert!(!set.rejected[0].reason.is_empty());
-        // Rejected whole: it isolates nothing.
-        assert!(
-            set.check(&flow((1, 0), (0, 0), Protocol::Tcp, 80))
-                .is_allowed(),
-            "case {i}"
-        );
+        assert!(set.accepted.is_empty(), "case {i}");
+        // Rejected whole: none of its rules allow anything. Its podSelector ({}) still
+        // isolates x/a (fail closed), except where the selector itself is invalid (case 2).
+        let verdict = tcp_80(&set, (1, 0), (0, 0));
+        if i == 2 {
+            assert!(verdict.is_allowed(), "case {i}: {verdict}");
+        } else {
+            assert_eq!(verdict, denied_at_x_a(Direction::Ingress), "case {i}");
+        }
     }
 }

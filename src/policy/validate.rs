@@ -2,7 +2,9 @@
 //! resolved against Pods, and refused whole (with a reason) if anything in it is invalid.
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::compile::RejectedPolicy;
@@ -31,6 +33,8 @@ pub(super) struct Checked {
     pub(super) selector: Selector,
     pub(super) ingress: Option<Vec<CheckedRule>>,
     pub(super) egress: Option<Vec<CheckedRule>>,
+    /// A rejected policy, kept only for the isolation it states (no rules, not in force).
+    pub(super) rejected: bool,
 }
 
 pub(super) struct CheckedRule {
@@ -95,20 +99,46 @@ fn check_port_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A CIDR as the API server reads an ipBlock's (`ParseCIDRSloppy`, without the opt-in
+/// StrictIPCIDRValidation): an IPv4 address may have leading zeros in its parts, read as
+/// decimal (`010.0.0.0/8` is 10.0.0.0/8), and so may the prefix length.
+pub(super) fn parse_cidr(text: &str) -> Option<IpNetwork> {
+    let (address, prefix) = text.split_once('/')?;
+    let digits = |part: &str| -> Option<u32> {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Past 255 (or 128) is invalid whatever follows; stop before overflowing.
+        part.bytes().try_fold(0u32, |n, b| {
+            let n = n * 10 + u32::from(b - b'0');
+            (n <= 0xFFFF).then_some(n)
+        })
+    };
+    let prefix = u8::try_from(digits(prefix)?).ok()?;
+    if address.contains(':') {
+        return IpNetwork::new(address.parse::<std::net::Ipv6Addr>().ok()?.into(), prefix).ok();
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = address.split('.');
+    for octet in &mut octets {
+        *octet = u8::try_from(digits(parts.next()?)?).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    IpNetwork::new(std::net::Ipv4Addr::from(octets).into(), prefix).ok()
+}
+
 fn check_peer(peer: &NetworkPolicyPeer) -> Result<CheckedPeer, String> {
     if let Some(block) = &peer.ip_block {
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
             return Err("ipBlock cannot be combined with selectors in one peer".into());
         }
-        let cidr: IpNetwork = block
-            .cidr
-            .parse()
-            .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
+        let cidr = parse_cidr(&block.cidr)
+            .ok_or_else(|| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
         let mut except = Vec::new();
         for text in block.except.iter().flatten() {
-            let e: IpNetwork = text
-                .parse()
-                .map_err(|_| format!("except {text:?} is not a CIDR"))?;
+            let e = parse_cidr(text).ok_or_else(|| format!("except {text:?} is not a CIDR"))?;
             // As the API server requires: a strict subset (an except equal to the cidr would
             // leave an ipBlock that matches nothing).
             if !crate::record::covers(&cidr, &e) || e.prefix() <= cidr.prefix() {
@@ -163,11 +193,7 @@ fn check_rules(rules: &[RawRule<'_>]) -> Result<Vec<CheckedRule>, String> {
 
 /// Validates a policy whole; a rejection names it (`namespace/name`, `?` without a name).
 pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, RejectedPolicy> {
-    let namespace = policy
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let namespace = policy_namespace(policy);
     let name = policy.metadata.name.as_deref();
     let key = format!("{namespace}/{}", name.unwrap_or("?"));
     let rejected = |reason: String| RejectedPolicy {
@@ -180,12 +206,71 @@ pub(super) fn check_policy(policy: &NetworkPolicy) -> Result<Checked, RejectedPo
     check_spec(policy, namespace, key.clone()).map_err(rejected)
 }
 
+/// What a policy that [`check_policy`] rejects still does: if its podSelector is valid, it
+/// isolates the Pods it selects in its policyTypes directions (defaulted as for a valid
+/// policy; both directions if it names an unknown type), with no rule allowing anything. A
+/// policy the API server let through (its validation differs between versions and feature
+/// gates) thus fails closed rather than leaving the Pods it meant to protect open.
+pub(super) fn isolation_of_rejected(policy: &NetworkPolicy) -> Option<Checked> {
+    let namespace = policy_namespace(policy);
+    let key = format!(
+        "{namespace}/{}",
+        policy.metadata.name.as_deref().unwrap_or("?")
+    );
+    let spec = policy.spec.as_ref();
+    let selector = pod_selector(spec).ok()?;
+    let (ingress, egress) = isolated_directions(spec).unwrap_or((true, true));
+    Some(Checked {
+        key,
+        namespace,
+        selector,
+        ingress: ingress.then(Vec::new),
+        egress: egress.then(Vec::new),
+        rejected: true,
+    })
+}
+
+fn policy_namespace(policy: &NetworkPolicy) -> String {
+    policy
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+/// The podSelector; absent selects every Pod of the namespace.
+fn pod_selector(spec: Option<&NetworkPolicySpec>) -> Result<Selector, String> {
+    Selector::compile(
+        spec.and_then(|s| s.pod_selector.as_ref())
+            .unwrap_or(&Default::default()),
+    )
+}
+
+/// Whether the policy isolates (ingress, egress). policyTypes defaults (the API server's, for
+/// an absent or empty list alike): Ingress always; Egress when egress rules are present.
+fn isolated_directions(spec: Option<&NetworkPolicySpec>) -> Result<(bool, bool), String> {
+    let has_egress_rules = spec
+        .and_then(|s| s.egress.as_ref())
+        .is_some_and(|rules| !rules.is_empty());
+    match spec.and_then(|s| s.policy_types.as_ref()) {
+        Some(types) if !types.is_empty() => {
+            let (mut ingress, mut egress) = (false, false);
+            for t in types {
+                match t.as_str() {
+                    "Ingress" => ingress = true,
+                    "Egress" => egress = true,
+                    other => return Err(format!("unknown policyType {other:?}")),
+                }
+            }
+            Ok((ingress, egress))
+        }
+        _ => Ok((true, has_egress_rules)),
+    }
+}
+
 fn check_spec(policy: &NetworkPolicy, namespace: String, key: String) -> Result<Checked, String> {
     let spec = policy.spec.as_ref();
-    let selector = match spec.and_then(|s| s.pod_selector.as_ref()) {
-        Some(selector) => Selector::compile(selector)?,
-        None => Selector::compile(&Default::default())?,
-    };
+    let selector = pod_selector(spec)?;
     let ingress_rules: Vec<_> = spec
         .and_then(|s| s.ingress.as_ref())
         .into_iter()
@@ -198,22 +283,7 @@ fn check_spec(policy: &NetworkPolicy, namespace: String, key: String) -> Result<
         .flatten()
         .map(|r| (r.to.as_ref(), r.ports.as_ref()))
         .collect();
-    // policyTypes defaults (the API server's, for an absent or empty list alike): Ingress
-    // always; Egress when egress rules are present.
-    let types = match spec.and_then(|s| s.policy_types.as_ref()) {
-        Some(types) if !types.is_empty() => types.clone(),
-        _ if egress_rules.is_empty() => vec!["Ingress".to_string()],
-        _ => vec!["Ingress".to_string(), "Egress".to_string()],
-    };
-    let mut isolates_ingress = false;
-    let mut isolates_egress = false;
-    for t in &types {
-        match t.as_str() {
-            "Ingress" => isolates_ingress = true,
-            "Egress" => isolates_egress = true,
-            other => return Err(format!("unknown policyType {other:?}")),
-        }
-    }
+    let (isolates_ingress, isolates_egress) = isolated_directions(spec)?;
     let ingress = check_rules(&ingress_rules)?;
     let egress = check_rules(&egress_rules)?;
     Ok(Checked {
@@ -222,6 +292,7 @@ fn check_spec(policy: &NetworkPolicy, namespace: String, key: String) -> Result<
         selector,
         ingress: isolates_ingress.then_some(ingress),
         egress: isolates_egress.then_some(egress),
+        rejected: false,
     })
 }
 
@@ -289,6 +360,40 @@ mod tests {
                 .unwrap_or_else(|| panic!("except {except} of {cidr} was accepted"));
             assert!(why.contains("strict subset"), "{why}");
         }
+    }
+
+    #[test]
+    fn cidrs_are_read_as_the_api_server_reads_them() {
+        for (text, read) in [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("010.0.0.0/8", "10.0.0.0/8"),
+            ("010.000.001.000/024", "10.0.1.0/24"),
+            ("0000000192.168.1.1/32", "192.168.1.1/32"),
+            ("fd00::/48", "fd00::/48"),
+            ("fd00::/048", "fd00::/48"),
+        ] {
+            assert_eq!(parse_cidr(text), read.parse().ok(), "{text}");
+        }
+        for bad in [
+            "10.0.0.0",
+            "10.0.0/8",
+            "10.0.0.0.0/8",
+            "256.0.0.0/8",
+            "10.0.0.0/33",
+            "10..0.0/8",
+            "+10.0.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "fd00::/129",
+            "0x0a.0.0.0/8",
+        ] {
+            assert_eq!(parse_cidr(bad), None, "{bad}");
+        }
+        assert_eq!(
+            reason(&with_block("010.0.0.0/8", &["010.001.0.0/16"])),
+            None
+        );
+        assert!(reason(&with_block("256.0.0.0/8", &[])).is_some());
     }
 
     #[test]
