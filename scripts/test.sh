@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(bird2 containernetworking-plugins iproute2 iputils-ping procps ca-certificates
-          wireguard-tools wireguard-go tcpdump python3)
+          wireguard-tools wireguard-go tcpdump nftables python3)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::io::Write;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{CLEAR_POD_TRAFFIC, Capture, Lab, Servers, run, run_ok, tcp_server, wait_for};
+use common::{CLEAR_POD_TRAFFIC, Capture, Lab, Servers, repo, run, run_ok, tcp_server, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -196,6 +198,64 @@ fn a_clean_stop_keeping_routing_drops_pod_traffic_until_the_agent_is_back() {
         &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
     );
     assert_eq!(rules.lines().count(), 1, "{rules}");
+}
+
+/// The nftables forward filter README.md gives to refuse clear Pod traffic from the underlay.
+fn readme_underlay_filter() -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("nft -f - <<'NFT'\n")
+        .expect("README has the filter");
+    let body = &readme[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("\nNFT\n").unwrap()].to_string()
+}
+
+#[test]
+fn the_readmes_underlay_filter_keeps_clear_pod_traffic_from_a_stopped_peer_off_the_pods() {
+    let lab = Lab::up("wtguard", 2);
+    lab.wait_for_mesh(CONVERGE);
+    let (from, _) = lab.pods(2)[0].clone();
+    let (pod, to) = lab.pods(1)[0].clone();
+    assert!(lab.ping(&from, &to, 5));
+    // A clean stop without --keep-routing-on-exit: n2 sends Pod traffic in clear.
+    lab.script(&["stop-agent", "2"]);
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &lab.node_ns(1), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(readme_underlay_filter().as_bytes())
+        .unwrap();
+    assert!(
+        nft.wait().unwrap().success(),
+        "nft refused the README's filter"
+    );
+
+    let echo_requests = "icmp[0] == 8";
+    let seen = Capture::on(&pod, "eth0", echo_requests);
+    lab.ping(&from, &to, 2);
+    seen.assert_nothing("a clear ping from the stopped peer reached the Pod through the filter");
+    // Without the filter the same pings reach the Pod: the filter is what kept them off.
+    run_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.node_ns(1),
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "weft_guard",
+        ],
+    );
+    let seen = Capture::on(&pod, "eth0", echo_requests);
+    lab.ping(&from, &to, 2);
+    assert!(!seen.stop().is_empty(), "clear pings never arrived at all");
 }
 
 #[test]

@@ -458,21 +458,17 @@ pub struct Capture {
 impl Capture {
     /// Captures packets matching the tcpdump `filter` on the bridge of `lab`.
     pub fn start(lab: &Lab, filter: &str) -> Capture {
+        Capture::on(&format!("{}-br", lab.name), "br0", filter)
+    }
+
+    /// Captures packets matching the tcpdump `filter` on `interface` in netns `ns`.
+    pub fn on(ns: &str, interface: &str, filter: &str) -> Capture {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("capture.txt");
         let out = std::fs::File::create(&file).unwrap();
         let log = dir.path().join("tcpdump.log");
         let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &format!("{}-br", lab.name),
-                "tcpdump",
-                "-l",
-                "-n",
-                "-i",
-                "br0",
-            ])
+            .args(["netns", "exec", ns, "tcpdump", "-l", "-n", "-i", interface])
             .arg(filter)
             .stdout(out)
             .stderr(std::fs::File::create(&log).unwrap())
