@@ -13,14 +13,13 @@ use tokio::sync::{mpsc, watch};
 use tun_rs::AsyncDevice;
 
 use super::forward::{Forwarder, Wire};
+use super::session::DATA_OVERHEAD;
 use super::stats::{DatapathStatus, PeerTraffic};
 use crate::mesh::Peer;
 use crate::policy::PolicySet;
 
 /// Largest datagram or packet handled; also the size of each reusable buffer.
 const BUFFER_BYTES: usize = 65_536;
-/// What a WireGuard data message adds to a packet (header, counter, tag).
-const WIREGUARD_DATA_OVERHEAD: usize = 32;
 /// Most packets handled per readiness wake-up of one direction before the loop looks at the
 /// other direction, the timers and commands again.
 const BATCH: usize = 64;
@@ -97,7 +96,7 @@ impl Engine {
         let mut tun_buf = vec![0u8; BUFFER_BYTES];
         let mut udp_buf = vec![0u8; BUFFER_BYTES];
         // boringtun needs room for the packet plus its 32 bytes of WireGuard data overhead.
-        let mut out = vec![0u8; BUFFER_BYTES + WIREGUARD_DATA_OVERHEAD];
+        let mut out = vec![0u8; BUFFER_BYTES + DATA_OVERHEAD];
         let mut timers = tokio::time::interval(TIMER_TICK);
         timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status = tokio::time::interval(STATUS_TICK);

@@ -16,7 +16,7 @@ use super::packet::{Header, parse};
 use super::packet_policy::PacketPolicy;
 use super::peers::{Incoming, PeerTable};
 use super::prefix_table::PrefixTable;
-use super::session::data_bytes;
+use super::session::{HANDSHAKE_INITIATION, HANDSHAKE_RESPONSE, TRANSPORT_DATA, data_bytes};
 use super::stats::{DropCounters, DropReason, PeerCounters};
 
 /// The devices the forwarder's output goes to.
@@ -95,7 +95,10 @@ impl Forwarder {
         self.decapsulate(peer, session, src, datagram, out, wire)
             .await;
         // A handshake may have completed: outbound traffic may move to the new session.
-        if matches!(datagram.first(), Some(1 | 2)) {
+        if matches!(
+            datagram.first(),
+            Some(&HANDSHAKE_INITIATION | &HANDSHAKE_RESPONSE)
+        ) {
             self.peers.choose_outbound(Some(peer));
         }
     }
@@ -109,6 +112,11 @@ impl Forwarder {
         out: &mut [u8],
         wire: &mut impl Wire,
     ) {
+        // A handshake initiation can be replayed (a captured one is accepted once by a session
+        // that has seen no newer one: a peer removed and added again starts afresh), so it is
+        // answered where it came from but does not move the peer's endpoint. Every other
+        // message that authenticates cannot be replayed, and does (roaming).
+        let moves_endpoint = datagram.first() != Some(&HANDSHAKE_INITIATION);
         let mut input = datagram;
         loop {
             let Some(slot) = self.peers.slot_mut(peer) else {
@@ -123,9 +131,10 @@ impl Forwarder {
                 TunnResult::WriteToNetwork(message) => {
                     // A handshake answer or a queued packet: keep flushing until Done. Both
                     // follow an authenticated message (sessions check MAC1 only and never
-                    // answer with a cookie; rate limiting happens once, in `classify`), so
-                    // the peer is where it spoke from.
-                    slot.endpoint = Some(src);
+                    // answer with a cookie; rate limiting happens once, in `classify`).
+                    if moves_endpoint {
+                        slot.endpoint = Some(src);
+                    }
                     send_to_peer(wire, &mut slot.counters, message, src).await;
                 }
                 TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
@@ -134,7 +143,13 @@ impl Forwarder {
                     self.deliver(peer, packet, wire).await;
                     return;
                 }
-                TunnResult::Done => return,
+                TunnResult::Done => {
+                    // A keepalive authenticated like any data message: the peer is there.
+                    if datagram.first() == Some(&TRANSPORT_DATA) {
+                        slot.endpoint = Some(src);
+                    }
+                    return;
+                }
                 TunnResult::Err(error) => {
                     tracing::debug!(peer = %slot.peer.name, ?error, "decapsulate refused a message");
                     slot.counters.drops.count(DropReason::Rejected);

@@ -10,6 +10,7 @@ use super::*;
 use crate::datapath::forward::{Forwarder, Wire};
 use crate::datapath::fragments::FragmentTable;
 use crate::datapath::packet_policy::PacketPolicy;
+use crate::datapath::session::HANDSHAKE_RESPONSE;
 use crate::datapath::stats::DropCounters;
 use crate::policy::conntrack::{Conntrack, Timeouts};
 use crate::policy::gate::PolicyGate;
@@ -581,4 +582,62 @@ fn packets_queued_during_a_handshake_count_as_sent_when_flushed() {
     let bytes = bytes + next.len() as u64;
     assert_eq!(counters(&mut nodes[0], "b").tx_bytes, bytes);
     assert_eq!(counters(&mut nodes[1], "a").rx_bytes, bytes);
+}
+
+fn endpoint_of(node: &mut Node, peer: &str) -> Option<SocketAddr> {
+    let id = *node.forwarder.peers.by_name.get(peer).unwrap();
+    node.forwarder.peers.slot_mut(id).unwrap().endpoint
+}
+
+/// Runs `step` on a forwarder, returning what it sent (without putting it on the network:
+/// the addresses may be nobody's).
+fn sent_by(
+    forwarder: &mut Forwarder,
+    step: impl AsyncFnOnce(&mut Forwarder, &mut [u8], &mut Outbox),
+) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = vec![0u8; 2048];
+    let mut outbox = Outbox::default();
+    futures::executor::block_on(step(forwarder, &mut out, &mut outbox));
+    outbox.sent
+}
+
+#[test]
+fn a_replayed_handshake_initiation_is_answered_but_does_not_move_the_endpoint() {
+    let (mut nodes, _, _) = connected();
+    let a_session = nodes[0].forwarder.peers.slots().next().unwrap().sessions[0].index;
+    let captured = initiation(&mut nodes[0].forwarder.peers, a_session, true);
+    // b drops peer a and adds it again: its new session has seen no initiation yet.
+    nodes[1].forwarder.peers.sync(&BTreeMap::new());
+    nodes[1].forwarder.peers.sync(&peer_a(1, None));
+    let attacker: SocketAddr = "203.0.113.9:4444".parse().unwrap();
+    let sent = sent_by(&mut nodes[1].forwarder, async |f, out, outbox| {
+        f.receive(attacker, &captured, out, outbox).await;
+    });
+    assert!(
+        sent.iter()
+            .any(|(to, m)| *to == attacker && m[0] == HANDSHAKE_RESPONSE),
+        "the initiation authenticates, so it is answered where it came from: {sent:?}"
+    );
+    assert_eq!(
+        endpoint_of(&mut nodes[1], "a"),
+        Some("198.18.0.1:51820".parse().unwrap()),
+        "a replayable initiation moved the peer's endpoint"
+    );
+}
+
+#[test]
+fn a_keepalive_from_a_new_address_moves_the_endpoint() {
+    let (mut nodes, _, _) = connected();
+    let mut out = vec![0u8; 2048];
+    let id = *nodes[0].forwarder.peers.by_name.get("b").unwrap();
+    let slot = nodes[0].forwarder.peers.slot_mut(id).unwrap();
+    let keepalive = match slot.outbound().unwrap().tunn.encapsulate(&[], &mut out) {
+        TunnResult::WriteToNetwork(message) => message.to_vec(),
+        _ => panic!("no keepalive"),
+    };
+    let roamed: SocketAddr = "198.18.0.11:51820".parse().unwrap();
+    sent_by(&mut nodes[1].forwarder, async |f, out, outbox| {
+        f.receive(roamed, &keepalive, out, outbox).await;
+    });
+    assert_eq!(endpoint_of(&mut nodes[1], "a"), Some(roamed));
 }

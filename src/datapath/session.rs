@@ -99,17 +99,20 @@ pub fn preferred(
     })
 }
 
-/// WireGuard's transport data message type, and its overhead: type, receiver index and
-/// counter (16 bytes), then the AEAD tag (16 bytes).
-const DATA_MESSAGE: u8 = 4;
-const DATA_OVERHEAD: usize = 32;
+/// WireGuard message types (the first byte of every message).
+pub const HANDSHAKE_INITIATION: u8 = 1;
+pub const HANDSHAKE_RESPONSE: u8 = 2;
+pub const TRANSPORT_DATA: u8 = 4;
+/// What a transport data message adds to its packet: type, receiver index and counter (16
+/// bytes), then the AEAD tag (16 bytes).
+pub const DATA_OVERHEAD: usize = 32;
 
 /// The length of the packet a WireGuard message carries: for a transport data message, its
 /// plaintext (boringtun does not pad, so the inner packet; 0 for a keepalive); 0 for handshake
 /// and cookie messages.
 pub fn data_bytes(message: &[u8]) -> usize {
     match message.first() {
-        Some(&DATA_MESSAGE) => message.len().saturating_sub(DATA_OVERHEAD),
+        Some(&TRANSPORT_DATA) => message.len().saturating_sub(DATA_OVERHEAD),
         _ => 0,
     }
 }
