@@ -173,7 +173,9 @@ impl Forwarder {
             Some(header) if self.local_blocks.lookup(header.destination).is_none() => {
                 Err(DropReason::DestinationNotLocal)
             }
-            Some(header) => self.policy.inbound(&header, Instant::now()),
+            Some(header) => self
+                .policy
+                .inbound(&self.vouched(index, header), Instant::now()),
         };
         let Some(slot) = self.peers.slot_mut(index) else {
             return;
@@ -188,6 +190,18 @@ impl Forwarder {
                 tracing::debug!(peer = %slot.peer.name, reason = reason.code(), "dropped a decrypted packet");
             }
         }
+    }
+
+    /// `header` as policy may take it from peer `index`: an ICMP error may pass as related to
+    /// a tracked flow only if that peer could have answered the flow (the quoted packet went
+    /// to one of its allowed IPs). Otherwise it is judged as any other packet, so a node
+    /// cannot slip errors about other nodes' flows past its Pods' egress policy.
+    fn vouched(&self, index: u32, mut header: Header) -> Header {
+        let quoted = header.icmp_error.and_then(|error| error.quoted);
+        if quoted.is_some_and(|sent| !self.peers.source_allowed(index, sent.destination)) {
+            header.icmp_error = None;
+        }
+        header
     }
 
     /// Starts handshakes on new sessions at once (a new peer, or a key one side rotates to),

@@ -147,16 +147,27 @@ impl PolicyGate {
         if !self.synced() {
             return false;
         }
-        let opened = match self.conntrack.lookup_related(sent, now) {
-            Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.revoked => return false,
+        match self.conntrack.lookup_related(sent, now) {
+            Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.revoked => false,
             Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.version == self.version => {
-                return true;
+                true
             }
-            Tracked::Reply(_) => *sent,
-            Tracked::Inbound(_) => sent.reversed(),
-            Tracked::Miss => return false,
-        };
-        self.set.check(&flow(&opened)).is_allowed()
+            // A flow the local Pod opened: still allowed in its own direction.
+            Tracked::Reply(_) => self.set.check(&flow(sent)).is_allowed(),
+            // An inbound flow: judged as its packets would be now (an address that is no
+            // known Pod any more included).
+            Tracked::Inbound(_) => {
+                let unknown_isolated = self.required && self.set.isolates_ingress();
+                judge(
+                    &self.set,
+                    unknown_isolated,
+                    &self.own_addresses,
+                    &sent.reversed(),
+                )
+                .is_allowed()
+            }
+            Tracked::Miss => false,
+        }
     }
 
     /// Judges a decrypted packet of flow `key` (source: the remote side; destination: an

@@ -372,6 +372,20 @@ fn a_flow_to_a_pod_that_finished_is_revoked_when_its_address_is_no_longer_known(
 }
 
 #[test]
+fn an_icmp_error_about_a_flow_to_a_pod_that_finished_relates_to_nothing() {
+    let t0 = Instant::now();
+    let ingress = [isolate("s", "Ingress")];
+    let mut gate = gate_of_node(true, world_with(&ingress, &[("n", NEW_POD)]));
+    let inbound = c_to(NEW_POD);
+    assert_eq!(gate.admit(&inbound, t0), Admission::Allowed);
+    // What `lab/n` sent on that flow, as an error about it quotes it.
+    let answer = inbound.reversed();
+    assert!(gate.is_related(&answer, t0));
+    gate.set_policy(world(&ingress));
+    assert!(!gate.is_related(&answer, t0));
+}
+
+#[test]
 fn policy_check_explains_a_destination_without_an_address() {
     let isolating = unknown_destination_note(&world(&[isolate("s", "Ingress")]), "lab/n");
     assert!(isolating.starts_with("no Pod lab/n with an address is known;"));
