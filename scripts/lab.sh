@@ -2,7 +2,8 @@
 # The weft lab: N nodes as network namespaces on one machine, BIRD 2 in an iBGP full mesh,
 # Pods attached with the real ptp + host-local CNI plugins, one weft agent per node.
 #
-#   scripts/lab.sh up [N]          bring up (default 3 nodes); idempotent
+#   scripts/lab.sh up [N]          bring up (default 3 nodes, or the running lab's); idempotent,
+#                                  but another N than the running lab's is refused until `down`
 #   scripts/lab.sh down            remove every namespace, process and file the lab made
 #   scripts/lab.sh status          what is running
 #   scripts/lab.sh stop-bird K | start-bird K | stop-agent K | start-agent K
@@ -25,6 +26,8 @@ PODS_PER_NODE=${WEFT_LAB_PODS:-2}
 IPV6=${WEFT_LAB_IPV6:-0}
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
+# This script as the user calls it again for this lab (naming WEFT_LAB unless it is the default).
+self() { if [ "$LAB" = weft ]; then echo "$0"; else echo "WEFT_LAB=$LAB $0"; fi; }
 log() { echo "lab.sh: $*"; }
 
 [[ $LAB =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "WEFT_LAB must be 1-8 lowercase letters/digits, starting with a letter (got '$LAB')"
@@ -256,12 +259,17 @@ wait_agent() {
 }
 
 cmd_up() {
-    local n=${1:-3} k bin=""
+    local running k bin=""
+    running=$(cat "$RUN/nodes" 2>/dev/null || true)
+    # Without N: the running lab's node count, else 3.
+    local n=${1:-${running:-3}}
     [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "node count must be 1-200 (got '$n')"
     require_root up
+    # Another node count would leave nodes behind (or BIRD configured for the old ones).
+    [ -z "$running" ] || [ "$running" = "$n" ] || die "lab '$LAB' is up with $running nodes; run \`$(self) down\` first"
     install_packages
     if [ "$IPV6" = 1 ] && [ -f "$RUN/nodes" ] && [ ! -f "$RUN/ipv6" ]; then
-        die "lab '$LAB' is up IPv4-only; run '$0 down' before bringing it up dual-stack"
+        die "lab '$LAB' is up IPv4-only; run \`$(self) down\` before bringing it up dual-stack"
     fi
     [ -n "${WEFT_LAB_NO_AGENT:-}" ] || bin=$(weft_bin)
     mkdir -p "$RUN/registry" "$RUN/policy"
@@ -279,9 +287,17 @@ cmd_up() {
     fi
     log "lab '$LAB' is up with $n nodes"
     echo
-    echo "Look around:"
-    [ -n "$bin" ] && echo "  ip netns exec $(node_ns 1) $bin status --run-dir $RUN/n1"
-    [ -n "$bin" ] && echo "  ip netns exec $(node_ns 1) wg show ${LAB}n1"
+    echo "Look around (node n1: run directory $RUN/n1, keys $RUN/n1/keys; Pods and policies: $RUN/policy):"
+    if [ -n "$bin" ]; then
+        echo "  ip netns exec $(node_ns 1) $bin status --run-dir $RUN/n1"
+        echo "  ip netns exec $(node_ns 1) $bin key show --key-dir $RUN/n1/keys"
+        echo "  ip netns exec $(node_ns 1) $bin key rotate --run-dir $RUN/n1 --wait"
+        echo "  ip netns exec $(node_ns 1) wg show ${LAB}n1"
+        if [ "$n" -ge 2 ]; then
+            echo "  ip netns exec $(node_ns 2) $bin policy check --run-dir $RUN/n2 --from lab/n1-p1 --to lab/n2-p1 --port 8080/tcp"
+        fi
+        echo "  $bin policy lint $RUN/policy"
+    fi
     echo "  birdc -s $RUN/n1/bird.ctl show protocols"
     echo "  ip -n $(node_ns 1) route show proto bird"
     local other
@@ -289,9 +305,9 @@ cmd_up() {
     echo "  ip netns exec $(pod_ns 1 1) ping -c 3 $other"
     other=$(awk 'NR==1 {print $3}' "$RUN/n$n/pods")
     [ -z "$other" ] || echo "  ip netns exec $(pod_ns 1 1) ping -c 3 $other"
-    echo "  $0 stop-bird 2   /   $0 start-bird 2"
+    [ "$n" -lt 2 ] || echo "  $(self) stop-bird 2   /   $(self) start-bird 2"
     echo "  tail -f $RUN/n1/agent.log"
-    echo "  $0 down"
+    echo "  $(self) down"
 }
 
 cmd_down() {
@@ -343,5 +359,5 @@ case "${1:-}" in
     start-bird) require_root; node_arg "${2:-}"; start_bird "$2" ;;
     stop-agent) require_root; node_arg "${2:-}"; stop_pidfile "$RUN/n$2/agent.pid" ;;
     start-agent) require_root; node_arg "${2:-}"; start_agent "$2" "$(weft_bin)"; wait_agent "$2" ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

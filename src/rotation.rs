@@ -126,6 +126,11 @@ pub fn scheduled_at(current_since: u64, interval_secs: u64) -> u64 {
     current_since.saturating_add(interval_secs)
 }
 
+/// A number of seconds as people write it: `1h 30m`, `50s`.
+fn human_secs(secs: u64) -> humantime::FormattedDuration {
+    humantime::format_duration(std::time::Duration::from_secs(secs))
+}
+
 /// `weft key status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -217,10 +222,12 @@ impl KeyStatus {
         match (&self.next_public_key, &self.rotation) {
             (Some(next), Some(rotation)) => {
                 let grace = match rotation.deadline() {
-                    Some(deadline) => format!("grace ends in {}s", deadline.saturating_sub(now)),
+                    Some(deadline) => {
+                        format!("grace ends in {}", human_secs(deadline.saturating_sub(now)))
+                    }
                     None => format!(
-                        "grace of {}s starts once the announcement is published",
-                        rotation.grace_secs
+                        "grace of {} starts once the announcement is published",
+                        human_secs(rotation.grace_secs)
                     ),
                 };
                 out.push_str(&format!(
@@ -238,8 +245,8 @@ impl KeyStatus {
         }
         if let Some(at) = self.next_scheduled_rotation {
             out.push_str(&format!(
-                "scheduled:   next rotation in {}s\n",
-                at.saturating_sub(now)
+                "scheduled:   next rotation in {}\n",
+                human_secs(at.saturating_sub(now))
             ));
         }
         if let Some(last) = &self.last_rotation {
@@ -255,9 +262,9 @@ impl KeyStatus {
                 ),
             };
             out.push_str(&format!(
-                "last:        epoch {} completed {}s ago ({reason})\n",
+                "last:        epoch {} completed {} ago ({reason})\n",
                 last.epoch,
-                now.saturating_sub(last.completed_at)
+                human_secs(now.saturating_sub(last.completed_at))
             ));
         }
         if let Some(error) = &self.last_error {
@@ -395,10 +402,14 @@ mod tests {
         };
         let table = status(&rotation).to_table(1020);
         assert!(table.contains("grace ends in 50s"), "{table}");
+        rotation.grace_secs = 3600 + 30 * 60 + 10;
+        let table = status(&rotation).to_table(1020);
+        assert!(table.contains("grace ends in 1h 30m"), "{table}");
+        rotation.grace_secs = 60;
         rotation.announced_at = None;
         let table = status(&rotation).to_table(1020);
         assert!(
-            table.contains("grace of 60s starts once the announcement is published"),
+            table.contains("grace of 1m starts once the announcement is published"),
             "{table}"
         );
     }

@@ -191,6 +191,20 @@ impl Status {
             if let Some(error) = &datapath.apply_error {
                 let _ = writeln!(out, "apply error: {error} (retrying)");
             }
+            if let Some(rotation) = &datapath.key_rotation {
+                let pending = if rotation.pending.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pending: {})", rotation.pending.join(", "))
+                };
+                let _ = writeln!(
+                    out,
+                    "rotating:   to next key {}, {}/{} peers moved{pending}",
+                    rotation.next_public_key,
+                    rotation.moved.len(),
+                    rotation.moved.len() + rotation.pending.len()
+                );
+            }
             let drops = |map: &std::collections::BTreeMap<String, u64>| {
                 let list: Vec<String> = map.iter().map(|(r, n)| format!("{r}={n}")).collect();
                 if list.is_empty() {
@@ -224,8 +238,8 @@ impl Status {
                 out,
                 "policy:     version {}, {} in force, {} rejected; verdicts: {}",
                 policy.version,
-                policy.policies.len(),
-                policy.rejected.len(),
+                counted(policy.policies.len(), "policy", "policies"),
+                counted(policy.rejected.len(), "policy", "policies"),
                 drops(&policy.verdicts)
             );
             for rejected in &policy.rejected {
@@ -282,6 +296,11 @@ impl Status {
     }
 }
 
+/// `n` things, in the singular for one: `1 policy`, `0 policies`.
+pub(crate) fn counted(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 /// A blank line and `table(headers, rows)`, unless there are no rows.
 fn optional_table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
     if !rows.is_empty() {
@@ -331,6 +350,45 @@ mod tests {
         assert_eq!(
             table(&["PEER", "KEY", "ALLOWED"], &rows),
             "PEER  KEY  ALLOWED\nn2    x    10.244.2.0/24\n"
+        );
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(counted(0, "policy", "policies"), "0 policies");
+        assert_eq!(counted(1, "policy", "policies"), "1 policy");
+        assert_eq!(counted(2, "Namespace", "Namespaces"), "2 Namespaces");
+    }
+
+    #[test]
+    fn the_table_counts_policies_and_shows_a_key_rotation_in_progress() {
+        let mut status: Status = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "node": {"name": "n1", "addresses": [], "record": {}},
+            "synced": {"registry": true, "routes": true},
+            "peers": [], "rejected": [], "skippedRecords": [], "learnedRoutes": 0,
+            "datapath": {"interface": "weft0", "listenPort": 51820, "encryption": "required",
+                         "peers": [], "drops": {},
+                         "policy": {"version": 2, "policies": ["lab/a"], "rejected": [],
+                                    "verdicts": {}, "denied": {}}}
+        }))
+        .expect("a status document");
+        let table = status.to_table();
+        assert!(
+            table.contains("policy:     version 2, 1 policy in force, 0 policies rejected;"),
+            "{table}"
+        );
+        assert!(!table.contains("rotating:"), "{table}");
+        let datapath = status.datapath.as_mut().expect("a datapath");
+        datapath.key_rotation = Some(crate::datapath::stats::KeyRotationProgress {
+            next_public_key: "NEXT=".into(),
+            moved: vec!["n2".into()],
+            pending: vec!["n3".into()],
+        });
+        let table = status.to_table();
+        assert!(
+            table.contains("rotating:   to next key NEXT=, 1/2 peers moved (pending: n3)\n"),
+            "{table}"
         );
     }
 

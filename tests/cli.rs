@@ -214,6 +214,19 @@ fn lab_refuses_bad_input_with_clear_messages() {
         stderr(&bad_ipv6)
     );
 
+    // A lab up with 3 nodes (only its record of them here) refuses another count.
+    let run = std::path::Path::new("/run/wtclin");
+    std::fs::create_dir_all(run).unwrap();
+    std::fs::write(run.join("nodes"), "3\n").unwrap();
+    let other_count = lab_sh(&["up", "2"], &[("WEFT_LAB", "wtclin")], false);
+    let _ = std::fs::remove_dir_all(run);
+    assert!(!other_count.status.success());
+    assert!(
+        stderr(&other_count).contains("lab 'wtclin' is up with 3 nodes; run `WEFT_LAB=wtclin"),
+        "{}",
+        stderr(&other_count)
+    );
+
     let bad_count = lab_sh(&["up", "many"], &[("WEFT_LAB", "wtcli")], false);
     assert!(!bad_count.status.success());
     assert!(
@@ -276,6 +289,43 @@ fn key_rotate_refuses_a_grace_with_a_fraction_of_a_second() {
         assert!(message.contains("whole seconds"), "{message}");
         assert!(!message.contains("no weft agent"), "{message}");
     }
+}
+
+#[test]
+fn key_rotate_refuses_a_negative_or_out_of_range_grace() {
+    for (grace, expected) in [
+        ("-1m", "cannot be negative"),
+        ("0s", "must be 1s to 7days"),
+        ("8d", "must be 1s to 7days"),
+        ("5", "5 has no unit"),
+    ] {
+        let out = weft(&[
+            "key",
+            "rotate",
+            "--run-dir",
+            "/nonexistent",
+            "--grace",
+            grace,
+        ]);
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "--grace {grace}: {message}");
+        assert!(message.contains(expected), "--grace {grace}: {message}");
+        assert!(!message.contains("no weft agent"), "{message}");
+    }
+}
+
+#[test]
+fn a_key_file_that_is_no_key_is_refused_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let generated = weft(&["key", "generate", "--key-dir", keys.to_str().unwrap()]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    std::fs::write(keys.join("private.key"), "c2hvcnQ=\n").unwrap();
+    let shown = weft(&["key", "show", "--key-dir", keys.to_str().unwrap()]);
+    assert!(!shown.status.success());
+    let message = stderr(&shown);
+    assert!(message.contains("holds 5 bytes, not 32"), "{message}");
+    assert!(message.contains("weft key generate --force"), "{message}");
 }
 
 #[test]
@@ -366,7 +416,7 @@ fn policy_lint_names_each_file_an_agent_would_reject_and_why() {
     let out = weft(&["policy", "lint", d.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("1 NetworkPolicies, 1 Pods, 0 Namespaces taken from"),
+        stdout(&out).contains("1 NetworkPolicy, 1 Pod, 0 Namespaces taken from"),
         "{}",
         stdout(&out)
     );
@@ -391,7 +441,52 @@ fn policy_lint_names_each_file_an_agent_would_reject_and_why() {
         stderr(&out)
     );
 
-    let out = weft(&["policy", "lint", d.join("missing").to_str().unwrap()]);
+    let missing = d.join("missing");
+    let out = weft(&["policy", "lint", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("No such file"), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: directory {} does not exist", missing.display())
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
+fn policy_lint_counts_in_the_singular_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let out = weft(&["policy", "lint", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("0 NetworkPolicies, 0 Pods, 1 Namespace taken from"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn bird_config_without_a_kubeconfig_says_it_needs_the_kubernetes_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("kubeconfig");
+    let out = weft(&[
+        "bird-config",
+        "--node-name",
+        "n1",
+        "--kubeconfig",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains(&format!(
+            "weft bird-config reads the Nodes from the Kubernetes API: cannot read kubeconfig {}: No such file",
+            missing.display()
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("\"'"), "doubled quotes: {message}");
 }

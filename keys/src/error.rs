@@ -1,9 +1,16 @@
 use std::path::PathBuf;
 
+/// What to do about a private key file that is not a key.
+const REPLACE_HINT: &str = "restore it from a backup, or replace it with `weft key generate --force` \
+     (a new key changes the node's identity: peers move to it once they read its record)";
+
 /// Errors about key material. Messages name the file involved and never contain key bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no private key at {}; create one with `weft key generate`", path.display())]
+    #[error(
+        "no private key at {}; pass --key-dir if the node keeps it elsewhere, or create one with `weft key generate`",
+        path.display()
+    )]
     NotFound { path: PathBuf },
     #[error(
         "private key {} is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
@@ -17,11 +24,17 @@ pub enum KeyError {
         path.display()
     )]
     InsecureDirectory { path: PathBuf, mode: u32 },
-    #[error("private key {} is not base64 (corrupt or truncated)", path.display())]
+    #[error("private key {} is not base64 (corrupt or truncated); {REPLACE_HINT}", path.display())]
     NotBase64 { path: PathBuf },
-    #[error("private key {} holds {len} bytes, not 32 (truncated or not an x25519 key)", path.display())]
+    #[error(
+        "private key {} holds {len} bytes, not 32 (truncated or not an x25519 key); {REPLACE_HINT}",
+        path.display()
+    )]
     WrongLength { path: PathBuf, len: usize },
-    #[error("private key {} is larger than any key file ({len} bytes)", path.display())]
+    #[error(
+        "private key {} is larger than any key file ({len} bytes); {REPLACE_HINT}",
+        path.display()
+    )]
     TooLarge { path: PathBuf, len: u64 },
     #[error(
         "a private key already exists at {}; pass --force to replace it (peers then need the new public key)",

@@ -338,6 +338,17 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_that_is_no_key_says_what_to_do() {
+        let (_tmp, store) = store();
+        for garbage in [&b"c2hvcnQ="[..], b"this is not base64!\n", &[b'A'; 4096]] {
+            write_key_file(&store, garbage);
+            let message = store.load().unwrap_err().to_string();
+            assert!(message.contains("restore it from a backup"), "{message}");
+            assert!(message.contains("weft key generate --force"), "{message}");
+        }
+    }
+
+    #[test]
     fn error_messages_never_contain_key_material() {
         let (_tmp, store) = store();
         let key = store.generate(false).unwrap();

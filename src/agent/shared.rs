@@ -172,23 +172,64 @@ impl AdminHandler for SharedStatus {
                     .ok_or("no policy source is configured or loaded (--policy-dir)")?;
                 let src = policy
                     .pod_ip(&from)
-                    .ok_or_else(|| format!("no Pod {from} with an address is known"))?;
+                    .ok_or_else(|| crate::policy::gate::unknown_pod(&policy, &from))?;
                 let dst = policy
                     .pod_ip(&to)
                     .ok_or_else(|| crate::policy::gate::unknown_destination_note(&policy, &to))?;
+                let protocol = match protocol.to_uppercase().as_str() {
+                    // Judged as any protocol without ports: only port-less rules allow it.
+                    "ICMP" => crate::policy::Protocol::Other,
+                    other => crate::policy::Protocol::parse(Some(other))?,
+                };
                 let flow = crate::policy::Flow {
                     src,
                     dst,
-                    protocol: crate::policy::Protocol::parse(Some(&protocol.to_uppercase()))?,
+                    protocol,
                     dst_port: port,
                 };
                 let verdict = policy.check(&flow);
+                let mut text = explain(&policy, &verdict);
+                let own_blocks = self.own_blocks();
+                if both_on_this_node(&own_blocks, src, dst) {
+                    text.push_str(SAME_NODE_NOTE);
+                }
                 Ok(serde_json::json!({
                     "allowed": verdict.is_allowed(),
-                    "verdict": explain(&policy, &verdict),
+                    "verdict": text,
                 }))
             }
         }
+    }
+}
+
+/// Added to a verdict on two Pods of this node: their traffic never enters weft.
+const SAME_NODE_NOTE: &str = "\nnote: both Pods are on this node; weft enforces policy only on \
+     traffic it decrypts, so this verdict does not apply to traffic between them (see README)";
+
+/// Whether both addresses lie in this node's own blocks.
+fn both_on_this_node(
+    own_blocks: &[ipnetwork::IpNetwork],
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+) -> bool {
+    let local = |ip| own_blocks.iter().any(|block| block.contains(ip));
+    local(src) && local(dst)
+}
+
+impl SharedStatus {
+    /// This node's own blocks, as its record publishes them (none while starting).
+    fn own_blocks(&self) -> Vec<ipnetwork::IpNetwork> {
+        let Ok(status) = self.status.read() else {
+            return Vec::new();
+        };
+        status
+            .as_ref()
+            .and_then(|s| s.node.record.get("blocks"))
+            .and_then(|blocks| blocks.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|block| block.as_str()?.parse().ok())
+            .collect()
     }
 }
 
@@ -216,6 +257,80 @@ const STARTING: &str = "starting: the own record is not built yet (waiting for t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_pods_are_on_this_node_only_if_both_lie_in_its_blocks() {
+        let blocks = [
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        ];
+        let ip = |text: &str| text.parse().unwrap();
+        assert!(both_on_this_node(
+            &blocks,
+            ip("10.244.1.2"),
+            ip("10.244.1.3")
+        ));
+        assert!(both_on_this_node(
+            &blocks,
+            ip("10.244.1.2"),
+            ip("fd00:10:244:1::3")
+        ));
+        assert!(!both_on_this_node(
+            &blocks,
+            ip("10.244.1.2"),
+            ip("10.244.2.2")
+        ));
+        assert!(!both_on_this_node(
+            &blocks,
+            ip("10.244.2.2"),
+            ip("10.244.1.2")
+        ));
+        assert!(!both_on_this_node(&[], ip("10.244.1.2"), ip("10.244.1.3")));
+    }
+
+    #[tokio::test]
+    async fn policy_check_of_two_pods_of_this_node_carries_the_same_node_note() {
+        let pod = |name: &str, ip: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "lab"},
+                "status": {"podIP": ip}
+            }))
+            .unwrap()
+        };
+        let set = PolicySet::compile(
+            &[],
+            &[],
+            &[
+                pod("a", "10.244.1.2"),
+                pod("b", "10.244.1.3"),
+                pod("r", "10.244.2.2"),
+            ],
+        );
+        let shared = SharedStatus::default();
+        *shared.policy.write().unwrap() = Some(Arc::new(set));
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "node": {"name": "n1", "addresses": [], "record": {"blocks": ["10.244.1.0/24"]}},
+            "synced": {"registry": true, "routes": true},
+            "peers": [], "rejected": [], "skippedRecords": [], "learnedRoutes": 0
+        }))
+        .unwrap();
+        *shared.status.write().unwrap() = Some(status);
+        let check = |to: &str| AdminRequest::PolicyCheck {
+            from: "lab/a".into(),
+            to: to.into(),
+            port: 0,
+            protocol: "ICMP".into(),
+        };
+        let local = shared.handle(check("lab/b")).await.unwrap();
+        let text = local["verdict"].as_str().unwrap();
+        assert!(text.contains("note: both Pods are on this node"), "{text}");
+        let remote = shared.handle(check("lab/r")).await.unwrap();
+        let text = remote["verdict"].as_str().unwrap();
+        assert!(!text.contains("on this node"), "{text}");
+        let unknown = shared.handle(check("lab/x")).await.unwrap_err();
+        assert_eq!(unknown, "no Pod lab/x is known");
+    }
 
     #[test]
     fn a_denial_names_the_rejected_policies_of_the_pods_namespace() {

@@ -43,20 +43,15 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
         bail!("the agent accepted the rotation but reports none in progress");
     };
     let epoch = rotation.epoch;
+    let peers_total = rotation.peers_total;
     let next = next.clone();
     // The agent publishes in the background: give it a moment to get the record out (or to
     // say why it cannot).
     let status = until_published(run_dir, started).await;
-    let progress = status
-        .rotation
-        .as_ref()
-        .map(|r| format!("{}/{} peers moved, ", r.peers_moved, r.peers_total))
-        .unwrap_or_default();
     let shown_grace = humantime::format_duration(grace);
+    let progress = progress(&status, epoch, peers_total, &shown_grace.to_string());
     if status.published {
-        println!(
-            "key rotation to epoch {epoch} announced: next public key {next} ({progress}grace {shown_grace})"
-        );
+        println!("key rotation to epoch {epoch} announced: next public key {next} ({progress})");
     } else {
         println!(
             "key rotation to epoch {epoch} announced locally, not yet published: {}; the agent keeps trying, and the grace period ({shown_grace}) starts once it is published (next public key {next})",
@@ -129,6 +124,30 @@ pub async fn rotate(run_dir: &Path, grace: Duration, wait: bool) -> anyhow::Resu
     }
 }
 
+/// How far the rotation to `epoch` has come, once announced. Peers move within moments of
+/// reading the record, so the rotation may already have completed by the time the
+/// announcement is seen published: then how it ended (out of the `peers_total` peers it
+/// started with).
+fn progress(status: &KeyStatus, epoch: u64, peers_total: usize, grace: &str) -> String {
+    if let Some(rotation) = status.rotation.as_ref().filter(|r| r.epoch == epoch) {
+        return format!(
+            "{}/{} peers moved, grace {grace}",
+            rotation.peers_moved, rotation.peers_total
+        );
+    }
+    match &status.last_rotation {
+        Some(last) if last.epoch == epoch && completed(status, epoch) => {
+            let moved = peers_total.saturating_sub(last.unmoved_peers.len());
+            let end = match last.reason {
+                crate::rotation::CompletionReason::AllPeersMoved => "complete".to_string(),
+                crate::rotation::CompletionReason::GraceEnded => format!("grace {grace} ended"),
+            };
+            format!("{moved}/{peers_total} peers moved: {end}")
+        }
+        _ => format!("grace {grace}"),
+    }
+}
+
 /// Whether the rotation to `epoch` has completed.
 fn completed(status: &KeyStatus, epoch: u64) -> bool {
     status.key_epoch >= epoch && status.rotation.is_none()
@@ -155,4 +174,60 @@ async fn until_published(run_dir: &Path, mut status: KeyStatus) -> KeyStatus {
         }
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::{CompletedView, CompletionReason, RotationView};
+
+    fn status(rotation: Option<RotationView>, last: Option<CompletedView>) -> KeyStatus {
+        KeyStatus {
+            public_key: "k".into(),
+            next_public_key: rotation.as_ref().map(|_| "n".into()),
+            key_epoch: if rotation.is_some() { 0 } else { 1 },
+            current_since: 0,
+            next_scheduled_rotation: None,
+            rotation,
+            last_rotation: last,
+            published: true,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn progress_of_a_rotation_in_progress_counts_the_moved_peers() {
+        let rotation = RotationView {
+            epoch: 1,
+            started_at: 10,
+            grace_secs: 300,
+            announced_at: Some(11),
+            peers_moved: 1,
+            peers_total: 2,
+            pending_peers: vec!["n3".into()],
+        };
+        assert_eq!(
+            progress(&status(Some(rotation), None), 1, 2, "5m"),
+            "1/2 peers moved, grace 5m"
+        );
+    }
+
+    #[test]
+    fn progress_of_a_rotation_that_already_completed_says_so() {
+        let last = |reason, unmoved: &[&str]| CompletedView {
+            epoch: 1,
+            completed_at: 12,
+            reason,
+            unmoved_peers: unmoved.iter().map(|p| p.to_string()).collect(),
+        };
+        let moved = status(None, Some(last(CompletionReason::AllPeersMoved, &[])));
+        assert_eq!(progress(&moved, 1, 2, "5m"), "2/2 peers moved: complete");
+        let ended = status(None, Some(last(CompletionReason::GraceEnded, &["n3"])));
+        assert_eq!(
+            progress(&ended, 1, 2, "1s"),
+            "1/2 peers moved: grace 1s ended"
+        );
+        // Nothing known about this epoch: only the grace period.
+        assert_eq!(progress(&status(None, None), 1, 2, "5m"), "grace 5m");
+    }
 }

@@ -98,7 +98,8 @@ pub enum PolicyCommand {
         /// Destination Pod, as NAMESPACE/NAME.
         #[arg(long, value_name = "NS/POD", value_parser = parse_pod_ref)]
         to: String,
-        /// Destination port, optionally with a protocol: 80, 53/udp, 3868/sctp.
+        /// Destination port, optionally with a protocol: 80, 53/udp, 3868/sctp; or icmp
+        /// (ping), which only rules without ports allow.
         #[arg(long, value_name = "PORT[/PROTO]", value_parser = parse_port)]
         port: (u16, String),
         /// The agent's run directory.
@@ -132,6 +133,9 @@ fn parse_pod_ref(text: &str) -> Result<String, String> {
 }
 
 fn parse_port(text: &str) -> Result<(u16, String), String> {
+    if text.eq_ignore_ascii_case("icmp") {
+        return Ok((0, "ICMP".into()));
+    }
     let (port, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
     let port: u16 = port
         .parse()
@@ -140,18 +144,37 @@ fn parse_port(text: &str) -> Result<(u16, String), String> {
         .ok_or_else(|| format!("{port:?} is not a port (1-65535)"))?;
     match protocol.to_lowercase().as_str() {
         "tcp" | "udp" | "sctp" => Ok((port, protocol.to_uppercase())),
-        other => Err(format!("unknown protocol {other:?}: tcp, udp or sctp")),
+        other => Err(format!(
+            "unknown protocol {other:?}: tcp, udp or sctp (or --port icmp)"
+        )),
     }
 }
 
-/// A grace period: a duration in whole seconds. A fraction of a second is refused rather than
-/// dropped, so the grace period is never shorter than asked for.
+/// A grace period: a duration in whole seconds from 1s to 7 days (the agent's range, checked
+/// here too so a bad value fails before the agent is asked). A fraction of a second is
+/// refused rather than dropped, so the grace period is never shorter than asked for.
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
-    let grace = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    use crate::agent::node_keys::{MAX_GRACE, MIN_GRACE};
+    let grace = humantime::parse_duration(text).map_err(|error| match error {
+        _ if text.trim_start().starts_with('-') => {
+            format!("the grace period cannot be negative ({text})")
+        }
+        humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("{value} has no unit: write it as, for example, {value}s or {value}m")
+        }
+        other => other.to_string(),
+    })?;
     if grace.subsec_nanos() != 0 {
         return Err(format!(
             "the grace period is kept in whole seconds, and {text} is not (try {}s)",
             grace.as_secs().max(1)
+        ));
+    }
+    if !(MIN_GRACE..=MAX_GRACE).contains(&grace) {
+        return Err(format!(
+            "the grace period must be {} to {}, and {text} is not",
+            humantime::format_duration(MIN_GRACE),
+            humantime::format_duration(MAX_GRACE)
         ));
     }
     Ok(grace)
@@ -182,8 +205,14 @@ pub enum KeyCommand {
         run_dir: PathBuf,
         /// How long peers get to move to the next key before it becomes the only one anyway
         /// (peers that have not moved by then re-handshake once they read the record).
-        /// Whole seconds (the agent keeps the grace period in seconds).
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_grace)]
+        /// Whole seconds (the agent keeps the grace period in seconds), 1s to 7d.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "5m",
+            value_parser = parse_grace,
+            allow_hyphen_values = true
+        )]
         grace: std::time::Duration,
         /// Wait until the rotation completes; exit non-zero if it cannot.
         #[arg(long)]
@@ -231,7 +260,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.public_key());
         }
         Command::BirdConfig(args) => {
-            let client = crate::kube::registry::client(args.kubeconfig.as_deref()).await?;
+            let client = match crate::kube::registry::client(args.kubeconfig.as_deref()).await {
+                Ok(client) => client,
+                Err(crate::registry::RegistryError::Kube(reason)) => anyhow::bail!(
+                    "weft bird-config reads the Nodes from the Kubernetes API: {reason}"
+                ),
+                Err(other) => return Err(other.into()),
+            };
             let password = match &args.bgp_password_file {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -293,14 +328,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 port,
                 protocol,
             };
-            let answer = admin::request(&run_dir, &request).await?;
+            let answer = match admin::request(&run_dir, &request).await {
+                Ok(answer) => answer,
+                // The agent's answer names what is wrong with the question (an unknown
+                // Pod, ...): say it as it is.
+                Err(admin::AdminError::Refusal(reason)) => anyhow::bail!("{reason}"),
+                Err(other) => return Err(other.into()),
+            };
             println!("{}", answer["verdict"].as_str().unwrap_or("unknown"));
             if answer["allowed"] != serde_json::Value::Bool(true) {
                 anyhow::bail!("the flow is denied");
             }
         }
         Command::Policy(PolicyCommand::Lint { dir }) => {
-            let (report, clean) = policy_lint::lint(&dir);
+            let (report, clean) = policy_lint::lint(&dir)?;
             print!("{report}");
             if !clean {
                 anyhow::bail!("{} has files an agent would reject", dir.display());
@@ -355,6 +396,52 @@ mod tests {
             "{error}"
         );
         assert!(parse_grace("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_grace_period_is_1s_to_7_days() {
+        assert_eq!(parse_grace("1s"), Ok(std::time::Duration::from_secs(1)));
+        assert_eq!(
+            parse_grace("7d"),
+            Ok(std::time::Duration::from_secs(7 * 24 * 3600))
+        );
+        for out_of_range in ["0s", "7d 1s", "8d"] {
+            let error = parse_grace(out_of_range).unwrap_err();
+            assert_eq!(
+                error,
+                format!("the grace period must be 1s to 7days, and {out_of_range} is not")
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_grace_gets_a_hint_that_works() {
+        assert_eq!(
+            parse_grace("5").unwrap_err(),
+            "5 has no unit: write it as, for example, 5s or 5m"
+        );
+        assert_eq!(
+            parse_grace("-1m").unwrap_err(),
+            "the grace period cannot be negative (-1m)"
+        );
+    }
+
+    #[test]
+    fn a_negative_grace_reaches_the_parser() {
+        use clap::Parser as _;
+        let error = Cli::try_parse_from(["weft", "key", "rotate", "--grace", "-1m"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("cannot be negative"), "{error}");
+    }
+
+    #[test]
+    fn a_port_is_a_number_with_a_protocol_or_icmp() {
+        assert_eq!(parse_port("80"), Ok((80, "TCP".to_string())));
+        assert_eq!(parse_port("53/udp"), Ok((53, "UDP".to_string())));
+        assert_eq!(parse_port("icmp"), Ok((0, "ICMP".to_string())));
+        assert_eq!(parse_port("ICMP"), Ok((0, "ICMP".to_string())));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("80/icmp").unwrap_err().contains("--port icmp"));
     }
 
     #[test]

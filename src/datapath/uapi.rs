@@ -1,6 +1,7 @@
 //! The WireGuard cross-platform userspace API (`/var/run/wireguard/<iface>.sock`), read side,
 //! so `wg show` lists weft's peers as it would for wireguard-go or the kernel module.
-//! Configuration belongs to weft's mesh: `set` is refused with EPERM.
+//! Configuration belongs to weft's mesh: `set` is refused with EOPNOTSUPP, so `wg set` says
+//! "Operation not supported".
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -17,8 +18,17 @@ use super::stats::DatapathStatus;
 
 /// The directory `wg` looks in.
 pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
-const EPERM: i32 = 1;
+/// `set` is refused: weft's mesh is the only source of configuration.
+const EOPNOTSUPP: i32 = 95;
+/// Neither `get=1` nor `set=1`.
 const EINVAL: i32 = 22;
+
+/// The answer for a refused request. The protocol sends the errno negated, as wireguard-go
+/// does: `wg` negates it back, so `errno=-95` prints "Operation not supported", while a
+/// positive number would print "Unknown error -95".
+fn error_reply(errno: i32) -> Zeroizing<String> {
+    Zeroizing::new(format!("errno=-{errno}\n\n"))
+}
 
 pub fn default_socket_path(interface: &str) -> PathBuf {
     Path::new(DEFAULT_UAPI_DIR).join(format!("{interface}.sock"))
@@ -169,10 +179,10 @@ async fn serve_connection(stream: UnixStream, source: &UapiSource) -> std::io::R
             }
             "set=1" => {
                 skip_to_blank_line(&mut reader).await?;
-                Zeroizing::new(format!("errno={EPERM}\n\n"))
+                error_reply(EOPNOTSUPP)
             }
             "" => continue,
-            _ => Zeroizing::new(format!("errno={EINVAL}\n\n")),
+            _ => error_reply(EINVAL),
         };
         write.write_all(answer.as_bytes()).await?;
     }
@@ -195,6 +205,54 @@ mod tests {
     use super::*;
     use crate::datapath::stats::PeerTraffic;
 
+    fn source_with(status: watch::Receiver<DatapathStatus>) -> UapiSource {
+        UapiSource {
+            private_key_hex: SharedKeyHex::new(&weft_keys::PrivateKey::from_bytes([0; 32])),
+            fwmark: 0x5746,
+            status,
+        }
+    }
+
+    /// The errno `wg` reports for an answer: it negates the number the server sends.
+    fn errno_as_wg_reports_it(answer: &str) -> i64 {
+        let value = answer
+            .strip_prefix("errno=")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("not an errno answer: {answer:?}"));
+        -value.parse::<i64>().expect("errno is a number")
+    }
+
+    #[tokio::test]
+    async fn set_is_refused_with_an_errno_wg_can_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft0.sock");
+        let (_tx, status) = watch::channel(DatapathStatus::default());
+        let server = tokio::spawn(serve(path.clone(), source_with(status)));
+        let mut stream = loop {
+            match UnixStream::connect(&path).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        stream
+            .write_all(b"set=1\nlisten_port=1234\n\nfrobnicate=1\n\n")
+            .await
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let mut answer = String::new();
+            reader.read_line(&mut answer).await.unwrap();
+            reader.read_line(&mut answer).await.unwrap();
+            answers.push(answer);
+        }
+        // wg prints strerror of what it reads negated: a positive errno on the wire would be
+        // "Unknown error -95".
+        assert_eq!(errno_as_wg_reports_it(&answers[0]), 95, "{answers:?}");
+        assert_eq!(errno_as_wg_reports_it(&answers[1]), 22, "{answers:?}");
+        server.abort();
+    }
+
     #[test]
     fn get_lists_peers_in_uapi_form() {
         let (_tx, status) = watch::channel(DatapathStatus {
@@ -213,11 +271,7 @@ mod tests {
             }],
             ..DatapathStatus::default()
         });
-        let source = UapiSource {
-            private_key_hex: SharedKeyHex::new(&weft_keys::PrivateKey::from_bytes([0; 32])),
-            fwmark: 0x5746,
-            status,
-        };
+        let source = source_with(status);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         // Zeroized when dropped: it holds the private key.
         let text: Zeroizing<String> = render_get(&source, now);

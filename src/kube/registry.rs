@@ -39,7 +39,15 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RegistryError> 
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                RegistryError::Kube(format!("cannot read kubeconfig {}: {e}", path.display()))
+                // The IO error alone: kube's own text repeats the path, quoted twice.
+                let reason = match e {
+                    kube::config::KubeconfigError::ReadConfig(io, _) => io.to_string(),
+                    other => other.to_string(),
+                };
+                RegistryError::Kube(format!(
+                    "cannot read kubeconfig {}: {reason}",
+                    path.display()
+                ))
             })?;
             Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await

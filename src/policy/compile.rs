@@ -4,7 +4,7 @@
 //! looks up the two Pods by address and walks only the rules of the policies that select
 //! them, with no allocation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -189,11 +189,21 @@ pub struct PolicySet {
     /// Some policy in force isolates the Pods it selects for ingress (see
     /// [`PolicySet::isolates_ingress`]).
     isolates_ingress: bool,
+    /// Pods (`namespace/name`) listed without an address policy judges them by (no
+    /// `podIP` yet, finished, on the host network, or their address held by another Pod),
+    /// so `weft policy check` can tell them from Pods nobody listed.
+    without_address: BTreeSet<String>,
 }
 
 /// Gives every address to one Pod, deterministically, whatever order the Pods come in: each
 /// Pod keeps only the addresses it holds, and Pods left without any are dropped, so a Pod
 /// that lost its address is neither judged nor selected by it.
+/// A Pod object's `namespace/name`, as [`PodInfo::key`] has it.
+fn pod_key(pod: &Pod) -> Option<String> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    Some(format!("{namespace}/{}", pod.metadata.name.as_deref()?))
+}
+
 fn claim_addresses(mut pods: Vec<PodInfo>) -> (Vec<PodInfo>, Vec<AddressConflict>) {
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
@@ -245,10 +255,13 @@ impl PolicySet {
     pub fn compile(policies: &[NetworkPolicy], namespaces: &[Namespace], pods: &[Pod]) -> Self {
         let namespaces: BTreeMap<String, Labels> =
             namespaces.iter().filter_map(namespace_labels).collect();
+        let listed: BTreeSet<String> = pods.iter().filter_map(pod_key).collect();
         let (pods, conflicts) =
             claim_addresses(pods.iter().filter_map(PodInfo::from_pod).collect());
+        let with_address: BTreeSet<String> = pods.iter().map(PodInfo::key).collect();
         let mut set = PolicySet {
             conflicts,
+            without_address: listed.difference(&with_address).cloned().collect(),
             ..PolicySet::default()
         };
         let mut checked = Vec::new();
@@ -360,6 +373,11 @@ impl PolicySet {
             .ips
             .first()
             .copied()
+    }
+
+    /// Whether Pod `namespace/name` is listed but has no address policy judges it by.
+    pub fn lists_without_address(&self, key: &str) -> bool {
+        self.without_address.contains(key)
     }
 
     /// Whether `ip` is a known Pod.

@@ -56,17 +56,31 @@ impl Admission<'_> {
     }
 }
 
+/// Why `weft policy check` cannot judge a flow from or to Pod `key`, which has no known
+/// address: nobody listed it, or it is listed without an address policy judges it by.
+pub fn unknown_pod(set: &PolicySet, key: &str) -> String {
+    if set.lists_without_address(key) {
+        format!(
+            "Pod {key} has no address yet (or none policy judges it by: it has finished, runs \
+             on the host network, or another Pod holds its address)"
+        )
+    } else {
+        format!("no Pod {key} is known")
+    }
+}
+
 /// Why `weft policy check` cannot judge a flow to Pod `to` that has no known address: what
 /// the node holding it does with such packets under `set`.
 pub fn unknown_destination_note(set: &PolicySet, to: &str) -> String {
+    let unknown = unknown_pod(set, to);
     if set.isolates_ingress() {
         format!(
-            "no Pod {to} with an address is known; while it is not, a node drops decrypted \
-             packets to an address of its Pod blocks that is no known Pod \
-             (policy_unknown_destination), as a policy in force isolates Pods for ingress"
+            "{unknown}; while it has none, a node drops decrypted packets to an address of \
+             its Pod blocks that is no known Pod (policy_unknown_destination), as a policy in \
+             force isolates Pods for ingress"
         )
     } else {
-        format!("no Pod {to} with an address is known")
+        unknown
     }
 }
 

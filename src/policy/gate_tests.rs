@@ -388,11 +388,32 @@ fn an_icmp_error_about_a_flow_to_a_pod_that_finished_relates_to_nothing() {
 #[test]
 fn policy_check_explains_a_destination_without_an_address() {
     let isolating = unknown_destination_note(&world(&[isolate("s", "Ingress")]), "lab/n");
-    assert!(isolating.starts_with("no Pod lab/n with an address is known;"));
+    assert!(
+        isolating.starts_with("no Pod lab/n is known;"),
+        "{isolating}"
+    );
     assert!(
         isolating.contains("policy_unknown_destination"),
         "{isolating}"
     );
     let open = unknown_destination_note(&world(&[isolate("s", "Egress")]), "lab/n");
-    assert_eq!(open, "no Pod lab/n with an address is known");
+    assert_eq!(open, "no Pod lab/n is known");
+}
+
+#[test]
+fn policy_check_tells_a_pod_without_an_address_from_one_nobody_listed() {
+    let pending: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "new", "namespace": "lab"},
+        "status": {"phase": "Pending"}
+    }))
+    .unwrap();
+    let set = PolicySet::compile(&[], &[], &[pending]);
+    assert!(set.lists_without_address("lab/new"));
+    assert!(
+        unknown_pod(&set, "lab/new").starts_with("Pod lab/new has no address yet"),
+        "{}",
+        unknown_pod(&set, "lab/new")
+    );
+    assert!(!set.lists_without_address("lab/other"));
+    assert_eq!(unknown_pod(&set, "lab/other"), "no Pod lab/other is known");
 }
