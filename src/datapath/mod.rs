@@ -257,20 +257,6 @@ impl Datapath {
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
         };
-        let (commands, receiver) = mpsc::channel(16);
-        let task = tokio::spawn(engine.run(receiver));
-        let uapi_key = uapi::SharedKeyHex::new(current);
-        let uapi_source = uapi::UapiSource {
-            private_key_hex: uapi_key.clone(),
-            fwmark: config.fwmark,
-            status: status.clone(),
-        };
-        let uapi_path = config.uapi_socket.clone();
-        let uapi = tokio::spawn(async move {
-            if let Err(error) = uapi::serve(uapi_path.clone(), uapi_source).await {
-                tracing::error!(%error, path = %uapi_path.display(), "WireGuard API socket failed");
-            }
-        });
         // Until the first mesh: every Pod prefix but our own unreachable (encryption required),
         // whatever an earlier run left in the table.
         let before_first_mesh = desired_table(
@@ -286,6 +272,20 @@ impl Datapath {
             config.encryption,
         );
         kernel.sync_routes(&before_first_mesh).await?;
+        let (commands, receiver) = mpsc::channel(16);
+        let task = tokio::spawn(engine.run(receiver));
+        let uapi_key = uapi::SharedKeyHex::new(current);
+        let uapi_source = uapi::UapiSource {
+            private_key_hex: uapi_key.clone(),
+            fwmark: config.fwmark,
+            status: status.clone(),
+        };
+        let uapi_path = config.uapi_socket.clone();
+        let uapi = tokio::spawn(async move {
+            if let Err(error) = uapi::serve(uapi_path.clone(), uapi_source).await {
+                tracing::error!(%error, path = %uapi_path.display(), "WireGuard API socket failed");
+            }
+        });
         tracing::info!(interface = %config.interface, port = config.listen_port, mtu, "datapath up");
         Ok(Self {
             config,
