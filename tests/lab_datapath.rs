@@ -98,6 +98,39 @@ fn a_block_without_a_bgp_route_or_a_record_is_unreachable_never_in_clear_and_com
     );
 }
 
+/// Node `k`'s rules at weft's priority.
+fn weft_rules(lab: &Lab, k: usize) -> String {
+    run_ok(
+        "ip",
+        &["-n", &lab.node_ns(k), "rule", "show", "priority", "5210"],
+    )
+}
+
+/// Node `k`'s routes in weft's table.
+fn weft_table(lab: &Lab, k: usize) -> String {
+    run_ok(
+        "ip",
+        &["-n", &lab.node_ns(k), "route", "show", "table", "51820"],
+    )
+}
+
+/// Pings from `from` to `to` fail, and nothing Pod-addressed crosses the underlay in clear;
+/// `while_what` says when.
+fn assert_dropped_not_clear(lab: &Lab, from: &str, to: &str, while_what: &str) {
+    let clear = Capture::start(lab, CLEAR_POD_TRAFFIC);
+    assert!(!lab.ping(from, to, 2), "traffic flowed {while_what}");
+    clear.assert_nothing(&format!("traffic left in clear {while_what}"));
+}
+
+/// Starts node `k`'s agent again and waits until `from` reaches `to`.
+fn restart_agent(lab: &Lab, k: usize, from: &str, to: &str) {
+    lab.script(&["start-agent", &k.to_string()]);
+    lab.wait_for_mesh(CONVERGE);
+    wait_for(CONVERGE, "traffic to flow again", || {
+        lab.ping(from, to, 1).then_some(())
+    });
+}
+
 #[test]
 fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
     let lab = Lab::up("wtkill", 2);
@@ -113,27 +146,12 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
     });
     // While the agent is dead its TUN is gone: the unreachable backstops keep Pod traffic
     // from falling back to the clear BGP route.
-    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
-    assert!(
-        !lab.ping(&from, &to, 2),
-        "traffic flowed with the agent dead"
-    );
-    clear.assert_nothing("traffic left in clear while the agent was dead");
-    lab.script(&["start-agent", "1"]);
-    lab.wait_for_mesh(CONVERGE);
-    wait_for(CONVERGE, "traffic to flow again", || {
-        lab.ping(&from, &to, 1).then_some(())
-    });
+    assert_dropped_not_clear(&lab, &from, &to, "while the agent was dead");
+    restart_agent(&lab, 1, &from, &to);
     // Exactly one rule and no duplicate routes after the restart.
-    let rules = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
-    );
+    let rules = weft_rules(&lab, 1);
     assert_eq!(rules.lines().count(), 1, "{rules}");
-    let routes = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
-    );
+    let routes = weft_table(&lab, 1);
     let mut lines: Vec<&str> = routes.lines().collect();
     let total = lines.len();
     lines.dedup();
@@ -141,18 +159,12 @@ fn a_killed_agent_restarts_into_a_working_datapath_without_cleanup() {
 
     // A clean stop removes weft's rule and table.
     lab.script(&["stop-agent", "1"]);
-    let rules = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
-    );
+    let rules = weft_rules(&lab, 1);
     assert!(
         rules.trim().is_empty(),
         "rule left after a clean stop: {rules}"
     );
-    let routes = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
-    );
+    let routes = weft_table(&lab, 1);
     assert!(
         routes.trim().is_empty(),
         "routes left after a clean stop: {routes}"
@@ -169,34 +181,16 @@ fn a_clean_stop_keeping_routing_drops_pod_traffic_until_the_agent_is_back() {
     assert!(lab.ping(&from, &to, 5));
 
     lab.script(&["stop-agent", "1"]);
-    let rules = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
-    );
+    let rules = weft_rules(&lab, 1);
     assert_eq!(rules.lines().count(), 1, "the rule must stay: {rules}");
-    let routes = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "route", "show", "table", "51820"],
-    );
+    let routes = weft_table(&lab, 1);
     // The tunnel routes went with the TUN; the unreachable ones stay.
     assert!(routes.contains("unreachable 10.244.2.0/24"), "{routes}");
     assert!(!routes.contains("dev wtkeepn1"), "{routes}");
-    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
-    assert!(
-        !lab.ping(&from, &to, 2),
-        "traffic flowed with the agent stopped"
-    );
-    clear.assert_nothing("traffic left in clear while the agent was stopped");
+    assert_dropped_not_clear(&lab, &from, &to, "while the agent was stopped");
 
-    lab.script(&["start-agent", "1"]);
-    lab.wait_for_mesh(CONVERGE);
-    wait_for(CONVERGE, "traffic to flow again", || {
-        lab.ping(&from, &to, 1).then_some(())
-    });
-    let rules = run_ok(
-        "ip",
-        &["-n", &lab.node_ns(1), "rule", "show", "priority", "5210"],
-    );
+    restart_agent(&lab, 1, &from, &to);
+    let rules = weft_rules(&lab, 1);
     assert_eq!(rules.lines().count(), 1, "{rules}");
 }
 
@@ -303,15 +297,6 @@ fn losing_the_tun_stops_the_agent_and_traffic_stays_off_the_clear_path() {
     });
     let log = std::fs::read_to_string("/run/wttun/n1/agent.log").unwrap();
     assert!(log.contains("the datapath stopped"), "{log}");
-    let clear = Capture::start(&lab, CLEAR_POD_TRAFFIC);
-    assert!(
-        !lab.ping(&from, &to, 2),
-        "traffic flowed without a datapath"
-    );
-    clear.assert_nothing("traffic left in clear");
-
-    lab.script(&["start-agent", "1"]);
-    wait_for(CONVERGE, "traffic to flow again", || {
-        lab.ping(&from, &to, 1).then_some(())
-    });
+    assert_dropped_not_clear(&lab, &from, &to, "without a datapath");
+    restart_agent(&lab, 1, &from, &to);
 }
