@@ -11,10 +11,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use super::ip_ranges::IpRanges;
 use super::model::{Flow, NamedPorts, PodInfo, namespace_labels, namespace_selected};
 use super::selector::Labels;
 use super::validate::{
-    Checked, CheckedPeer, CheckedRule, IpBlock, PortMatch, check_policy, isolation_of_rejected,
+    Checked, CheckedPeer, CheckedRule, PortMatch, check_policy, isolation_of_rejected,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,7 +93,8 @@ enum Peers {
     Any,
     Some {
         pods: HashSet<IpAddr>,
-        blocks: Vec<IpBlock>,
+        /// The addresses the ipBlock peers match.
+        blocks: IpRanges,
     },
 }
 
@@ -423,7 +425,10 @@ fn resolve_peers(
             }
         }
     }
-    Peers::Some { pods: ips, blocks }
+    Peers::Some {
+        pods: ips,
+        blocks: IpRanges::from_blocks(&blocks),
+    }
 }
 
 /// The first of the rules `selected` (indexes into `rules`) allowing the flow with `peer` on
@@ -448,12 +453,7 @@ fn allowed_by<'a>(
 fn peer_matches(peers: &Peers, ip: IpAddr) -> bool {
     match peers {
         Peers::Any => true,
-        Peers::Some { pods, blocks } => {
-            pods.contains(&ip)
-                || blocks
-                    .iter()
-                    .any(|b| b.cidr.contains(ip) && !b.except.iter().any(|e| e.contains(ip)))
-        }
+        Peers::Some { pods, blocks } => pods.contains(&ip) || blocks.contains(ip),
     }
 }
 

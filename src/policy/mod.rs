@@ -6,6 +6,7 @@ pub mod compile;
 pub mod conntrack;
 pub mod files;
 pub mod gate;
+mod ip_ranges;
 pub mod model;
 pub mod selector;
 pub mod source;
