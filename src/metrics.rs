@@ -232,7 +232,7 @@ pub fn render(
             .set(to_i64(policy.rejected.len()));
         registry.register(
             "weft_network_policies",
-            "NetworkPolicies in force (accepted) or left out (rejected)",
+            "NetworkPolicies accepted, or rejected (allowing nothing; from the API they still isolate the Pods they select)",
             policies,
         );
         gauge(

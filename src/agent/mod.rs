@@ -67,6 +67,10 @@ pub enum AgentError {
     Registry(#[from] RegistryError),
     #[error("datapath: {0}")]
     Datapath(#[from] DatapathError),
+    #[error(
+        "the {0} watch stopped (see the log for why); exiting so the supervisor restarts the agent"
+    )]
+    WatchStopped(&'static str),
     #[error("cannot listen for health and metrics on {address}: {source}")]
     Health {
         address: std::net::SocketAddr,
@@ -261,8 +265,16 @@ async fn serve_node(
         // Inputs changed: debounce; the own record changed: recompute at once.
         let debounce = tokio::select! {
             _ = &mut shutdown => break,
-            changed = nodes.changed() => if changed.is_err() { break } else { true },
-            changed = routes.changed() => if changed.is_err() { break } else { true },
+            // A watch that ended is a failure, not a stop: weft's rule and routes stay (fail
+            // closed) and the agent exits non-zero.
+            changed = nodes.changed() => if changed.is_err() {
+                failure = Some(AgentError::WatchStopped("registry"));
+                break;
+            } else { true },
+            changed = routes.changed() => if changed.is_err() {
+                failure = Some(AgentError::WatchStopped("route"));
+                break;
+            } else { true },
             Some(request) = rotate_rx.recv() => {
                 if !rotation.start(request, &env, &mut own).await {
                     continue;
@@ -369,7 +381,7 @@ async fn serve_node(
         task.abort();
     }
     // A clean stop removes weft's rules and routes (unless told to keep them); after a
-    // datapath failure they stay, so the backstops keep failing closed until the agent is back.
+    // failure (the datapath or a watch stopped) they stay, so the backstops keep failing closed until the agent is back.
     if let Some(datapath) = datapath
         && failure.is_none()
     {

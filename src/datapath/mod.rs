@@ -117,8 +117,8 @@ pub struct Datapath {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<DatapathStatus>,
     kernel: Kernel,
-    /// The table the last mesh asked for, which [`Datapath::repair`] puts back (none before
-    /// the first mesh: the table a previous run left stays until then).
+    /// The table the last mesh asked for, which [`Datapath::repair`] puts back (before the
+    /// first mesh, the start-up table: Pod CIDRs `unreachable`, own blocks `throw`).
     desired: std::sync::Mutex<Option<BTreeSet<(IpNetwork, TableRoute)>>>,
     task: tokio::task::JoinHandle<()>,
     uapi: tokio::task::JoinHandle<()>,

@@ -146,7 +146,8 @@ pub struct PolicyStatus {
     pub version: u64,
     /// Policies in force, `namespace/name`.
     pub policies: Vec<String>,
-    /// Policies left out entirely, with the reason.
+    /// Policies rejected, with the reason: none of their rules allow anything (from the API
+    /// they still isolate the Pods they select).
     pub rejected: Vec<RejectedPolicyStatus>,
     /// Addresses claimed by more than one live Pod (each judged as one of them).
     #[serde(default)]
