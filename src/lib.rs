@@ -4,6 +4,7 @@
 //! shells (`route_source`, `registry`, `agent`) are thin.
 
 pub mod agent;
+pub mod backoff;
 pub mod bird;
 pub mod cli;
 pub mod datapath;

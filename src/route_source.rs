@@ -172,16 +172,17 @@ pub async fn watch_routes(
     config: RouteSourceConfig,
     routes: watch::Sender<Option<Vec<LearnedRoute>>>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match watch_once(&config, &routes).await {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "route source failed; reconnecting");
+                let retry_in = backoff.delay();
+                tracing::warn!(%error, ?retry_in, "route source failed; reconnecting");
+                tokio::time::sleep(retry_in).await;
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

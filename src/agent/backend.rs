@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use super::SharedStatus;
 use super::config::{AgentConfig, RegistryConfig};
 use crate::kube::node::{node_addresses, node_pod_cidrs};
-use crate::kube::registry::{Backoff, KubeRegistry, client};
+use crate::kube::registry::{KubeRegistry, api_backoff, client};
 use crate::registry::file::FileRegistry;
 use crate::registry::{OwnNode, Registry, RegistryError, RegistrySnapshot};
 
@@ -127,7 +127,7 @@ async fn wait_for_own_node(
     shared: &SharedStatus,
 ) -> Result<Node, RegistryError> {
     let name = &config.node_name;
-    let mut backoff = Backoff::new();
+    let mut backoff = api_backoff();
     let mut said = String::new();
     loop {
         let reason = match registry.own_node(name).await {
@@ -143,7 +143,7 @@ async fn wait_for_own_node(
             }
             Err(error) => format!("cannot read the own Node {name}: {error}"),
         };
-        let delay = backoff.next();
+        let delay = backoff.delay();
         if reason != said {
             tracing::warn!(node = %name, retry_in = ?delay, "waiting: {reason}");
         } else {

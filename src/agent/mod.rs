@@ -185,6 +185,7 @@ async fn serve_node(
     };
     let publisher = Publisher::spawn(registry.clone(), own.clone(), published);
     let _ = shared.published.set(publisher.acked_receiver());
+    let _ = shared.own_blocks.set(config.blocks.clone());
 
     let (nodes_tx, mut nodes) = watch::channel(None::<RegistrySnapshot>);
     let (routes_tx, mut routes) = watch::channel(None::<Vec<LearnedRoute>>);
@@ -414,7 +415,6 @@ async fn start_datapath(
                 config.endpoint,
             ),
             local_blocks: config.blocks.clone(),
-            pod_cidrs: config.pod_cidrs.clone(),
             encryption: settings.encryption,
             keep_routing_on_exit: settings.keep_routing_on_exit,
             uapi_socket: settings.uapi_socket.clone(),
@@ -422,6 +422,7 @@ async fn start_datapath(
             conntrack_pickup: settings.conntrack_pickup,
             policy_required,
         },
+        &guarded(config, &[]),
         keys.current(),
         keys.next(),
     )

@@ -4,30 +4,18 @@
 //! exponential backoff and jitter while that fails (a newer record is tried at once), and
 //! reports which one the registry took.
 
-use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::backoff::{Backoff, spread};
 use crate::registry::{OwnNode, Registry};
 
 /// How long the first failed publish waits before the next try; each further failure
-/// doubles it, up to `RETRY_MAX`.
+/// doubles it, up to `RETRY_MAX`, and each wait is spread per node (see [`spread`]).
 const RETRY: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// The wait after `failures` failed publishes in a row (at least 1), plus up to a quarter
-/// more, spread by `node` so that nodes retrying against a recovering API server do not
-/// knock in step.
-fn retry_delay(failures: u32, node: &str) -> Duration {
-    let doubled = RETRY.saturating_mul(1 << failures.saturating_sub(1).min(16));
-    let base = doubled.min(RETRY_MAX);
-    let mut hasher = std::hash::DefaultHasher::new();
-    (node, failures).hash(&mut hasher);
-    let quarter_permille = hasher.finish() % 250;
-    base + base * u32::try_from(quarter_permille).unwrap_or(0) / 1000
-}
 
 /// A record to publish, numbered: every request gets a higher generation, even for the same
 /// record (a re-publish after the registry lost it).
@@ -119,21 +107,20 @@ async fn run<R: Registry>(
     mut desired: watch::Receiver<Desired>,
     acked: watch::Sender<Acked>,
 ) {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(RETRY, RETRY_MAX);
     loop {
         let want = desired.borrow_and_update().clone();
         if acked.borrow().generation < want.generation {
             match registry.publish(&want.own).await {
                 Ok(()) => {
-                    failures = 0;
+                    backoff.reset();
                     acked.send_modify(|acked| {
                         acked.generation = want.generation;
                         acked.error = None;
                     });
                 }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let retry_in = retry_delay(failures, &want.own.name);
+                    let retry_in = spread(backoff.delay(), &want.own.name);
                     tracing::warn!(%error, generation = want.generation, ?retry_in, "publishing the own record failed");
                     acked.send_modify(|acked| {
                         acked.error = Some((want.generation, error.to_string()));
@@ -226,13 +213,15 @@ pub(crate) mod tests {
     #[test]
     fn retries_back_off_exponentially_up_to_a_cap_with_a_spread_per_node() {
         let within = |delay: Duration, base: Duration| delay >= base && delay < base * 5 / 4;
-        assert!(within(retry_delay(1, "n1"), Duration::from_secs(1)));
-        assert!(within(retry_delay(2, "n1"), Duration::from_secs(2)));
-        assert!(within(retry_delay(4, "n1"), Duration::from_secs(8)));
-        assert!(within(retry_delay(6, "n1"), RETRY_MAX));
-        assert!(within(retry_delay(u32::MAX, "n1"), RETRY_MAX));
+        let mut backoff = Backoff::new(RETRY, RETRY_MAX);
+        let retry_delay: Vec<Duration> = (0..100).map(|_| spread(backoff.delay(), "n1")).collect();
+        assert!(within(retry_delay[0], Duration::from_secs(1)));
+        assert!(within(retry_delay[1], Duration::from_secs(2)));
+        assert!(within(retry_delay[3], Duration::from_secs(8)));
+        assert!(within(retry_delay[5], RETRY_MAX));
+        assert!(within(retry_delay[99], RETRY_MAX));
         let spread: std::collections::BTreeSet<Duration> = (0..20)
-            .map(|n| retry_delay(3, &format!("node-{n}")))
+            .map(|n| spread(Duration::from_secs(4), format!("node-{n}")))
             .collect();
         assert!(
             spread.len() > 10,

@@ -22,6 +22,8 @@ pub(crate) struct SharedStatus {
     /// `None` while starting (before the own record exists).
     pub(super) status: RwLock<Option<Status>>,
     pub(super) datapath: OnceLock<watch::Receiver<DatapathStatus>>,
+    /// This node's own blocks, once known (they do not change while the agent runs).
+    pub(super) own_blocks: OnceLock<Vec<ipnetwork::IpNetwork>>,
     /// What the registry took of the own record (readiness waits for the first one).
     pub(super) published: OnceLock<watch::Receiver<super::publisher::Acked>>,
     pub(super) policy: RwLock<Option<Arc<PolicySet>>>,
@@ -189,8 +191,8 @@ impl AdminHandler for SharedStatus {
                 };
                 let verdict = policy.check(&flow);
                 let mut text = explain(&policy, &verdict);
-                let own_blocks = self.own_blocks();
-                if both_on_this_node(&own_blocks, src, dst) {
+                let own_blocks = self.own_blocks.get().map_or(&[][..], Vec::as_slice);
+                if both_on_this_node(own_blocks, src, dst) {
                     text.push_str(SAME_NODE_NOTE);
                 }
                 Ok(serde_json::json!({
@@ -214,23 +216,6 @@ fn both_on_this_node(
 ) -> bool {
     let local = |ip| own_blocks.iter().any(|block| block.contains(ip));
     local(src) && local(dst)
-}
-
-impl SharedStatus {
-    /// This node's own blocks, as its record publishes them (none while starting).
-    fn own_blocks(&self) -> Vec<ipnetwork::IpNetwork> {
-        let Ok(status) = self.status.read() else {
-            return Vec::new();
-        };
-        status
-            .as_ref()
-            .and_then(|s| s.node.record.get("blocks"))
-            .and_then(|blocks| blocks.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|block| block.as_str()?.parse().ok())
-            .collect()
-    }
 }
 
 /// The verdict's text; a denial also names the rejected policies of the denied Pod's namespace,
@@ -316,6 +301,9 @@ mod tests {
         }))
         .unwrap();
         *shared.status.write().unwrap() = Some(status);
+        let _ = shared
+            .own_blocks
+            .set(vec!["10.244.1.0/24".parse().unwrap()]);
         let check = |to: &str| AdminRequest::PolicyCheck {
             from: "lab/a".into(),
             to: to.into(),

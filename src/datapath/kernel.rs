@@ -44,6 +44,17 @@ fn invalid_route(error: impl std::fmt::Display) -> KernelError {
 /// with a crashed agent), and traffic is dropped rather than sent in clear.
 const BACKSTOP_METRIC: u32 = 4096;
 
+/// What [`Kernel::keep_one_rule`] did with the rule of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// It was in place.
+    Kept,
+    /// It was missing and is added.
+    Added,
+    /// A kernel without IPv6 refused the IPv6 rule on a node without IPv6 blocks.
+    Unsupported,
+}
+
 /// What a prefix in weft's table should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TableRoute {
@@ -101,15 +112,14 @@ impl Kernel {
         };
         kernel.configure_link().await?;
         kernel.keep_one_rule(IpVersion::V4).await?;
-        kernel.ipv6_rule = kernel.keep_one_rule(IpVersion::V6).await?;
+        kernel.ipv6_rule = kernel.keep_one_rule(IpVersion::V6).await? != Rule::Unsupported;
         Ok(kernel)
     }
 
-    /// Leaves exactly one rule of the family: an earlier run's is kept (never removed and
-    /// added again, so Pod traffic is not without it for a moment, nor for good if adding
-    /// failed), duplicates are removed, a missing one is added. Returns whether the family
-    /// has the rule (see [`Kernel::add_rule`]).
-    async fn keep_one_rule(&self, version: IpVersion) -> Result<bool, KernelError> {
+    /// Leaves exactly one rule of the family: one in place (an earlier run's, at start) is
+    /// kept, never removed and added again, so Pod traffic is not without it for a moment,
+    /// nor for good if adding failed; duplicates are removed; a missing one is added.
+    async fn keep_one_rule(&self, version: IpVersion) -> Result<Rule, KernelError> {
         let rules = match self.our_rules(version.clone()).await {
             Ok(rules) => rules,
             // A kernel without IPv6 lists no IPv6 rules; adding says whether that matters.
@@ -124,9 +134,10 @@ impl Kernel {
                 for rule in duplicates {
                     self.handle.rule().del(rule.clone()).execute().await?;
                 }
-                Ok(true)
+                Ok(Rule::Kept)
             }
-            None => self.add_rule(version).await,
+            None if self.add_rule(version).await? => Ok(Rule::Added),
+            None => Ok(Rule::Unsupported),
         }
     }
 
@@ -143,22 +154,17 @@ impl Kernel {
             versions.push(IpVersion::V6);
         }
         for version in versions {
-            results.push(self.repair_rule(version).await);
+            let kept = self.keep_one_rule(version.clone()).await;
+            if matches!(kept, Ok(Rule::Added)) {
+                tracing::warn!(
+                    ?version,
+                    priority = self.plumbing.rule_priority,
+                    "weft's rule was missing; adding it again"
+                );
+            }
+            results.push(kept.map(|rule| usize::from(rule == Rule::Added)));
         }
         results.into_iter().sum()
-    }
-
-    /// Adds the rule of one family if it is missing; returns whether it did.
-    async fn repair_rule(&self, version: IpVersion) -> Result<usize, KernelError> {
-        if !self.our_rules(version.clone()).await?.is_empty() {
-            return Ok(0);
-        }
-        tracing::warn!(
-            ?version,
-            priority = self.plumbing.rule_priority,
-            "weft's rule was missing; adding it again"
-        );
-        Ok(usize::from(self.add_rule(version).await?))
     }
 
     /// The TUN's MTU, up, and its addresses; returns how many of them it had to set.

@@ -71,9 +71,6 @@ pub struct DatapathConfig {
     /// for the larger IPv6 header.
     pub ipv6_underlay: bool,
     pub local_blocks: Vec<IpNetwork>,
-    /// The cluster's Pod CIDRs: with encryption required they are unreachable in weft's
-    /// table from the start, before the first mesh routes anything into the tunnel.
-    pub pod_cidrs: Vec<IpNetwork>,
     pub encryption: Encryption,
     /// A clean stop leaves the rule and the unreachable routes in place (the tunnel routes
     /// go with the TUN), so Pod traffic is dropped, not sent in clear, until weft is back.
@@ -119,7 +116,7 @@ pub struct Datapath {
     kernel: Kernel,
     /// The table the last mesh asked for, which [`Datapath::repair`] puts back (before the
     /// first mesh, the start-up table: Pod CIDRs `unreachable`, own blocks `throw`).
-    desired: std::sync::Mutex<Option<BTreeSet<(IpNetwork, TableRoute)>>>,
+    desired: std::sync::Mutex<BTreeSet<(IpNetwork, TableRoute)>>,
     task: tokio::task::JoinHandle<()>,
     uapi: tokio::task::JoinHandle<()>,
     /// The own private key `wg show` reports (the current one).
@@ -180,8 +177,11 @@ fn udp_socket(port: u16, fwmark: u32) -> std::io::Result<tokio::net::UdpSocket> 
 
 impl Datapath {
     /// Creates the TUN and the socket, configures the kernel, and starts the packet loop.
+    /// Until the first mesh, weft's table guards `initial` (with encryption required: its Pod
+    /// CIDRs unreachable, its own blocks thrown back), whatever an earlier run left there.
     pub async fn start(
         config: DatapathConfig,
+        initial: &Guarded,
         current: &weft_keys::PrivateKey,
         next: Option<&weft_keys::PrivateKey>,
     ) -> Result<Self, DatapathError> {
@@ -257,20 +257,7 @@ impl Datapath {
             logged_drops: BTreeMap::new(),
             last_drop_log: None,
         };
-        // Until the first mesh: every Pod prefix but our own unreachable (encryption required),
-        // whatever an earlier run left in the table.
-        let before_first_mesh = desired_table(
-            &Mesh {
-                peers: BTreeMap::new(),
-                rejections: Vec::new(),
-            },
-            &Guarded {
-                pod_cidrs: config.pod_cidrs.clone(),
-                own_blocks: config.local_blocks.clone(),
-                remote_blocks: Vec::new(),
-            },
-            config.encryption,
-        );
+        let before_first_mesh = desired_table(&Mesh::default(), initial, config.encryption);
         kernel.sync_routes(&before_first_mesh).await?;
         let (commands, receiver) = mpsc::channel(16);
         let task = tokio::spawn(engine.run(receiver));
@@ -292,7 +279,7 @@ impl Datapath {
             commands,
             status,
             kernel,
-            desired: std::sync::Mutex::new(Some(before_first_mesh)),
+            desired: std::sync::Mutex::new(before_first_mesh),
             task,
             uapi,
             uapi_key,
@@ -328,9 +315,9 @@ impl Datapath {
             .map_err(|_| DatapathError::Stopped)?;
         let table = desired_table(mesh, guarded, self.config.encryption);
         if let Ok(mut desired) = self.desired.lock() {
-            *desired = Some(table.clone());
+            desired.clone_from(&table);
         }
-        self.apply_kernel(Some(&table)).await.map(|_| ())
+        self.apply_kernel(&table).await.map(|_| ())
     }
 
     /// Puts the kernel state back as the last mesh asked for, whatever changed it since (a TUN
@@ -341,21 +328,18 @@ impl Datapath {
             Ok(desired) => desired.clone(),
             Err(_) => return Err(DatapathError::Stopped),
         };
-        self.apply_kernel(table.as_ref()).await
+        self.apply_kernel(&table).await
     }
 
-    /// Repairs the link and rules and syncs the routes to `table` (if known yet). The routes
-    /// are synced even if the link repair fails, so peers that come and go still get their
-    /// routes and backstops; the first error is returned.
+    /// Repairs the link and rules and syncs the routes to `table`. The routes are synced even
+    /// if the link repair fails, so peers that come and go still get their routes and
+    /// backstops; the first error is returned.
     async fn apply_kernel(
         &self,
-        table: Option<&BTreeSet<(IpNetwork, TableRoute)>>,
+        table: &BTreeSet<(IpNetwork, TableRoute)>,
     ) -> Result<usize, DatapathError> {
         let repaired = self.kernel.repair().await;
-        let synced = match table {
-            Some(table) => self.kernel.sync_routes(table).await,
-            None => Ok(0),
-        };
+        let synced = self.kernel.sync_routes(table).await;
         Ok(repaired? + synced?)
     }
 

@@ -1,5 +1,6 @@
 //! The Kubernetes registry: node records live in the `weft.dev/node` annotation of each Node.
 
+use crate::backoff::Backoff;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,20 +17,9 @@ use kube::runtime::reflector;
 /// Conflicts in a row one publish reads the Node again for (the agent publishes again later).
 const PUBLISH_ATTEMPTS: u32 = 6;
 
-/// Exponential backoff between API retries: 200 ms, doubling, at most 5 s.
-pub(crate) struct Backoff(Duration);
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Self(Duration::from_millis(200))
-    }
-
-    /// The delay to wait now; the next one doubles.
-    pub(crate) fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        now
-    }
+/// Backoff between API retries: 200 ms, doubling, at most 5 s.
+pub(crate) fn api_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
 }
 
 /// A Kubernetes API client: from `kubeconfig` when given (out-of-cluster runs); otherwise,

@@ -59,7 +59,7 @@ pub struct Peer {
 }
 
 /// The desired mesh: peers by name, and why everything else was left out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mesh {
     pub peers: BTreeMap<String, Peer>,
     /// Sorted and without duplicates.

@@ -36,10 +36,11 @@ impl Direction {
 /// Why one direction of a flow is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allowance<'a> {
-    /// The Pod is not isolated in this direction (no policy selects it for it), or the address
-    /// is not a known Pod (the datapath's gate may still isolate such a local destination:
-    /// see [`super::gate::Admission::UnknownDestination`]).
+    /// The Pod is not isolated in this direction (no policy selects it for it).
     NotIsolated,
+    /// The address is no known Pod's, so no policy isolates it (the datapath's gate may still
+    /// isolate such a local destination: see [`super::gate::Admission::UnknownDestination`]).
+    UnknownPod,
     /// Rule `rule` (0-based) of policy `policy` (`namespace/name`) allows it.
     Rule { policy: &'a str, rule: usize },
 }
@@ -67,6 +68,7 @@ impl fmt::Display for Allowance<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotIsolated => write!(f, "not isolated"),
+            Self::UnknownPod => write!(f, "no known Pod"),
             Self::Rule { policy, rule } => write!(f, "policy {policy} rule {rule}"),
         }
     }
@@ -197,15 +199,15 @@ pub struct PolicySet {
     without_address: BTreeSet<String>,
 }
 
-/// Gives every address to one Pod, deterministically, whatever order the Pods come in: each
-/// Pod keeps only the addresses it holds, and Pods left without any are dropped, so a Pod
-/// that lost its address is neither judged nor selected by it.
 /// A Pod object's `namespace/name`, as [`PodInfo::key`] has it.
 fn pod_key(pod: &Pod) -> Option<String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     Some(format!("{namespace}/{}", pod.metadata.name.as_deref()?))
 }
 
+/// Gives every address to one Pod, deterministically, whatever order the Pods come in: each
+/// Pod keeps only the addresses it holds, and Pods left without any are dropped, so a Pod
+/// that lost its address is neither judged nor selected by it.
 fn claim_addresses(mut pods: Vec<PodInfo>) -> (Vec<PodInfo>, Vec<AddressConflict>) {
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut claims: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
@@ -269,7 +271,10 @@ impl PolicySet {
         let mut checked = Vec::new();
         for policy in policies {
             match check_policy(policy) {
-                Ok(c) => checked.push(c),
+                Ok(c) => {
+                    set.accepted.push(c.key.clone());
+                    checked.push(c);
+                }
                 Err(rejected) => {
                     checked.extend(isolation_of_rejected(policy));
                     set.rejected.push(rejected);
@@ -279,11 +284,7 @@ impl PolicySet {
         // Deterministic whatever order the policies come in (rules keep policy order).
         checked.sort_by(|a, b| a.key.cmp(&b.key));
         set.rejected.sort_by(|a, b| a.policy.cmp(&b.policy));
-        set.accepted = checked
-            .iter()
-            .filter(|c| !c.rejected)
-            .map(|c| c.key.clone())
-            .collect();
+        set.accepted.sort();
         // Rejected policies isolate too (fail closed), so they count here.
         set.isolates_ingress = checked.iter().any(|c| c.ingress.is_some());
         let mut resolved: Vec<Option<Resolved>> = vec![None; checked.len()];
@@ -348,7 +349,8 @@ impl PolicySet {
                     }
                 }
             }
-            _ => Allowance::NotIsolated,
+            Some(_) => Allowance::NotIsolated,
+            None => Allowance::UnknownPod,
         };
         let ingress = match dst.map(|d| (d, &d.ingress)) {
             Some((pod, Some(rules))) => {
@@ -362,7 +364,8 @@ impl PolicySet {
                     }
                 }
             }
-            _ => Allowance::NotIsolated,
+            Some(_) => Allowance::NotIsolated,
+            None => Allowance::UnknownPod,
         };
         Verdict::Allowed { egress, ingress }
     }
@@ -383,6 +386,7 @@ impl PolicySet {
     }
 
     /// Whether `ip` is a known Pod.
+    #[cfg(test)]
     pub fn knows(&self, ip: IpAddr) -> bool {
         self.by_ip.contains_key(&ip)
     }

@@ -182,9 +182,8 @@ impl Conntrack {
     /// With a pickup window of `window` from `created` (when the agent started): until then
     /// any outbound TCP packet of no tracked flow opens one. A zero `window` has none.
     pub fn with_pickup(mut self, created: Instant, window: Duration) -> Self {
-        self.pickup_until = (!window.is_zero())
-            .then(|| created.checked_add(window))
-            .flatten();
+        // A zero window ends where it starts: nothing is picked up.
+        self.pickup_until = created.checked_add(window);
         self
     }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::conntrack::{Conntrack, FlowKey, Judged, Sent, Tracked};
-use super::{Direction, Flow, PolicySet, Protocol, Verdict};
+use super::{Allowance, Direction, Flow, PolicySet, Protocol, Verdict};
 
 /// What the gate decided for one decrypted packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +161,8 @@ impl PolicyGate {
         if !self.synced() {
             return false;
         }
+        // Revoked flows are not in the live table `lookup_related` reads.
         match self.conntrack.lookup_related(sent, now) {
-            Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.revoked => false,
             Tracked::Reply(judged) | Tracked::Inbound(judged) if judged.version == self.version => {
                 true
             }
@@ -170,18 +170,21 @@ impl PolicyGate {
             Tracked::Reply(_) => self.set.check(&flow(sent)).is_allowed(),
             // An inbound flow: judged as its packets would be now (an address that is no
             // known Pod any more included).
-            Tracked::Inbound(_) => {
-                let unknown_isolated = self.required && self.set.isolates_ingress();
-                judge(
-                    &self.set,
-                    unknown_isolated,
-                    &self.own_addresses,
-                    &sent.reversed(),
-                )
-                .is_allowed()
-            }
+            Tracked::Inbound(_) => judge(
+                &self.set,
+                self.unknown_isolated(),
+                &self.own_addresses,
+                &sent.reversed(),
+            )
+            .is_allowed(),
             Tracked::Miss => false,
         }
+    }
+
+    /// Whether a local address that is no known Pod is isolated for ingress (see
+    /// [`Admission::UnknownDestination`]).
+    fn unknown_isolated(&self) -> bool {
+        self.required && self.set.isolates_ingress()
     }
 
     /// Judges a decrypted packet of flow `key` (source: the remote side; destination: an
@@ -194,8 +197,8 @@ impl PolicyGate {
             version: self.version,
             revoked: false,
         };
+        let unknown_isolated = self.unknown_isolated();
         let set: &PolicySet = &self.set;
-        let unknown_isolated = self.required && set.isolates_ingress();
         let on_its_own = |key: &FlowKey| judge(set, unknown_isolated, &self.own_addresses, key);
         match self.conntrack.lookup_inbound(key, now) {
             Tracked::Reply(judged) if judged == current => Admission::TrackedReply,
@@ -244,11 +247,10 @@ fn judge<'a>(
 ) -> Admission<'a> {
     match set.check(&flow(key)) {
         Verdict::SamePod => Admission::SamePod,
-        Verdict::Allowed { .. }
-            if unknown_isolated && !set.knows(key.dst) && !own_addresses.contains(&key.dst) =>
-        {
-            Admission::UnknownDestination
-        }
+        Verdict::Allowed {
+            ingress: Allowance::UnknownPod,
+            ..
+        } if unknown_isolated && !own_addresses.contains(&key.dst) => Admission::UnknownDestination,
         Verdict::Allowed { .. } => Admission::Allowed,
         Verdict::Denied { direction, pod } => Admission::Denied { direction, pod },
     }

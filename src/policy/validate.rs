@@ -33,8 +33,6 @@ pub(super) struct Checked {
     pub(super) selector: Selector,
     pub(super) ingress: Option<Vec<CheckedRule>>,
     pub(super) egress: Option<Vec<CheckedRule>>,
-    /// A rejected policy, kept only for the isolation it states (no rules, not in force).
-    pub(super) rejected: bool,
 }
 
 pub(super) struct CheckedRule {
@@ -226,7 +224,6 @@ pub(super) fn isolation_of_rejected(policy: &NetworkPolicy) -> Option<Checked> {
         selector,
         ingress: ingress.then(Vec::new),
         egress: egress.then(Vec::new),
-        rejected: true,
     })
 }
 
@@ -292,7 +289,6 @@ fn check_spec(policy: &NetworkPolicy, namespace: String, key: String) -> Result<
         selector,
         ingress: isolates_ingress.then_some(ingress),
         egress: isolates_egress.then_some(egress),
-        rejected: false,
     })
 }
 
